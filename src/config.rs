@@ -1,0 +1,389 @@
+//! Settings: built-in defaults ← TOML file ← `GATEWAY_*` environment variables, validated once
+//! at start so a bad key is reported by name before anything listens.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{ColumnFormat, PartnerId};
+
+/// Kiva asks integrators for at most 200–300 loans per call.
+pub const MAX_BATCH_SIZE: usize = 300;
+const ENV_PREFIX: &str = "GATEWAY_";
+/// Sections the environment may override; anything else under `GATEWAY_` (such as
+/// `GATEWAY_CONFIG` or a partner secret) is not a settings key.
+const ENV_SECTIONS: [&str; 4] = ["server", "store", "kiva", "log"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub kiva: KivaSettings,
+    pub log: LogSettings,
+    #[serde(default)]
+    pub partners: Vec<PartnerSettings>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub max_body_bytes: usize,
+    pub max_repayments: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub pool_size: usize,
+    pub timeout_secs: u64,
+    pub idempotency_ttl_hours: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KivaSettings {
+    pub token_url: String,
+    pub audience: String,
+    pub api_base_url: String,
+    pub batch_size: usize,
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `repayment_gateway=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerSettings {
+    pub id: PartnerId,
+    pub name: String,
+    pub column_format: ColumnFormat,
+    pub client_id: String,
+    /// May be left out of the file and given as `GATEWAY_PARTNER_<ID>_CLIENT_SECRET`.
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Submits and reads its own branch's reports.
+    Branch,
+    /// Submits for, and reads every report of, its partner (or every partner, with `"*"`).
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub name: String,
+    /// A partner id, or `"*"` for an admin key serving every configured partner.
+    pub partner: String,
+    pub branch: String,
+    pub role: Role,
+    pub key_sha256: String,
+}
+
+/// Defaults for everything that has a sensible one. Kiva's three URLs deliberately have none:
+/// host names changed several times and stage and production credentials differ, so an
+/// operator must name them.
+#[derive(Serialize)]
+struct Defaults {
+    server: ServerSettings,
+    store: StoreSettings,
+    kiva: KivaDefaults,
+    log: LogSettings,
+}
+
+#[derive(Serialize)]
+struct KivaDefaults {
+    batch_size: usize,
+    request_timeout_secs: u64,
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        server: ServerSettings {
+            bind: "127.0.0.1:8080".into(),
+            max_body_bytes: 8 * 1024 * 1024,
+            max_repayments: 10_000,
+        },
+        store: StoreSettings {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "rg".into(),
+            pool_size: 32,
+            timeout_secs: 5,
+            idempotency_ttl_hours: 24,
+        },
+        kiva: KivaDefaults {
+            batch_size: 200,
+            request_timeout_secs: 30,
+        },
+        log: LogSettings {
+            format: LogFormat::Human,
+            level: "info".into(),
+        },
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Settings {
+    /// Reads the file (if any) and the environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(defaults()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(vec![format!(
+                    "configuration file {} does not exist",
+                    path.display()
+                )]));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(env_provider()))
+    }
+
+    /// Builds settings from a TOML text plus the environment (tests and tools).
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(defaults()))
+                .merge(Toml::string(toml))
+                .merge(env_provider()),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.resolve_secrets_from_env();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn resolve_secrets_from_env(&mut self) {
+        for partner in &mut self.partners {
+            if let Ok(secret) = std::env::var(partner_secret_env_var(&partner.id)) {
+                partner.client_secret = Some(SecretString::from(secret));
+            }
+        }
+    }
+
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.server.bind.parse().expect("validated in Settings::validate")
+    }
+
+    pub fn partner(&self, id: &PartnerId) -> Option<&PartnerSettings> {
+        self.partners.iter().find(|p| &p.id == id)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, msg: String| {
+            if !ok {
+                errors.push(msg);
+            }
+        };
+        check(
+            self.server.bind.parse::<SocketAddr>().is_ok(),
+            format!("server.bind: {:?} is not an address like \"127.0.0.1:8080\"", self.server.bind),
+        );
+        check(self.server.max_body_bytes >= 1024, "server.max_body_bytes: must be at least 1024".into());
+        check(self.server.max_repayments >= 1, "server.max_repayments: must be at least 1".into());
+        check(
+            ["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|s| self.store.url.starts_with(s)),
+            format!(
+                "store.url: {:?} is not supported: use redis://host:port, rediss://, or redis+unix:///path",
+                self.store.url
+            ),
+        );
+        check(
+            !self.store.key_prefix.is_empty()
+                && !self.store.key_prefix.contains(['{', '}', ' ']),
+            "store.key_prefix: must be non-empty, without spaces or braces".into(),
+        );
+        check(self.store.pool_size >= 1, "store.pool_size: must be at least 1".into());
+        check(self.store.timeout_secs >= 1, "store.timeout_secs: must be at least 1".into());
+        check(
+            self.store.idempotency_ttl_hours >= 24,
+            "store.idempotency_ttl_hours: must be at least 24 (MIS retries may come the next day)".into(),
+        );
+        for (key, url) in [
+            ("kiva.token_url", &self.kiva.token_url),
+            ("kiva.audience", &self.kiva.audience),
+            ("kiva.api_base_url", &self.kiva.api_base_url),
+        ] {
+            check(
+                url.starts_with("https://") || url.starts_with("http://"),
+                format!("{key}: {url:?} is not an http(s) URL"),
+            );
+        }
+        check(
+            (1..=MAX_BATCH_SIZE).contains(&self.kiva.batch_size),
+            format!(
+                "kiva.batch_size: must be between 1 and {MAX_BATCH_SIZE} (Kiva's limit per call), got {}",
+                self.kiva.batch_size
+            ),
+        );
+        check(
+            self.kiva.request_timeout_secs >= 1,
+            "kiva.request_timeout_secs: must be at least 1".into(),
+        );
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            format!("log.level: {:?} is not a valid filter such as \"info\"", self.log.level),
+        );
+
+        let mut partner_ids = HashSet::new();
+        for (i, p) in self.partners.iter().enumerate() {
+            check(partner_ids.insert(&p.id), format!("partners.{i}.id: {} is configured twice", p.id));
+            check(!p.client_id.trim().is_empty(), format!("partners.{i}.client_id: must not be empty"));
+            check(
+                p.client_secret.is_some(),
+                format!(
+                    "partners.{i}.client_secret: missing; set it in the file or in the environment \
+                     variable {}",
+                    partner_secret_env_var(&p.id)
+                ),
+            );
+        }
+        let mut names = HashSet::new();
+        let mut hashes = HashSet::new();
+        for (i, k) in self.api_keys.iter().enumerate() {
+            check(!k.name.trim().is_empty(), format!("api_keys.{i}.name: must not be empty"));
+            check(names.insert(&k.name), format!("api_keys.{i}.name: {:?} is used twice", k.name));
+            check(!k.branch.trim().is_empty(), format!("api_keys.{i}.branch: must not be empty"));
+            let hash_ok = k.key_sha256.len() == 64 && k.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            check(
+                hash_ok,
+                format!(
+                    "api_keys.{i}.key_sha256: must be 64 hex digits (run `repayment-gateway new-api-key`)"
+                ),
+            );
+            check(
+                !hash_ok || hashes.insert(k.key_sha256.to_ascii_lowercase()),
+                format!("api_keys.{i}.key_sha256: the same key is configured twice"),
+            );
+            let known = PartnerId::parse(&k.partner)
+                .map(|id| partner_ids.contains(&id))
+                .unwrap_or(false);
+            let wildcard = k.partner == "*";
+            check(
+                known || (wildcard && k.role == Role::Admin),
+                if wildcard {
+                    format!("api_keys.{i}.partner: only an admin key may serve every partner (\"*\")")
+                } else {
+                    format!("api_keys.{i}.partner: {:?} is not a configured partner id", k.partner)
+                },
+            );
+        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+    }
+}
+
+fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .filter(|key| {
+            let section = key.as_str().split("__").next().unwrap_or("");
+            ENV_SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+        })
+}
+
+/// `GATEWAY_PARTNER_<ID>_CLIENT_SECRET`, the id upper-cased with `-` as `_`.
+pub fn partner_secret_env_var(id: &PartnerId) -> String {
+    format!(
+        "{ENV_PREFIX}PARTNER_{}_CLIENT_SECRET",
+        id.as_str().to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [kiva]
+        token_url = "https://auth.example/oauth/token"
+        audience = "https://partner-api.example"
+        api_base_url = "https://partnerapi.example"
+        [[partners]]
+        id = "p1"
+        name = "Demo MFI"
+        column_format = "three_column"
+        client_id = "cid"
+        client_secret = "s3cret"
+        [[api_keys]]
+        name = "nairobi"
+        partner = "p1"
+        branch = "Nairobi"
+        role = "branch"
+        key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+    "#;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(s.kiva.batch_size, 200);
+        assert_eq!(s.server.max_repayments, 10_000);
+        assert_eq!(s.partners[0].column_format, ColumnFormat::ThreeColumn);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let bad = MINIMAL.replace("[kiva]", "[kiva]\nbatch_size = 500");
+        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        assert!(err.contains("kiva.batch_size"), "{err}");
+
+        let bad = MINIMAL.replace("partner = \"p1\"", "partner = \"p2\"");
+        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        assert!(err.contains("api_keys.0.partner"), "{err}");
+
+        let bad = MINIMAL.replace("[kiva]", "[kiva]\nbatch_sise = 5");
+        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_secret_names_its_environment_variable() {
+        let bad = MINIMAL.replace("client_secret = \"s3cret\"", "");
+        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_PARTNER_P1_CLIENT_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+}

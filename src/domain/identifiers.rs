@@ -1,0 +1,184 @@
+use std::fmt;
+
+/// Longest identifier accepted from an MIS; PA2 shows them in a table column, not a document.
+pub const MAX_ID_LEN: usize = 100;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdError {
+    #[error("must not be empty or only white space")]
+    Empty,
+    #[error("must be at most {MAX_ID_LEN} characters")]
+    TooLong,
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    #[error("a numeric identifier must be a whole number written with digits only, got {0}")]
+    NotWholeNumber(String),
+}
+
+fn check_text(text: &str) -> Result<(), IdError> {
+    if text.trim().is_empty() {
+        return Err(IdError::Empty);
+    }
+    if text.chars().count() > MAX_ID_LEN {
+        return Err(IdError::TooLong);
+    }
+    if text.chars().any(char::is_control) {
+        return Err(IdError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// The MIS sends identifiers as strings or, from some systems, as JSON integers; both are
+/// kept as text (an integer as its decimal digits) because Kiva takes them as strings.
+fn text_of_json(value: &serde_json::Value) -> Option<Result<String, IdError>> {
+    match value {
+        serde_json::Value::String(s) => Some(check_text(s).map(|()| s.clone())),
+        serde_json::Value::Number(n) => {
+            let digits = n.to_string();
+            if digits.bytes().all(|b| b.is_ascii_digit()) {
+                Some(check_text(&digits).map(|()| digits))
+            } else {
+                Some(Err(IdError::NotWholeNumber(digits)))
+            }
+        }
+        _ => None,
+    }
+}
+
+macro_rules! mis_identifier {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(text: &str) -> Result<Self, IdError> {
+                check_text(text).map(|()| Self(text.to_owned()))
+            }
+
+            /// `None` when the value is neither a string nor a number.
+            pub fn from_json(value: &serde_json::Value) -> Option<Result<Self, IdError>> {
+                text_of_json(value).map(|r| r.map(Self))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(text: String) -> Result<Self, IdError> {
+                check_text(&text).map(|()| Self(text))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+mis_identifier!(
+    /// The loan's identifier in the MIS (PA2's `internal_loan_id`).
+    LoanId
+);
+mis_identifier!(
+    /// The borrower's identifier in the MIS (PA2's `internal_client_id`).
+    ClientId
+);
+
+/// Kiva's id of a field partner, as the token endpoint returns it (a string). It becomes part
+/// of URL paths and of store key names, so it is restricted to a safe alphabet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PartnerId(String);
+
+impl PartnerId {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let ok = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(format!(
+                "{text:?} is not a partner id: use 1 to 64 letters, digits, '-' or '_'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PartnerId {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
+
+impl From<PartnerId> for String {
+    fn from(id: PartnerId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for PartnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn integers_are_kept_as_their_digits() {
+        let id = LoanId::from_json(&json!(1042970)).unwrap().unwrap();
+        assert_eq!(id.as_str(), "1042970");
+    }
+
+    #[test]
+    fn strings_are_kept_verbatim() {
+        let id = ClientId::from_json(&json!("C-00184729")).unwrap().unwrap();
+        assert_eq!(id.as_str(), "C-00184729");
+    }
+
+    #[test]
+    fn empty_blank_and_fractional_ids_are_rejected() {
+        assert_eq!(LoanId::parse(""), Err(IdError::Empty));
+        assert_eq!(LoanId::parse("   "), Err(IdError::Empty));
+        assert_eq!(LoanId::parse("a\nb"), Err(IdError::ControlCharacter));
+        assert_eq!(LoanId::parse(&"x".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong));
+        assert!(matches!(
+            LoanId::from_json(&serde_json::from_str("12.5").unwrap()),
+            Some(Err(IdError::NotWholeNumber(_)))
+        ));
+        assert!(LoanId::from_json(&json!(true)).is_none());
+    }
+
+    #[test]
+    fn partner_ids_are_restricted_to_a_key_safe_alphabet() {
+        assert!(PartnerId::parse("123").is_ok());
+        assert!(PartnerId::parse("mfi_ke-1").is_ok());
+        for bad in ["", "a}b", "a b", "a:b", &"1".repeat(65)] {
+            assert!(PartnerId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
