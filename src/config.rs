@@ -198,7 +198,10 @@ impl Settings {
     }
 
     pub fn bind_addr(&self) -> SocketAddr {
-        self.server.bind.parse().expect("validated in Settings::validate")
+        self.server
+            .bind
+            .parse()
+            .expect("validated in Settings::validate")
     }
 
     pub fn partner(&self, id: &PartnerId) -> Option<&PartnerSettings> {
@@ -214,10 +217,19 @@ impl Settings {
         };
         check(
             self.server.bind.parse::<SocketAddr>().is_ok(),
-            format!("server.bind: {:?} is not an address like \"127.0.0.1:8080\"", self.server.bind),
+            format!(
+                "server.bind: {:?} is not an address like \"127.0.0.1:8080\"",
+                self.server.bind
+            ),
         );
-        check(self.server.max_body_bytes >= 1024, "server.max_body_bytes: must be at least 1024".into());
-        check(self.server.max_repayments >= 1, "server.max_repayments: must be at least 1".into());
+        check(
+            self.server.max_body_bytes >= 1024,
+            "server.max_body_bytes: must be at least 1024".into(),
+        );
+        check(
+            self.server.max_repayments >= 1,
+            "server.max_repayments: must be at least 1".into(),
+        );
         check(
             ["redis://", "rediss://", "redis+unix://", "unix://"]
                 .iter()
@@ -228,15 +240,21 @@ impl Settings {
             ),
         );
         check(
-            !self.store.key_prefix.is_empty()
-                && !self.store.key_prefix.contains(['{', '}', ' ']),
+            !self.store.key_prefix.is_empty() && !self.store.key_prefix.contains(['{', '}', ' ']),
             "store.key_prefix: must be non-empty, without spaces or braces".into(),
         );
-        check(self.store.pool_size >= 1, "store.pool_size: must be at least 1".into());
-        check(self.store.timeout_secs >= 1, "store.timeout_secs: must be at least 1".into());
+        check(
+            self.store.pool_size >= 1,
+            "store.pool_size: must be at least 1".into(),
+        );
+        check(
+            self.store.timeout_secs >= 1,
+            "store.timeout_secs: must be at least 1".into(),
+        );
         check(
             self.store.idempotency_ttl_hours >= 24,
-            "store.idempotency_ttl_hours: must be at least 24 (MIS retries may come the next day)".into(),
+            "store.idempotency_ttl_hours: must be at least 24 (MIS retries may come the next day)"
+                .into(),
         );
         for (key, url) in [
             ("kiva.token_url", &self.kiva.token_url),
@@ -261,13 +279,22 @@ impl Settings {
         );
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
-            format!("log.level: {:?} is not a valid filter such as \"info\"", self.log.level),
+            format!(
+                "log.level: {:?} is not a valid filter such as \"info\"",
+                self.log.level
+            ),
         );
 
         let mut partner_ids = HashSet::new();
         for (i, p) in self.partners.iter().enumerate() {
-            check(partner_ids.insert(&p.id), format!("partners.{i}.id: {} is configured twice", p.id));
-            check(!p.client_id.trim().is_empty(), format!("partners.{i}.client_id: must not be empty"));
+            check(
+                partner_ids.insert(&p.id),
+                format!("partners.{i}.id: {} is configured twice", p.id),
+            );
+            check(
+                !p.client_id.trim().is_empty(),
+                format!("partners.{i}.client_id: must not be empty"),
+            );
             check(
                 p.client_secret.is_some(),
                 format!(
@@ -280,10 +307,20 @@ impl Settings {
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
         for (i, k) in self.api_keys.iter().enumerate() {
-            check(!k.name.trim().is_empty(), format!("api_keys.{i}.name: must not be empty"));
-            check(names.insert(&k.name), format!("api_keys.{i}.name: {:?} is used twice", k.name));
-            check(!k.branch.trim().is_empty(), format!("api_keys.{i}.branch: must not be empty"));
-            let hash_ok = k.key_sha256.len() == 64 && k.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            check(
+                !k.name.trim().is_empty(),
+                format!("api_keys.{i}.name: must not be empty"),
+            );
+            check(
+                names.insert(&k.name),
+                format!("api_keys.{i}.name: {:?} is used twice", k.name),
+            );
+            check(
+                !k.branch.trim().is_empty(),
+                format!("api_keys.{i}.branch: must not be empty"),
+            );
+            let hash_ok =
+                k.key_sha256.len() == 64 && k.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
             check(
                 hash_ok,
                 format!(
@@ -301,23 +338,30 @@ impl Settings {
             check(
                 known || (wildcard && k.role == Role::Admin),
                 if wildcard {
-                    format!("api_keys.{i}.partner: only an admin key may serve every partner (\"*\")")
+                    format!(
+                        "api_keys.{i}.partner: only an admin key may serve every partner (\"*\")"
+                    )
                 } else {
-                    format!("api_keys.{i}.partner: {:?} is not a configured partner id", k.partner)
+                    format!(
+                        "api_keys.{i}.partner: {:?} is not a configured partner id",
+                        k.partner
+                    )
                 },
             );
         }
-        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
     }
 }
 
 fn env_provider() -> Env {
-    Env::prefixed(ENV_PREFIX)
-        .split("__")
-        .filter(|key| {
-            let section = key.as_str().split("__").next().unwrap_or("");
-            ENV_SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
-        })
+    Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
+        let section = key.as_str().split("__").next().unwrap_or("");
+        ENV_SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+    })
 }
 
 /// `GATEWAY_PARTNER_<ID>_CLIENT_SECRET`, the id upper-cased with `-` as `_`.

@@ -1,3 +1,12 @@
+//! repayment-gateway: between an MFI's MIS and Kiva's Partner API.
+//!
+//! Flow, left to right only: `api` → `intake` → `store` (→ delivery → Kiva).
+
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod intake;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

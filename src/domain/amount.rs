@@ -23,7 +23,9 @@ impl Amount {
             )
         };
         if text.starts_with('-') {
-            return Err(format!("{text:?} is negative: amounts must be zero or more"));
+            return Err(format!(
+                "{text:?} is negative: amounts must be zero or more"
+            ));
         }
         let plain = text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
         let decimal = if plain {
@@ -43,7 +45,9 @@ impl Amount {
             return Err(invalid());
         };
         if decimal.is_sign_negative() && !decimal.is_zero() {
-            return Err(format!("{text:?} is negative: amounts must be zero or more"));
+            return Err(format!(
+                "{text:?} is negative: amounts must be zero or more"
+            ));
         }
         if decimal.scale() > MAX_DECIMAL_PLACES {
             // Trailing zeros beyond the third place carry no value; anything else would be lost.
@@ -108,7 +112,14 @@ mod tests {
 
     #[test]
     fn keeps_the_exact_digits_given() {
-        for text in ["25.00", "1234567.891", "0", "0.5", "100", "999999999999999.999"] {
+        for text in [
+            "25.00",
+            "1234567.891",
+            "0",
+            "0.5",
+            "100",
+            "999999999999999.999",
+        ] {
             assert_eq!(Amount::parse(text).unwrap().to_string(), text);
         }
     }
@@ -122,8 +133,21 @@ mod tests {
     #[test]
     fn rejects_negative_too_precise_and_non_numeric_amounts() {
         for text in [
-            "-1", "1.2345", "abc", "NaN", "nan", "Infinity", "", ".5", "5.", "1,5", " 5", "+5",
-            "0x10", "1e-5", "1234567890123456",
+            "-1",
+            "1.2345",
+            "abc",
+            "NaN",
+            "nan",
+            "Infinity",
+            "",
+            ".5",
+            "5.",
+            "1,5",
+            " 5",
+            "+5",
+            "0x10",
+            "1e-5",
+            "1234567890123456",
         ] {
             assert!(Amount::parse(text).is_err(), "{text:?} should be rejected");
         }
@@ -131,7 +155,10 @@ mod tests {
 
     #[test]
     fn trailing_zeros_beyond_three_places_are_harmless() {
-        assert_eq!(Amount::parse("1.5000").unwrap().as_decimal(), Decimal::new(15, 1));
+        assert_eq!(
+            Amount::parse("1.5000").unwrap().as_decimal(),
+            Decimal::new(15, 1)
+        );
     }
 
     #[test]

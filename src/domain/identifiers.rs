@@ -99,7 +99,9 @@ mis_identifier!(
 
 /// Kiva's id of a field partner, as the token endpoint returns it (a string). It becomes part
 /// of URL paths and of store key names, so it is restricted to a safe alphabet.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct PartnerId(String);
 
@@ -165,7 +167,10 @@ mod tests {
         assert_eq!(LoanId::parse(""), Err(IdError::Empty));
         assert_eq!(LoanId::parse("   "), Err(IdError::Empty));
         assert_eq!(LoanId::parse("a\nb"), Err(IdError::ControlCharacter));
-        assert_eq!(LoanId::parse(&"x".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong));
+        assert_eq!(
+            LoanId::parse(&"x".repeat(MAX_ID_LEN + 1)),
+            Err(IdError::TooLong)
+        );
         assert!(matches!(
             LoanId::from_json(&serde_json::from_str("12.5").unwrap()),
             Some(Err(IdError::NotWholeNumber(_)))

@@ -9,4 +9,6 @@ mod report;
 pub use amount::Amount;
 pub use identifiers::{ClientId, IdError, LoanId, PartnerId};
 pub use period::Period;
-pub use report::{ColumnFormat, Repayment, RepaymentReport, RuleViolation, column_rule_violations, total};
+pub use report::{
+    ColumnFormat, Repayment, RepaymentReport, RuleViolation, column_rule_violations, total,
+};

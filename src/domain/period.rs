@@ -55,7 +55,9 @@ mod tests {
 
     #[test]
     fn rejects_anything_but_a_real_month() {
-        for bad in ["2026-13", "2026-00", "2026-1", "26-10", "2026/10", "abcd-ef", "1999-12"] {
+        for bad in [
+            "2026-13", "2026-00", "2026-1", "26-10", "2026/10", "abcd-ef", "1999-12",
+        ] {
             assert!(Period::parse(bad).is_err(), "{bad}");
         }
     }

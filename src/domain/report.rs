@@ -69,7 +69,10 @@ impl RepaymentReport {
     ) -> Result<Self, Vec<RuleViolation>> {
         let violations = column_rule_violations(
             column_format,
-            repayments.iter().enumerate().map(|(i, r)| (i, &r.loan_id, r.client_id.as_ref())),
+            repayments
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i, &r.loan_id, r.client_id.as_ref())),
         );
         if !violations.is_empty() {
             return Err(violations);
@@ -186,7 +189,9 @@ mod tests {
     }
 
     fn entries(rows: &[Repayment]) -> impl Iterator<Item = (usize, &LoanId, Option<&ClientId>)> {
-        rows.iter().enumerate().map(|(i, r)| (i, &r.loan_id, r.client_id.as_ref()))
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| (i, &r.loan_id, r.client_id.as_ref()))
     }
 
     #[test]
@@ -203,7 +208,11 @@ mod tests {
     fn a_duplicate_names_both_positions() {
         let v = column_rule_violations(
             ColumnFormat::TwoColumn,
-            entries(&[repayment("L1", None, "1"), repayment("L2", None, "1"), repayment("L1", None, "2")]),
+            entries(&[
+                repayment("L1", None, "1"),
+                repayment("L2", None, "1"),
+                repayment("L1", None, "2"),
+            ]),
         );
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].position, 2);
@@ -212,15 +221,24 @@ mod tests {
 
     #[test]
     fn three_column_loans_are_told_apart_by_client() {
-        let rows = [repayment("G1", Some("C1"), "1"), repayment("G1", Some("C2"), "1")];
+        let rows = [
+            repayment("G1", Some("C1"), "1"),
+            repayment("G1", Some("C2"), "1"),
+        ];
         assert!(column_rule_violations(ColumnFormat::ThreeColumn, entries(&rows)).is_empty());
-        assert_eq!(column_rule_violations(ColumnFormat::TwoColumn, entries(&rows)).len(), 1);
+        assert_eq!(
+            column_rule_violations(ColumnFormat::TwoColumn, entries(&rows)).len(),
+            1
+        );
     }
 
     #[test]
     fn two_column_wire_form_drops_client_id_and_keeps_digits() {
         let r = repayment("L1", Some("C1"), "25.00");
-        assert_eq!(r.to_kiva_json(ColumnFormat::TwoColumn).to_string(), r#"{"loan_id":"L1","amount":25.00}"#);
+        assert_eq!(
+            r.to_kiva_json(ColumnFormat::TwoColumn).to_string(),
+            r#"{"loan_id":"L1","amount":25.00}"#
+        );
         assert_eq!(
             r.to_kiva_json(ColumnFormat::ThreeColumn).to_string(),
             r#"{"loan_id":"L1","client_id":"C1","amount":25.00}"#
@@ -229,10 +247,16 @@ mod tests {
 
     #[test]
     fn batches_are_cut_in_order() {
-        let rows: Vec<_> = (0..450).map(|i| repayment(&format!("L{i}"), Some("C"), "1")).collect();
-        let report =
-            RepaymentReport::new(PartnerId::parse("1").unwrap(), ColumnFormat::ThreeColumn, None, rows)
-                .unwrap();
+        let rows: Vec<_> = (0..450)
+            .map(|i| repayment(&format!("L{i}"), Some("C"), "1"))
+            .collect();
+        let report = RepaymentReport::new(
+            PartnerId::parse("1").unwrap(),
+            ColumnFormat::ThreeColumn,
+            None,
+            rows,
+        )
+        .unwrap();
         let sizes: Vec<_> = report.batches(200).map(<[_]>::len).collect();
         assert_eq!(sizes, [200, 200, 50]);
         assert_eq!(report.total_amount().to_string(), "450");

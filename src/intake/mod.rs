@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::domain::{
-    Amount, ClientId, ColumnFormat, IdError, LoanId, PartnerId, Period, Repayment,
-    RepaymentReport, column_rule_violations,
+    Amount, ClientId, ColumnFormat, IdError, LoanId, PartnerId, Period, Repayment, RepaymentReport,
+    column_rule_violations,
 };
 
 /// One thing wrong with a submitted report, at the JSON Pointer (RFC 6901) of the offending
@@ -20,7 +20,9 @@ pub struct Violation {
     #[schema(example = "/repayments/3/amount")]
     pub pointer: String,
     /// What is wrong, in plain words.
-    #[schema(example = "\"1.2345\" must be a non-negative decimal with at most 3 decimal places, e.g. \"25.00\"")]
+    #[schema(
+        example = "\"1.2345\" must be a non-negative decimal with at most 3 decimal places, e.g. \"25.00\""
+    )]
     pub detail: String,
 }
 
@@ -81,13 +83,17 @@ impl Intake {
     }
 
     pub fn read(&self, body: &[u8], scope: &PartnerScope) -> Result<RepaymentReport, IntakeError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| IntakeError::MalformedJson {
-            message: e.to_string(),
-            line: e.line(),
-            column: e.column(),
-        })?;
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| IntakeError::MalformedJson {
+                message: e.to_string(),
+                line: e.line(),
+                column: e.column(),
+            })?;
         // Counted before the schema runs, so an oversized report costs no validation work.
-        if let Some(count) = value.get("repayments").and_then(Value::as_array).map(Vec::len)
+        if let Some(count) = value
+            .get("repayments")
+            .and_then(Value::as_array)
+            .map(Vec::len)
             && count > self.max_repayments
         {
             return Err(IntakeError::TooManyRepayments {
@@ -100,7 +106,8 @@ impl Intake {
         let flagged = |violations: &[Violation], pointer: &str| {
             violations.iter().any(|v| {
                 pointer.starts_with(&v.pointer)
-                    && (pointer.len() == v.pointer.len() || pointer.as_bytes()[v.pointer.len()] == b'/')
+                    && (pointer.len() == v.pointer.len()
+                        || pointer.as_bytes()[v.pointer.len()] == b'/')
             })
         };
 
@@ -118,8 +125,15 @@ impl Intake {
             None => None,
         };
 
-        let items = value.get("repayments").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
-        let entries: Vec<Entry> = items.iter().enumerate().map(|(i, item)| read_entry(i, item)).collect();
+        let items = value
+            .get("repayments")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        let entries: Vec<Entry> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| read_entry(i, item))
+            .collect();
         for entry in &entries {
             for problem in &entry.problems {
                 if !flagged(&violations, &problem.pointer) {
@@ -131,7 +145,8 @@ impl Intake {
             // Identifiers are checked even where the amount was unreadable, so a duplicate
             // is reported in the same answer as the bad amount.
             let ids = entries.iter().enumerate().filter_map(|(i, e)| {
-                let client_unreadable = e.problems.iter().any(|p| p.pointer.ends_with("/client_id"));
+                let client_unreadable =
+                    e.problems.iter().any(|p| p.pointer.ends_with("/client_id"));
                 match (&e.loan_id, client_unreadable) {
                     (Some(loan), false) => Some((i, loan, e.client_id.as_ref())),
                     _ => None,
@@ -169,7 +184,10 @@ impl Intake {
                 rules
                     .into_iter()
                     .map(|r| Violation::new(format!("/repayments/{}", r.position), r.message))
-                    .chain(std::iter::once(Violation::new("/repayments", "no repayment to report")))
+                    .chain(std::iter::once(Violation::new(
+                        "/repayments",
+                        "no repayment to report",
+                    )))
                     .collect(),
             )
         })
@@ -210,7 +228,10 @@ impl Intake {
             None => {
                 violations.push(Violation::new(
                     "/partner_id",
-                    format!("{:?} is not a partner this gateway is configured for", id.as_str()),
+                    format!(
+                        "{:?} is not a partner this gateway is configured for",
+                        id.as_str()
+                    ),
                 ));
                 Ok(None)
             }
@@ -234,11 +255,28 @@ fn read_entry(position: usize, item: &Value) -> Entry {
             loan_id: None,
             client_id: None,
             amount: None,
-            problems: vec![Violation::new(format!("/repayments/{position}"), "must be an object")],
+            problems: vec![Violation::new(
+                format!("/repayments/{position}"),
+                "must be an object",
+            )],
         };
     };
-    let loan_id = read_identifier(object, position, "loan_id", true, LoanId::from_json, &mut problems);
-    let client_id = read_identifier(object, position, "client_id", false, ClientId::from_json, &mut problems);
+    let loan_id = read_identifier(
+        object,
+        position,
+        "loan_id",
+        true,
+        LoanId::from_json,
+        &mut problems,
+    );
+    let client_id = read_identifier(
+        object,
+        position,
+        "client_id",
+        false,
+        ClientId::from_json,
+        &mut problems,
+    );
     let amount = match object.get("amount") {
         // With `arbitrary_precision`, a JSON number's text is exactly what the MIS wrote.
         Some(Value::Number(n)) => Amount::parse(&n.to_string()),
@@ -246,7 +284,9 @@ fn read_entry(position: usize, item: &Value) -> Entry {
         Some(_) => Err("amount must be a number or a string".to_owned()),
         None => Err("amount is required".to_owned()),
     };
-    let amount = amount.map_err(|message| problems.push(Violation::new(at("amount"), message))).ok();
+    let amount = amount
+        .map_err(|message| problems.push(Violation::new(at("amount"), message)))
+        .ok();
     Entry {
         loan_id,
         client_id,
@@ -292,7 +332,10 @@ mod tests {
 
     fn intake(format: ColumnFormat) -> (Intake, PartnerScope) {
         let p = PartnerId::parse("p1").unwrap();
-        (Intake::new([(p.clone(), format)].into(), 10), PartnerScope::One(p))
+        (
+            Intake::new([(p.clone(), format)].into(), 10),
+            PartnerScope::One(p),
+        )
     }
 
     fn pointers(err: IntakeError) -> Vec<String> {
@@ -318,7 +361,9 @@ mod tests {
     fn malformed_json_reports_line_and_column() {
         let (intake, scope) = intake(ColumnFormat::TwoColumn);
         match intake.read(b"{\n \"repayments\": [,]}", &scope) {
-            Err(IntakeError::MalformedJson { line, column, .. }) => assert_eq!((line, column), (2, 17)),
+            Err(IntakeError::MalformedJson { line, column, .. }) => {
+                assert_eq!((line, column), (2, 17))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -347,17 +392,28 @@ mod tests {
     fn another_partner_is_forbidden_and_an_admin_must_name_one() {
         let (intake, scope) = intake(ColumnFormat::TwoColumn);
         let body = br#"{"partner_id":"p2","repayments":[{"loan_id":"L1","amount":1}]}"#;
-        assert!(matches!(intake.read(body, &scope), Err(IntakeError::PartnerNotAllowed(_))));
+        assert!(matches!(
+            intake.read(body, &scope),
+            Err(IntakeError::PartnerNotAllowed(_))
+        ));
         let body = br#"{"repayments":[{"loan_id":"L1","amount":1}]}"#;
-        assert_eq!(pointers(intake.read(body, &PartnerScope::All).unwrap_err()), ["/partner_id"]);
+        assert_eq!(
+            pointers(intake.read(body, &PartnerScope::All).unwrap_err()),
+            ["/partner_id"]
+        );
         let body = br#"{"partner_id":"p9","repayments":[{"loan_id":"L1","amount":1}]}"#;
-        assert_eq!(pointers(intake.read(body, &PartnerScope::All).unwrap_err()), ["/partner_id"]);
+        assert_eq!(
+            pointers(intake.read(body, &PartnerScope::All).unwrap_err()),
+            ["/partner_id"]
+        );
     }
 
     #[test]
     fn too_many_repayments_is_its_own_error() {
         let (intake, scope) = intake(ColumnFormat::TwoColumn);
-        let items: Vec<_> = (0..11).map(|i| format!(r#"{{"loan_id":"L{i}","amount":1}}"#)).collect();
+        let items: Vec<_> = (0..11)
+            .map(|i| format!(r#"{{"loan_id":"L{i}","amount":1}}"#))
+            .collect();
         let body = format!(r#"{{"repayments":[{}]}}"#, items.join(","));
         assert!(matches!(
             intake.read(body.as_bytes(), &scope),
@@ -369,6 +425,9 @@ mod tests {
     fn integer_ids_with_a_fraction_are_rejected() {
         let (intake, scope) = intake(ColumnFormat::TwoColumn);
         let body = br#"{"repayments":[{"loan_id":12.0,"amount":1}]}"#;
-        assert_eq!(pointers(intake.read(body, &scope).unwrap_err()), ["/repayments/0/loan_id"]);
+        assert_eq!(
+            pointers(intake.read(body, &scope).unwrap_err()),
+            ["/repayments/0/loan_id"]
+        );
     }
 }

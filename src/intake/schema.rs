@@ -52,7 +52,9 @@ pub fn violations(instance: &Value) -> Vec<Violation> {
                     let keyword = error.schema_path().as_str();
                     let hint = keyword
                         .strip_suffix("/pattern")
-                        .and_then(|parent| SCHEMA_DOCUMENT.pointer(&format!("{parent}/x-pattern-message")))
+                        .and_then(|parent| {
+                            SCHEMA_DOCUMENT.pointer(&format!("{parent}/x-pattern-message"))
+                        })
                         .and_then(Value::as_str);
                     let message = match hint {
                         Some(hint) => format!("{} {hint}", describe(error.instance())),
@@ -62,7 +64,10 @@ pub fn violations(instance: &Value) -> Vec<Violation> {
                 }
                 ValidationErrorKind::MultipleOf { .. } => vec![Violation::new(
                     at,
-                    format!("{} has more than 3 decimal places", describe(error.instance())),
+                    format!(
+                        "{} has more than 3 decimal places",
+                        describe(error.instance())
+                    ),
                 )],
                 _ => vec![Violation::new(at, truncate(error.to_string()))],
             }
@@ -108,7 +113,8 @@ mod tests {
 
     #[test]
     fn four_decimal_places_fail() {
-        let v: Value = serde_json::from_str(r#"{"repayments":[{"loan_id":"a","amount":1.2345}]}"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"repayments":[{"loan_id":"a","amount":1.2345}]}"#).unwrap();
         assert_eq!(pointers(&v), ["/repayments/0/amount"]);
     }
 

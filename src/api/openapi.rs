@@ -1,0 +1,78 @@
+//! The OpenAPI 3.1 document: built by utoipa from the handlers, then given the report body's
+//! JSON Schema verbatim, so the documented contract can't be looser than the enforced one.
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::problem::Problem;
+use super::repayments::NormalizedReport;
+use super::reports::{ReportDetail, ReportList};
+use crate::intake::Violation;
+use crate::intake::schema::SCHEMA_DOCUMENT;
+use crate::store::{Batch, BatchState, RepaymentState, Report, ReportStatus, StoredRepayment};
+
+pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "repayment-gateway",
+        description = "Accepts monthly loan repayment reports from an MFI's MIS, checks them, queues them durably and delivers them to Kiva's Partner API.\n\nAuthenticate with the `X-Api-Key` header. Errors are RFC 9457 `application/problem+json`; a refused report lists every problem with a JSON Pointer.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        super::repayments::submit,
+        super::repayments::validate,
+        super::reports::get_report,
+        super::reports::list_reports,
+        super::report_schema,
+        super::health::live,
+        super::health::ready,
+    ),
+    components(schemas(
+        Problem, Violation, Report, ReportDetail, ReportList, Batch, StoredRepayment,
+        ReportStatus, BatchState, RepaymentState, NormalizedReport
+    )),
+    modifiers(&ApiKeyScheme),
+    tags(
+        (name = "repayments", description = "Submit and check repayment reports"),
+        (name = "reports", description = "Follow what happened to each report"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                super::auth::API_KEY_HEADER,
+                "A key issued by the gateway's operator (`repayment-gateway new-api-key`); it fixes the partner and branch.",
+            ))),
+        );
+    }
+}
+
+/// The document as served at `/api-docs/openapi.json` and written by `repayment-gateway openapi`.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let mut schema = SCHEMA_DOCUMENT.clone();
+    if let Some(object) = schema.as_object_mut() {
+        // `$id` would make the embedded schema resolve references against another base.
+        object.remove("$schema");
+        object.remove("$id");
+    }
+    doc["components"]["schemas"]["RepaymentReport"] = schema;
+    doc
+}
+
+/// Pretty-printed, with a final newline, as checked in under `openapi/`.
+pub fn document_text() -> String {
+    let mut text = serde_json::to_string_pretty(&document()).expect("serializes");
+    text.push('\n');
+    text
+}

@@ -1,0 +1,172 @@
+//! RFC 9457 `application/problem+json` answers for everything that goes wrong.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::intake::{IntakeError, Violation};
+use crate::store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+/// Seconds an MIS should wait before retrying when the store is unreachable.
+pub const STORE_RETRY_AFTER_SECS: u32 = 5;
+
+/// An RFC 9457 problem. `type` identifies the kind of problem; `errors` lists every violation
+/// of a report that was refused as invalid.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "/problems/invalid-report",
+    "title": "The report is invalid",
+    "status": 422,
+    "detail": "the report has 1 problem(s); nothing was stored",
+    "errors": [{"pointer": "/repayments/0/amount", "detail": "\"1.2345\" must be a non-negative decimal with at most 3 decimal places, e.g. \"25.00\""}]
+}))]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Violation>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("send a valid API key in the X-Api-Key header")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("another request with this Idempotency-Key is still being processed; retry shortly")]
+    IdempotencyInProgress,
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("send the report as application/json")]
+    UnsupportedMediaType,
+    #[error("the report has {} problem(s); nothing was stored", .0.len())]
+    InvalidReport(Vec<Violation>),
+    #[error(
+        "this Idempotency-Key was already used with a different body; use a new key for a new report"
+    )]
+    IdempotencyKeyReused,
+    #[error("the report store is unavailable; nothing was stored, retry later")]
+    StoreUnavailable,
+    #[error(
+        "an internal error occurred; nothing is known to be stored, retry with the same Idempotency-Key"
+    )]
+    Internal,
+}
+
+impl ApiError {
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::MalformedJson(_) => ("malformed-json", "The body is not valid JSON"),
+            ApiError::BadRequest(_) => ("bad-request", "The request is malformed"),
+            ApiError::Unauthenticated => ("unauthenticated", "Missing or unknown API key"),
+            ApiError::Forbidden(_) => ("forbidden", "Not allowed for this API key"),
+            ApiError::NotFound(_) => ("not-found", "Not found"),
+            ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+            ApiError::IdempotencyInProgress => (
+                "idempotency-in-progress",
+                "A request with this Idempotency-Key is in progress",
+            ),
+            ApiError::PayloadTooLarge(_) => ("payload-too-large", "The report is too large"),
+            ApiError::UnsupportedMediaType => {
+                ("unsupported-media-type", "Unsupported content type")
+            }
+            ApiError::InvalidReport(_) => ("invalid-report", "The report is invalid"),
+            ApiError::IdempotencyKeyReused => (
+                "idempotency-key-reused",
+                "Idempotency-Key reused with another body",
+            ),
+            ApiError::StoreUnavailable => ("store-unavailable", "The report store is unavailable"),
+            ApiError::Internal => ("internal", "Internal error"),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (slug, title) = self.kind();
+        Problem {
+            problem_type: format!("/problems/{slug}"),
+            title: title.to_owned(),
+            status: self.status_code().as_u16(),
+            detail: self.to_string(),
+            errors: match self {
+                ApiError::InvalidReport(v) => v.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::IdempotencyInProgress => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidReport(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
+        match self {
+            ApiError::StoreUnavailable => {
+                response.insert_header((header::RETRY_AFTER, STORE_RETRY_AFTER_SECS));
+            }
+            ApiError::IdempotencyInProgress => {
+                response.insert_header((header::RETRY_AFTER, 1));
+            }
+            _ => {}
+        }
+        response.body(serde_json::to_string(&self.problem()).expect("problems serialize"))
+    }
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::MalformedJson { .. } => ApiError::MalformedJson(e.to_string()),
+            IntakeError::TooManyRepayments { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            IntakeError::PartnerNotAllowed(_) => ApiError::Forbidden(e.to_string()),
+            IntakeError::Invalid(violations) => ApiError::InvalidReport(violations),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "store unavailable");
+                ApiError::StoreUnavailable
+            }
+            StoreError::ClaimLost => ApiError::IdempotencyInProgress,
+            StoreError::Other(reason) => {
+                tracing::error!(%reason, "store error");
+                ApiError::Internal
+            }
+        }
+    }
+}

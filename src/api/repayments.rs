@@ -1,0 +1,309 @@
+//! `POST /v1/repayments` and `POST /v1/repayments/validate`.
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Caller;
+use super::problem::{ApiError, Problem};
+use crate::domain::{ColumnFormat, RepaymentReport};
+use crate::intake::PartnerScope;
+use crate::store::{
+    IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
+    Report, ReportStatus, batches_of,
+};
+
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+pub const REPLAYED_HEADER: &str = "Idempotent-Replayed";
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Submit a month's repayments.
+///
+/// The body is checked against the published JSON Schema and the partner's column rules;
+/// every problem is listed in one 422 answer. An accepted report is stored and queued for
+/// delivery to Kiva in batches of at most `kiva.batch_size` repayments before the 202 is sent.
+/// Send an `Idempotency-Key` so that a retry after a lost answer cannot create a second report.
+#[utoipa::path(
+    post,
+    path = "/v1/repayments",
+    tag = "repayments",
+    security(("api_key" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1,
+         description = "Makes retries safe: the same key with the same body replays the first answer for at least 24 h; with another body it is refused (422); while the first request is in progress, 409. Scoped to the API key.",
+         example = "2026-10-nairobi-1")
+    ),
+    request_body(content = RepaymentReportBody, content_type = "application/json",
+        description = "The report; its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`."),
+    responses(
+        (status = 202, description = "Accepted, stored and queued for delivery.", body = Report,
+         headers(("Location" = String, description = "`/v1/reports/{id}`"),
+                 ("Idempotent-Replayed" = String, description = "`true` when this is the replayed answer to an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "The body is not JSON (the detail gives line and column), or the Idempotency-Key is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with the same Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 413, description = "The body or the number of repayments is over the limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every schema and column-rule violation, each with a JSON Pointer; or an Idempotency-Key reused with another body. Nothing was stored.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable; nothing was stored.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub async fn submit(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    require_json(request.headers())?;
+    let idempotency_key = idempotency_key(request.headers())?;
+    let body = read_body(payload, request.headers(), state.max_body_bytes).await?;
+    let report = state.intake.read(&body, &caller.scope)?;
+    if caller.scope == PartnerScope::All {
+        tracing::Span::current().record("partner", report.partner_id().as_str());
+    }
+
+    let id = Uuid::now_v7();
+    let batches = batches_of(id, &report, state.batch_size);
+    let record = Report {
+        id,
+        partner_id: report.partner_id().clone(),
+        branch: caller.branch.clone(),
+        submitted_by: caller.key_name.clone(),
+        created_at: Utc::now(),
+        period: report.period(),
+        column_format: report.column_format(),
+        status: ReportStatus::Queued,
+        repayment_count: report.repayments().len(),
+        total_amount: report.total_amount(),
+        batch_count: batches.len(),
+    };
+    let location = format!("/v1/reports/{id}");
+    let response_body = serde_json::to_string(&record).expect("reports serialize");
+
+    match idempotency_key {
+        None => {
+            state
+                .store
+                .accept(&record, &batches, None, state.idempotency_ttl)
+                .await?;
+        }
+        Some(key) => {
+            let scope = IdempotencyScope {
+                partner_id: record.partner_id.clone(),
+                api_key_name: caller.key_name.clone(),
+                key,
+            };
+            let fingerprint = hex::encode(Sha256::digest(&body));
+            match state
+                .store
+                .claim_idempotency(&scope, IDEMPOTENCY_CLAIM_TTL)
+                .await?
+            {
+                IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
+                IdempotencyClaim::Completed(first) if first.fingerprint == fingerprint => {
+                    return Ok(replay(first));
+                }
+                IdempotencyClaim::Completed(_) => return Err(ApiError::IdempotencyKeyReused),
+                IdempotencyClaim::Claimed { token } => {
+                    let accept = IdempotentAccept {
+                        scope,
+                        token,
+                        response: RecordedResponse {
+                            fingerprint,
+                            status: 202,
+                            location: Some(location.clone()),
+                            body: response_body.clone(),
+                        },
+                    };
+                    if let Err(error) = state
+                        .store
+                        .accept(&record, &batches, Some(&accept), state.idempotency_ttl)
+                        .await
+                    {
+                        // Free the key for the MIS's retry. If Redis is down this fails too,
+                        // and the claim expires by itself after IDEMPOTENCY_CLAIM_TTL.
+                        let _ = state
+                            .store
+                            .release_idempotency(&accept.scope, &accept.token)
+                            .await;
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(
+        report_id = %id,
+        repayments = record.repayment_count,
+        batches = record.batch_count,
+        "report accepted"
+    );
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, location))
+        .content_type("application/json")
+        .body(response_body))
+}
+
+/// What `POST /v1/repayments` would store and send, without storing anything.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NormalizedReport {
+    #[schema(example = "123")]
+    pub partner_id: String,
+    pub column_format: ColumnFormat,
+    #[schema(example = "2026-10")]
+    pub period: Option<String>,
+    pub repayment_count: usize,
+    #[schema(example = "65.00")]
+    pub total_amount: String,
+    pub batch_count: usize,
+    /// The bodies of the calls to Kiva's repayments endpoint, one per batch, exactly as they
+    /// would be sent: `client_id` only for three-column partners, `amount` a JSON number with
+    /// the digits received.
+    #[schema(value_type = Vec<Object>, example = json!([{"repayments": [{"loan_id": "L-1042970", "client_id": "C-184729", "amount": 25.00}]}]))]
+    pub kiva_requests: Vec<serde_json::Value>,
+}
+
+impl NormalizedReport {
+    fn of(report: &RepaymentReport, batch_size: usize) -> Self {
+        let format = report.column_format();
+        let kiva_requests: Vec<_> = report
+            .batches(batch_size)
+            .map(|batch| {
+                serde_json::json!({
+                    "repayments": batch.iter().map(|r| r.to_kiva_json(format)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        Self {
+            partner_id: report.partner_id().to_string(),
+            column_format: format,
+            period: report.period().map(|p| p.to_string()),
+            repayment_count: report.repayments().len(),
+            total_amount: report.total_amount().to_string(),
+            batch_count: kiva_requests.len(),
+            kiva_requests,
+        }
+    }
+}
+
+/// Check a report without storing it.
+///
+/// Runs every check of `POST /v1/repayments` and answers with the normalized report: the
+/// exact calls that would go to Kiva. Nothing is stored or queued.
+#[utoipa::path(
+    post,
+    path = "/v1/repayments/validate",
+    tag = "repayments",
+    security(("api_key" = [])),
+    request_body(content = RepaymentReportBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The report is valid; this is what would be sent.", body = NormalizedReport),
+        (status = 400, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Over the size limits.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every violation, each with a JSON Pointer.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn validate(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    require_json(request.headers())?;
+    let body = read_body(payload, request.headers(), state.max_body_bytes).await?;
+    let report = state.intake.read(&body, &caller.scope)?;
+    Ok(HttpResponse::Ok().json(NormalizedReport::of(&report, state.batch_size)))
+}
+
+/// Stands in the OpenAPI document for `schemas/repayment-report.schema.json`, which replaces
+/// it verbatim when the document is built (see `openapi::document`).
+#[derive(ToSchema)]
+#[schema(as = RepaymentReport)]
+#[allow(dead_code)]
+pub struct RepaymentReportBody {
+    repayments: Vec<serde_json::Value>,
+}
+
+fn replay(first: RecordedResponse) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(first.status)
+        .unwrap_or(actix_web::http::StatusCode::ACCEPTED);
+    let mut response = HttpResponse::build(status);
+    response
+        .insert_header((REPLAYED_HEADER, "true"))
+        .content_type("application/json");
+    if let Some(location) = first.location {
+        response.insert_header((header::LOCATION, location));
+    }
+    response.body(first.body)
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/json") => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Reads the body up to `max` bytes; a larger one is refused as soon as it is known to be.
+async fn read_body(
+    mut payload: web::Payload,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<web::Bytes, ApiError> {
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("the body is larger than the {max}-byte limit"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(max));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

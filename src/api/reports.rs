@@ -1,0 +1,180 @@
+//! `GET /v1/reports/{id}` and `GET /v1/reports`.
+
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Caller;
+use super::problem::{ApiError, Problem};
+use crate::config::Role;
+use crate::domain::{PartnerId, Period};
+use crate::intake::PartnerScope;
+use crate::store::{Batch, Report, ReportQuery, ReportStatus};
+
+pub const DEFAULT_PAGE: usize = 50;
+pub const MAX_PAGE: usize = 200;
+
+/// A report with its batches and each repayment's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportDetail {
+    #[serde(flatten)]
+    pub report: Report,
+    pub batches: Vec<Batch>,
+}
+
+/// Follow one report.
+///
+/// The report, its batches (one Kiva call each) and every repayment with its state. A branch
+/// key sees only its own branch's reports; any other answers 404.
+#[utoipa::path(
+    get,
+    path = "/v1/reports/{id}",
+    tag = "reports",
+    security(("api_key" = [])),
+    params(("id" = Uuid, Path, description = "Report id, from the `Location` of the 202 answer")),
+    responses(
+        (status = 200, description = "The report", body = ReportDetail),
+        (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such report for this API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub async fn get_report(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let not_found = || ApiError::NotFound("no such report for this API key".into());
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    for partner in visible_partners(&state, &caller.scope) {
+        if let Some((report, batches)) = state.store.report(&partner, id).await? {
+            if !caller.may_read(&report.partner_id, &report.branch) {
+                return Err(not_found());
+            }
+            return Ok(HttpResponse::Ok().json(ReportDetail { report, batches }));
+        }
+    }
+    Err(not_found())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only reports in this status.
+    status: Option<ReportStatus>,
+    /// Only this branch's reports (admin keys; a branch key always sees only its own).
+    branch: Option<String>,
+    /// Only reports for this month, `YYYY-MM`.
+    #[param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$", example = "2026-10")]
+    period: Option<String>,
+    /// The partner to list; required for an admin key that serves several partners.
+    partner_id: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Reports per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportList {
+    /// Newest first.
+    pub reports: Vec<Report>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// List reports, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/reports",
+    tag = "reports",
+    security(("api_key" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of reports", body = ReportList),
+        (status = 400, description = "A filter or the cursor is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key may not read that partner's reports.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
+pub async fn list_reports(
+    state: web::Data<AppState>,
+    caller: Caller,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let params = params.into_inner();
+    let partner = match (&params.partner_id, &caller.scope) {
+        (Some(named), scope) => {
+            let id = PartnerId::parse(named).map_err(ApiError::BadRequest)?;
+            if !scope.allows(&id) || !state.partners.contains(&id) {
+                return Err(ApiError::Forbidden(format!(
+                    "this API key may not read reports of partner {named:?}"
+                )));
+            }
+            id
+        }
+        (None, PartnerScope::One(id)) => id.clone(),
+        (None, PartnerScope::All) => {
+            return Err(ApiError::BadRequest(
+                "partner_id is required: this admin key serves several partners".into(),
+            ));
+        }
+    };
+    let period = params
+        .period
+        .as_deref()
+        .map(Period::parse)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::BadRequest("cursor is not one this API gave".into()))
+        })
+        .transpose()?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    // A branch key asking for another branch gets an empty page, as for a branch with none.
+    if caller.role == Role::Branch && params.branch.as_ref().is_some_and(|b| b != &caller.branch) {
+        return Ok(HttpResponse::Ok().json(ReportList {
+            reports: vec![],
+            next_cursor: None,
+        }));
+    }
+    let branch = match caller.role {
+        Role::Admin => params.branch,
+        Role::Branch => Some(caller.branch.clone()),
+    };
+    let query = ReportQuery {
+        branch,
+        status: params.status,
+        period,
+        after,
+        limit,
+    };
+    let page = state.store.reports(&partner, &query).await?;
+    Ok(HttpResponse::Ok().json(ReportList {
+        reports: page.reports,
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+fn visible_partners(state: &AppState, scope: &PartnerScope) -> Vec<PartnerId> {
+    match scope {
+        PartnerScope::One(id) => vec![id.clone()],
+        PartnerScope::All => state.partners.clone(),
+    }
+}

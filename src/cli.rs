@@ -1,0 +1,110 @@
+//! Command line: `serve`, `openapi`, `new-api-key`, `check-config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "repayment-gateway",
+    version,
+    about = "Between an MFI's MIS and Kiva's Partner API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve {
+        /// TOML configuration (see config/gateway.example.toml); GATEWAY_* variables override it.
+        #[arg(long, short, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the OpenAPI document, or write it to a file.
+    Openapi {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Make a new random API key and print it with the hash for the configuration.
+    NewApiKey,
+    /// Validate a configuration and say what is wrong, by key.
+    CheckConfig {
+        #[arg(long, short, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            crate::telemetry::init(&settings.log);
+            let app = crate::startup::Application::build(&settings)?;
+            tracing::info!(
+                bind = %settings.server.bind,
+                port = app.port(),
+                partners = settings.partners.len(),
+                api_keys = settings.api_keys.len(),
+                "repayment-gateway listening; Swagger UI at /swagger-ui/"
+            );
+            app.run_until_stopped().await?;
+            tracing::info!("stopped");
+        }
+        Command::Openapi { output } => {
+            let text = crate::api::openapi::document_text();
+            match output {
+                Some(path) => std::fs::write(&path, text)?,
+                None => print!("{text}"),
+            }
+        }
+        Command::NewApiKey => {
+            let (key, hash) = crate::api::auth::new_key();
+            println!("key:        {key}");
+            println!("key_sha256: {hash}");
+            println!();
+            println!(
+                "Give the key to the MIS (it is shown only now); put key_sha256 in an [[api_keys]] entry."
+            );
+        }
+        Command::CheckConfig { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            println!(
+                "configuration is valid: {} partner(s), {} API key(s), store {}",
+                settings.partners.len(),
+                settings.api_keys.len(),
+                redact_url(&settings.store.url)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A store URL without its password, for printing.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            super::redact_url("redis://:hunter2@db:6379"),
+            "redis://***@db:6379"
+        );
+        assert_eq!(
+            super::redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}
