@@ -358,8 +358,9 @@ impl Settings {
 }
 
 fn env_provider() -> Env {
+    // `split` has already turned `__` into `.` when the filter runs.
     Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
-        let section = key.as_str().split("__").next().unwrap_or("");
+        let section = key.as_str().split('.').next().unwrap_or("");
         ENV_SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
     })
 }
@@ -423,6 +424,30 @@ mod tests {
         let bad = MINIMAL.replace("client_secret = \"s3cret\"", "");
         let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
         assert!(err.contains("GATEWAY_PARTNER_P1_CLIENT_SECRET"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
+    fn the_environment_overrides_the_file_and_other_gateway_variables_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GATEWAY_SERVER__BIND", "0.0.0.0:9999");
+            jail.set_env("GATEWAY_KIVA__BATCH_SIZE", "250");
+            jail.set_env("GATEWAY_CONFIG", "/etc/gateway.toml");
+            jail.set_env("GATEWAY_PARTNER_P1_CLIENT_SECRET", "from-env");
+            let s = Settings::from_toml_str(MINIMAL).unwrap();
+            assert_eq!(s.server.bind, "0.0.0.0:9999");
+            assert_eq!(s.kiva.batch_size, 250);
+            use secrecy::ExposeSecret;
+            assert_eq!(
+                s.partners[0]
+                    .client_secret
+                    .as_ref()
+                    .unwrap()
+                    .expose_secret(),
+                "from-env"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -1,0 +1,52 @@
+# ---- builder ---------------------------------------------------------------
+# Edition 2024 needs Rust >= 1.85; the floating 1.x tag satisfies that.
+FROM rust:1-bookworm AS builder
+WORKDIR /app
+
+# Dependencies first, against a dummy crate, so this layer stays cached until
+# Cargo.toml or Cargo.lock change.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && cargo build --release --locked
+
+COPY src ./src
+# include_str! embeds the report schema at compile time.
+COPY schemas ./schemas
+# COPY keeps the context's mtimes, which can be older than the dummy build;
+# touching makes cargo rebuild the crate instead of shipping the dummy binary.
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked
+
+# ---- runtime ---------------------------------------------------------------
+FROM debian:bookworm-slim
+
+# ca-certificates: the gateway calls Kiva's API over HTTPS.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# Fixed uid so volume ownership and Kubernetes runAsUser are predictable.
+RUN groupadd --gid 10001 gateway \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin gateway
+
+COPY --from=builder /app/target/release/repayment-gateway /usr/local/bin/repayment-gateway
+# The real gateway.toml is mounted at run time; the example documents every key.
+COPY config/gateway.example.toml /etc/repayment-gateway/gateway.example.toml
+
+# Numeric, so runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001
+EXPOSE 8080
+# The built-in default is 127.0.0.1, unreachable from outside the container.
+ENV GATEWAY_SERVER__BIND=0.0.0.0:8080
+
+# No HEALTHCHECK: the slim image has no curl/wget. Probe GET /health/live
+# (liveness) and GET /health/ready (readiness, checks Redis) on port 8080 from
+# the orchestrator instead.
+
+# Exec form: the binary is PID 1 and gets SIGTERM itself, so it drains
+# in-flight requests before exiting.
+ENTRYPOINT ["repayment-gateway"]
+CMD ["serve", "--config", "/etc/repayment-gateway/gateway.toml"]

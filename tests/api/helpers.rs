@@ -1,0 +1,431 @@
+//! Test harness: every test gets its own `redis-server` (on a unix socket in a temp dir, so
+//! tests never share keys or ports) and its own gateway on a free port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use repayment_gateway::api::auth::hash_key;
+use repayment_gateway::config::Settings;
+use repayment_gateway::domain::PartnerId;
+use repayment_gateway::startup::Application;
+use repayment_gateway::store::redis::RedisStore;
+use repayment_gateway::store::{
+    Batch, IdempotencyClaim, IdempotencyScope, IdempotentAccept, Report, ReportPage, ReportQuery,
+    ReportStore, StoreError,
+};
+use serde_json::Value;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub const THREE_COL: &str = "301";
+pub const TWO_COL: &str = "202";
+pub const PREFIX: &str = "rgtest";
+
+/// Keys: name → (plain key, partner, branch, role).
+pub const NAIROBI: &str = "key-nairobi";
+pub const MOMBASA: &str = "key-mombasa";
+pub const HEAD_OFFICE: &str = "key-head-office";
+pub const NETWORK_ADMIN: &str = "key-network-admin";
+pub const TWO_COL_BRANCH: &str = "key-two-col";
+pub const PARTNER_SECRET: &str = "kiva-client-secret-do-not-log";
+
+/// Longest a test waits for something to become true.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct TestRedis {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    persistent: bool,
+}
+
+impl TestRedis {
+    pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// With AOF fsynced on every write, so its data survives `stop` + `restart`.
+    pub async fn start_persistent() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut redis = Self {
+            dir,
+            child: None,
+            persistent,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis is already running");
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--maxmemory-policy", "noeviction"]);
+        if self.persistent {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        wait_until("redis-server answers PING", async || {
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut c) => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `condition` until it holds or `DEADLINE` passes (then panics naming `what`).
+pub async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn plain_key(name: &str) -> String {
+    format!("test-secret-value-of-{name}")
+}
+
+pub fn test_config(redis_url: &str) -> String {
+    let key = |name: &str, partner: &str, branch: &str, role: &str| {
+        format!(
+            "[[api_keys]]\nname = \"{name}\"\npartner = \"{partner}\"\nbranch = \"{branch}\"\nrole = \"{role}\"\nkey_sha256 = \"{}\"\n",
+            hash_key(&plain_key(name))
+        )
+    };
+    format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+max_body_bytes = 4194304
+max_repayments = 10000
+[store]
+url = "{redis_url}"
+key_prefix = "{PREFIX}"
+timeout_secs = 2
+[kiva]
+token_url = "http://127.0.0.1:9/oauth/token"
+audience = "https://partner-api.test"
+api_base_url = "http://127.0.0.1:9"
+[log]
+level = "info"
+[[partners]]
+id = "{THREE_COL}"
+name = "Three Column MFI"
+column_format = "three_column"
+client_id = "three-col-client"
+client_secret = "{PARTNER_SECRET}"
+[[partners]]
+id = "{TWO_COL}"
+name = "Two Column MFI"
+column_format = "two_column"
+client_id = "two-col-client"
+client_secret = "{PARTNER_SECRET}"
+{}{}{}{}{}"#,
+        key(NAIROBI, THREE_COL, "Nairobi", "branch"),
+        key(MOMBASA, THREE_COL, "Mombasa", "branch"),
+        key(HEAD_OFFICE, THREE_COL, "Head office", "admin"),
+        key(NETWORK_ADMIN, "*", "Network", "admin"),
+        key(TWO_COL_BRANCH, TWO_COL, "Kisumu", "branch"),
+    )
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub redis: TestRedis,
+    pub client: reqwest::Client,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.header("content-type").unwrap_or_default()
+    }
+
+    /// The JSON Pointers of a problem's `errors`, in order.
+    pub fn pointers(&self) -> Vec<String> {
+        self.body["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .map(|e| e["pointer"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(TestRedis::start().await, |_| {}).await
+}
+
+pub async fn spawn_app_on(redis: TestRedis, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
+    tweak(&mut settings);
+    let app = Application::build(&settings).expect("build app");
+    start(app, redis)
+}
+
+/// With `store` wrapped around this test's Redis store.
+pub async fn spawn_app_with_store(redis: TestRedis, store: Arc<dyn ReportStore>) -> TestApp {
+    let settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
+    let app = Application::build_with_store(&settings, store).expect("build app");
+    start(app, redis)
+}
+
+pub fn redis_store(redis: &TestRedis) -> RedisStore {
+    RedisStore::new(&redis.url(), PREFIX, 8, Duration::from_secs(2)).unwrap()
+}
+
+fn start(app: Application, redis: TestRedis) -> TestApp {
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        redis,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("request reaches the gateway");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub fn post(&self, path: &str, key: &str, body: impl Into<String>) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .header("X-Api-Key", plain_key(key))
+            .header("Content-Type", "application/json")
+            .body(body.into())
+    }
+
+    pub async fn submit(&self, key: &str, body: &Value) -> Answer {
+        self.send(self.post("/v1/repayments", key, body.to_string()))
+            .await
+    }
+
+    pub async fn submit_raw(&self, key: &str, body: &str) -> Answer {
+        self.send(self.post("/v1/repayments", key, body)).await
+    }
+
+    pub async fn submit_idempotent(&self, key: &str, idempotency_key: &str, body: &str) -> Answer {
+        self.send(
+            self.post("/v1/repayments", key, body)
+                .header("Idempotency-Key", idempotency_key),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Answer {
+        let mut request = self.client.get(format!("{}{path}", self.address));
+        if let Some(key) = key {
+            request = request.header("X-Api-Key", plain_key(key));
+        }
+        self.send(request).await
+    }
+
+    pub async fn report(&self, key: &str, id: &str) -> Answer {
+        self.get(&format!("/v1/reports/{id}"), Some(key)).await
+    }
+
+    /// Entries of a partner's delivery stream, as (batch id, report id).
+    pub async fn stream_entries(&self, partner: &str) -> Vec<(String, String)> {
+        let mut c = self.redis.connection().await;
+        let reply: redis::streams::StreamRangeReply = c
+            .xrange_all(format!("{PREFIX}:{{{partner}}}:deliveries"))
+            .await
+            .unwrap();
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                (
+                    e.get::<String>("batch").unwrap(),
+                    e.get::<String>("report").unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every key in this test's Redis, sorted.
+    pub async fn redis_keys(&self) -> Vec<String> {
+        let mut c = self.redis.connection().await;
+        let mut keys: Vec<String> = c.keys("*").await.unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// A stored batch document, as the store wrote it.
+    pub async fn stored_batch(&self, partner: &str, batch_id: &str) -> Value {
+        let mut c = self.redis.connection().await;
+        let doc: String = c
+            .get(format!("{PREFIX}:{{{partner}}}:batch:{batch_id}"))
+            .await
+            .unwrap();
+        serde_json::from_str(&doc).unwrap()
+    }
+}
+
+/// `count` three-column repayments, loans `L-0`…, each `amount`.
+pub fn three_column_report(count: usize, amount: &str) -> Value {
+    let repayments: Vec<Value> = (0..count)
+        .map(|i| serde_json::json!({"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": amount}))
+        .collect();
+    serde_json::json!({"period": "2026-10", "repayments": repayments})
+}
+
+/// Wraps a store and, once armed, holds the next `accept` until released: a request can be
+/// frozen after its idempotency claim and before its report is stored.
+pub struct GatedStore {
+    inner: RedisStore,
+    armed: AtomicBool,
+    pub reached: Notify,
+    pub release: Notify,
+}
+
+impl GatedStore {
+    pub fn new(inner: RedisStore) -> Self {
+        Self {
+            inner,
+            armed: AtomicBool::new(true),
+            reached: Notify::new(),
+            release: Notify::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReportStore for GatedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn claim_idempotency(
+        &self,
+        scope: &IdempotencyScope,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        self.inner.claim_idempotency(scope, ttl).await
+    }
+
+    async fn release_idempotency(
+        &self,
+        scope: &IdempotencyScope,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.release_idempotency(scope, token).await
+    }
+
+    async fn accept(
+        &self,
+        report: &Report,
+        batches: &[Batch],
+        idempotency: Option<&IdempotentAccept>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.accept(report, batches, idempotency, ttl).await
+    }
+
+    async fn report(
+        &self,
+        partner: &PartnerId,
+        id: Uuid,
+    ) -> Result<Option<(Report, Vec<Batch>)>, StoreError> {
+        self.inner.report(partner, id).await
+    }
+
+    async fn reports(
+        &self,
+        partner: &PartnerId,
+        query: &ReportQuery,
+    ) -> Result<ReportPage, StoreError> {
+        self.inner.reports(partner, query).await
+    }
+}

@@ -1,0 +1,9 @@
+//! Black-box tests of the gateway: real HTTP, real Redis (started per test).
+
+mod binary;
+mod helpers;
+mod idempotency;
+mod openapi;
+mod outage;
+mod reports;
+mod submit;
