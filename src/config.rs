@@ -451,6 +451,18 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_example_configuration_is_valid() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GATEWAY_PARTNER_123_CLIENT_SECRET", "from-env");
+            let example = include_str!("../config/gateway.example.toml");
+            let s = Settings::from_toml_str(example).unwrap();
+            assert_eq!(s.api_keys.len(), 2);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_output() {
         let s = Settings::from_toml_str(MINIMAL).unwrap();
         assert!(!format!("{s:?}").contains("s3cret"));

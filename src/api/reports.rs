@@ -67,12 +67,16 @@ pub struct ListParams {
     status: Option<ReportStatus>,
     /// Only this branch's reports (admin keys; a branch key always sees only its own).
     branch: Option<String>,
-    /// Only reports for this month, `YYYY-MM`.
-    #[param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$", example = "2026-10")]
+    /// Only reports for this month, `YYYY-MM`. Empty: no filter.
+    #[param(pattern = "^(20[0-9]{2}-(0[1-9]|1[0-2]))?$", example = "2026-10")]
     period: Option<String>,
     /// The partner to list; required for an admin key that serves several partners.
+    #[param(pattern = "^[A-Za-z0-9_-]{0,64}$", example = "123")]
     partner_id: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page. Empty: the first page.
+    #[param(
+        pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$"
+    )]
     cursor: Option<String>,
     /// Reports per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
@@ -109,7 +113,18 @@ pub async fn list_reports(
     caller: Caller,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let params = params.into_inner();
+    let mut params = params.into_inner();
+    // `?branch=&cursor=` is how many HTTP clients say "no filter".
+    for value in [
+        &mut params.branch,
+        &mut params.period,
+        &mut params.partner_id,
+        &mut params.cursor,
+    ] {
+        if value.as_deref() == Some("") {
+            *value = None;
+        }
+    }
     let partner = match (&params.partner_id, &caller.scope) {
         (Some(named), scope) => {
             let id = PartnerId::parse(named).map_err(ApiError::BadRequest)?;

@@ -22,15 +22,12 @@ impl Amount {
                  {MAX_DECIMAL_PLACES} decimal places, e.g. \"25.00\""
             )
         };
-        if text.starts_with('-') {
-            return Err(format!(
-                "{text:?} is negative: amounts must be zero or more"
-            ));
-        }
-        let plain = text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        // "-0" and "-0.00" are zero, and JSON Schema's `minimum: 0` lets them through.
+        let unsigned = text.strip_prefix('-').unwrap_or(text);
+        let plain = unsigned.bytes().all(|b| b.is_ascii_digit() || b == b'.');
         let decimal = if plain {
-            let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-            if int.is_empty() || (text.contains('.') && frac.is_empty()) {
+            let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+            if int.is_empty() || (unsigned.contains('.') && frac.is_empty()) {
                 return Err(invalid());
             }
             if int.len() > MAX_INTEGER_DIGITS {
@@ -99,10 +96,16 @@ impl serde::Serialize for Amount {
     }
 }
 
+/// Reads an amount the gateway stored itself. Not `Amount::parse`: that checks what an MIS
+/// may send, and a report's total may rightly have more integer digits than any one amount.
 impl<'de> serde::Deserialize<'de> for Amount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Amount::parse(&text).map_err(serde::de::Error::custom)
+        let decimal = Decimal::from_str(&text).map_err(serde::de::Error::custom)?;
+        if decimal.is_sign_negative() && !decimal.is_zero() {
+            return Err(serde::de::Error::custom(format!("negative amount {text}")));
+        }
+        Ok(Self(decimal))
     }
 }
 
@@ -154,6 +157,12 @@ mod tests {
     }
 
     #[test]
+    fn negative_zero_is_zero() {
+        assert_eq!(Amount::parse("-0.00").unwrap().to_string(), "0.00");
+        assert!(Amount::parse("-0.01").is_err());
+    }
+
+    #[test]
     fn trailing_zeros_beyond_three_places_are_harmless() {
         assert_eq!(
             Amount::parse("1.5000").unwrap().as_decimal(),
@@ -165,6 +174,15 @@ mod tests {
     fn json_number_form_keeps_digits() {
         let n = Amount::parse("1234567.891").unwrap().to_json_number();
         assert_eq!(serde_json::to_string(&n).unwrap(), "1234567.891");
+    }
+
+    #[test]
+    fn a_stored_total_beyond_the_per_amount_limit_reads_back() {
+        let big = Amount::parse("999999999999999.999").unwrap();
+        let total = big.checked_add(big).unwrap();
+        let json = serde_json::to_string(&total).unwrap();
+        assert_eq!(json, "\"1999999999999999.998\"");
+        assert_eq!(serde_json::from_str::<Amount>(&json).unwrap(), total);
     }
 
     #[test]

@@ -29,17 +29,29 @@ fn check_text(text: &str) -> Result<(), IdError> {
 }
 
 /// The MIS sends identifiers as strings or, from some systems, as JSON integers; both are
-/// kept as text (an integer as its decimal digits) because Kiva takes them as strings.
+/// kept as text because Kiva takes them as strings. An integer is kept as its decimal digits;
+/// an integral number written with a fraction or exponent (`16693.0`, `1.6693e4`, what some
+/// PHP and Excel exports produce) is a whole number for JSON Schema too, and is kept as the
+/// digits of that whole number.
 fn text_of_json(value: &serde_json::Value) -> Option<Result<String, IdError>> {
     match value {
         serde_json::Value::String(s) => Some(check_text(s).map(|()| s.clone())),
         serde_json::Value::Number(n) => {
-            let digits = n.to_string();
-            if digits.bytes().all(|b| b.is_ascii_digit()) {
-                Some(check_text(&digits).map(|()| digits))
-            } else {
-                Some(Err(IdError::NotWholeNumber(digits)))
+            let text = n.to_string();
+            if text.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(check_text(&text).map(|()| text));
             }
+            let whole = rust_decimal::Decimal::from_scientific(&text)
+                .or_else(|_| text.parse::<rust_decimal::Decimal>())
+                .ok()
+                .filter(|d| d.fract().is_zero() && !d.is_sign_negative());
+            Some(match whole {
+                Some(d) => {
+                    let digits = d.trunc().normalize().to_string();
+                    check_text(&digits).map(|()| digits)
+                }
+                None => Err(IdError::NotWholeNumber(text)),
+            })
         }
         _ => None,
     }
@@ -157,6 +169,21 @@ mod tests {
     }
 
     #[test]
+    fn integral_numbers_written_with_a_fraction_are_whole_numbers() {
+        for (json, digits) in [
+            ("16693.0", "16693"),
+            ("1.6693e4", "16693"),
+            ("1E3", "1000"),
+            ("0.0", "0"),
+        ] {
+            let id = LoanId::from_json(&serde_json::from_str(json).unwrap())
+                .unwrap()
+                .unwrap();
+            assert_eq!(id.as_str(), digits, "{json}");
+        }
+    }
+
+    #[test]
     fn strings_are_kept_verbatim() {
         let id = ClientId::from_json(&json!("C-00184729")).unwrap().unwrap();
         assert_eq!(id.as_str(), "C-00184729");
@@ -173,6 +200,10 @@ mod tests {
         );
         assert!(matches!(
             LoanId::from_json(&serde_json::from_str("12.5").unwrap()),
+            Some(Err(IdError::NotWholeNumber(_)))
+        ));
+        assert!(matches!(
+            LoanId::from_json(&serde_json::from_str("-3").unwrap()),
             Some(Err(IdError::NotWholeNumber(_)))
         ));
         assert!(LoanId::from_json(&json!(true)).is_none());

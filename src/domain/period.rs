@@ -18,7 +18,7 @@ impl Period {
         }
         let year: u16 = y.parse().map_err(|_| err())?;
         let month: u8 = m.parse().map_err(|_| err())?;
-        if !(1..=12).contains(&month) || year < 2000 {
+        if !(1..=12).contains(&month) || !(2000..=2099).contains(&year) {
             return Err(err());
         }
         Ok(Self { year, month })

@@ -422,12 +422,19 @@ mod tests {
     }
 
     #[test]
-    fn integer_ids_with_a_fraction_are_rejected() {
+    fn numeric_ids_must_be_whole_numbers() {
         let (intake, scope) = intake(ColumnFormat::TwoColumn);
-        let body = br#"{"repayments":[{"loan_id":12.0,"amount":1}]}"#;
+        let body = br#"{"repayments":[{"loan_id":12.5,"amount":1}]}"#;
         assert_eq!(
             pointers(intake.read(body, &scope).unwrap_err()),
             ["/repayments/0/loan_id"]
+        );
+        let body = br#"{"repayments":[{"loan_id":12.0,"amount":1}]}"#;
+        assert_eq!(
+            intake.read(body, &scope).unwrap().repayments()[0]
+                .loan_id
+                .as_str(),
+            "12"
         );
     }
 }

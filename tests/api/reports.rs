@@ -168,3 +168,20 @@ async fn listing_is_newest_first_filtered_and_paged() {
         .await;
     assert_eq!(forbidden.status, 403);
 }
+
+#[tokio::test]
+async fn a_report_whose_total_exceeds_the_largest_single_amount_reads_back() {
+    let app = spawn_app().await;
+    let accepted = app
+        .submit(NAIROBI, &three_column_report(3, "999999999999999.999"))
+        .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    assert_eq!(accepted.body["total_amount"], "2999999999999999.997");
+    let id = accepted.body["id"].as_str().unwrap();
+
+    let read = app.report(NAIROBI, id).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.body["total_amount"], "2999999999999999.997");
+    let listed = app.get("/v1/reports", Some(NAIROBI)).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+}
