@@ -5,8 +5,11 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod intake;
+pub mod kiva;
+pub mod sandbox;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

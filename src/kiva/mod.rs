@@ -1,0 +1,42 @@
+//! Kiva's Partner API: OAuth2 client credentials per partner, the repayments endpoint and the
+//! loans list. Wire formats as in KIVA.md; tested against `crate::sandbox`.
+
+pub mod client;
+pub mod wire;
+
+use std::time::Duration;
+
+
+/// Most bytes of Kiva's answer kept for the record (attempt history, operator screens).
+pub const MAX_BODY_EXCERPT: usize = 4096;
+
+/// What became of one attempt to POST a batch to the repayments endpoint. Delivery decides
+/// what to do from this; the client only reports facts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    /// Kiva answered with this status (any status, 2xx or not).
+    Answered(KivaAnswer),
+    /// No access token could be had (token endpoint unreachable, refused, or unreadable):
+    /// nothing was sent to the repayments endpoint.
+    TokenUnavailable { reason: String },
+    /// The request certainly did not reach Kiva: connection refused, DNS or TLS failure,
+    /// connect timeout — every failure before the request was written.
+    NotSent { reason: String },
+    /// The request may have reached Kiva and may have been processed: a timeout after it was
+    /// sent, a connection reset mid-request or mid-response, an unreadable response.
+    Unknown { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KivaAnswer {
+    pub status: u16,
+    /// From a `Retry-After` header (delta-seconds or HTTP-date), if any.
+    pub retry_after: Option<Duration>,
+    /// The raw body, cut to `MAX_BODY_EXCERPT` bytes (on a char boundary).
+    pub body_excerpt: String,
+    /// What could be read of the body; empty when it is not the documented shape.
+    pub result: wire::UploadResult,
+    /// True when a 401/403 made the client fetch a new token and send again; `status` is
+    /// then the second answer's.
+    pub token_refreshed: bool,
+}

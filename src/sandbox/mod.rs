@@ -1,0 +1,1 @@
+//! A local Kiva stand-in.
