@@ -25,6 +25,17 @@ pub enum Command {
         #[arg(long, short, env = "GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run only the delivery worker (no HTTP API), e.g. as a separate process or container.
+    Worker {
+        #[arg(long, short, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the local Kiva stand-in, to try the whole flow without Kiva credentials.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        bind: std::net::SocketAddr,
+    },
     /// Print the OpenAPI document, or write it to a file.
     Openapi {
         #[arg(long, short)]
@@ -54,6 +65,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             app.run_until_stopped().await?;
             tracing::info!("stopped");
+        }
+        Command::Worker { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            crate::telemetry::init(&settings.log);
+            let store = crate::startup::build_store(&settings)?;
+            let worker = std::sync::Arc::new(crate::startup::build_worker(&settings, store)?);
+            let token = worker.shutdown_token();
+            let running = tokio::spawn({
+                let worker = worker.clone();
+                async move { worker.run().await }
+            });
+            crate::startup::stop_signal().await;
+            token.cancel();
+            let grace = std::time::Duration::from_secs(settings.delivery.shutdown_grace_secs);
+            if tokio::time::timeout(grace, running).await.is_err() {
+                tracing::warn!(
+                    "deliveries still in flight were abandoned; their batches will be held"
+                );
+            }
+        }
+        Command::Sandbox { bind } => {
+            crate::telemetry::init(&crate::config::LogSettings {
+                format: crate::config::LogFormat::Human,
+                level: "info".into(),
+            });
+            let config = crate::sandbox::SandboxConfig::demo();
+            let sandbox = crate::sandbox::Sandbox::start(config.clone(), bind).await?;
+            println!("Kiva sandbox on {}", sandbox.base_url());
+            println!("  kiva.token_url    = \"{}\"", sandbox.token_url());
+            println!("  kiva.audience     = \"{}\"", sandbox.audience());
+            println!("  kiva.api_base_url = \"{}\"", sandbox.base_url());
+            for p in &config.partners {
+                println!(
+                    "  partner {}: client_id \"{}\", client_secret \"{}\" (sandbox-only credentials)",
+                    p.partner_id, p.client_id, p.client_secret
+                );
+            }
+            crate::startup::stop_signal().await;
+            sandbox.shutdown();
         }
         Command::Openapi { output } => {
             let text = crate::api::openapi::document_text();

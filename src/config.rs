@@ -17,7 +17,10 @@ pub const MAX_BATCH_SIZE: usize = 300;
 const ENV_PREFIX: &str = "GATEWAY_";
 /// Sections the environment may override; anything else under `GATEWAY_` (such as
 /// `GATEWAY_CONFIG` or a partner secret) is not a settings key.
-const ENV_SECTIONS: [&str; 4] = ["server", "store", "kiva", "log"];
+const ENV_SECTIONS: [&str; 5] = ["server", "store", "kiva", "delivery", "log"];
+/// Time a worker keeps, after Kiva's answer is due, to record the outcome before another
+/// worker may take the batch over (and, finding it in `sending`, hold it).
+pub const CLAIM_MARGIN_SECS: u64 = 5;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +28,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub store: StoreSettings,
     pub kiva: KivaSettings,
+    pub delivery: DeliverySettings,
     pub log: LogSettings,
     #[serde(default)]
     pub partners: Vec<PartnerSettings>,
@@ -60,6 +64,30 @@ pub struct KivaSettings {
     pub request_timeout_secs: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Run the delivery worker inside `serve`.
+    pub enabled: bool,
+    /// Batches sent to Kiva at the same time by one process.
+    pub concurrency: usize,
+    /// A batch claimed by a worker that has not settled it after this long is taken over by
+    /// another worker (and held if it was found mid-send). At least Kiva's timeout + 5 s.
+    pub claim_deadline_secs: u64,
+    /// Attempts before a batch that Kiva certainly did not process is `failed`.
+    pub max_attempts: u32,
+    /// Age (since queued) after which such a batch is `failed` instead of retried.
+    pub max_age_hours: u64,
+    /// First retry delay; doubles on each attempt, with jitter.
+    pub retry_base_ms: u64,
+    /// Longest retry delay (a longer `Retry-After` from Kiva is still honoured).
+    pub retry_max_secs: u64,
+    /// How often an idle worker looks for work.
+    pub poll_interval_ms: u64,
+    /// On SIGTERM, how long in-flight deliveries get to finish.
+    pub shutdown_grace_secs: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -85,6 +113,11 @@ pub struct PartnerSettings {
     /// May be left out of the file and given as `GATEWAY_PARTNER_<ID>_CLIENT_SECRET`.
     #[serde(default)]
     pub client_secret: Option<SecretString>,
+    /// Send again, automatically, a batch whose outcome is unknown (a timeout after sending,
+    /// 500/502/504) instead of holding it for an operator. Only for partners who accept that
+    /// Kiva may then count an upload twice.
+    #[serde(default)]
+    pub resend_on_unknown_outcome: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -115,6 +148,7 @@ struct Defaults {
     server: ServerSettings,
     store: StoreSettings,
     kiva: KivaDefaults,
+    delivery: DeliverySettings,
     log: LogSettings,
 }
 
@@ -141,6 +175,17 @@ fn defaults() -> Defaults {
         kiva: KivaDefaults {
             batch_size: 200,
             request_timeout_secs: 30,
+        },
+        delivery: DeliverySettings {
+            enabled: true,
+            concurrency: 4,
+            claim_deadline_secs: 120,
+            max_attempts: 10,
+            max_age_hours: 72,
+            retry_base_ms: 5_000,
+            retry_max_secs: 900,
+            poll_interval_ms: 500,
+            shutdown_grace_secs: 30,
         },
         log: LogSettings {
             format: LogFormat::Human,
@@ -276,6 +321,41 @@ impl Settings {
         check(
             self.kiva.request_timeout_secs >= 1,
             "kiva.request_timeout_secs: must be at least 1".into(),
+        );
+        let d = &self.delivery;
+        check(
+            (1..=256).contains(&d.concurrency),
+            "delivery.concurrency: must be between 1 and 256".into(),
+        );
+        check(
+            d.claim_deadline_secs >= self.kiva.request_timeout_secs + CLAIM_MARGIN_SECS,
+            format!(
+                "delivery.claim_deadline_secs: {} is too short: a batch still waiting for Kiva \
+                 (kiva.request_timeout_secs = {}) would be taken over and held; use at least {}",
+                d.claim_deadline_secs,
+                self.kiva.request_timeout_secs,
+                self.kiva.request_timeout_secs + CLAIM_MARGIN_SECS
+            ),
+        );
+        check(
+            d.max_attempts >= 1,
+            "delivery.max_attempts: must be at least 1".into(),
+        );
+        check(
+            d.max_age_hours >= 1,
+            "delivery.max_age_hours: must be at least 1".into(),
+        );
+        check(
+            d.retry_base_ms >= 1,
+            "delivery.retry_base_ms: must be at least 1".into(),
+        );
+        check(
+            d.retry_max_secs * 1000 >= d.retry_base_ms,
+            "delivery.retry_max_secs: must not be below delivery.retry_base_ms".into(),
+        );
+        check(
+            d.poll_interval_ms >= 1,
+            "delivery.poll_interval_ms: must be at least 1".into(),
         );
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
@@ -417,6 +497,16 @@ mod tests {
         let bad = MINIMAL.replace("[kiva]", "[kiva]\nbatch_sise = 5");
         let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
         assert!(err.contains("batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn a_claim_deadline_shorter_than_kivas_timeout_is_refused() {
+        let bad = MINIMAL.replace("[kiva]", "[delivery]\nclaim_deadline_secs = 30\n[kiva]");
+        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("delivery.claim_deadline_secs") && err.contains("35"),
+            "{err}"
+        );
     }
 
     #[test]

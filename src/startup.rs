@@ -1,4 +1,5 @@
-//! Builds the application from settings: store, HTTP server; stops gracefully on SIGTERM.
+//! Builds the application from settings: store, Kiva client, HTTP server, delivery worker;
+//! stops gracefully on SIGTERM or Ctrl-C.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::api::openapi::{self, OPENAPI_PATH};
 use crate::api::{self, AppState, auth::ApiKeys, request_log};
 use crate::config::Settings;
+use crate::delivery::{SystemClock, Worker};
 use crate::intake::Intake;
+use crate::kiva::KivaClient;
 use crate::store::ReportStore;
 use crate::store::redis::RedisStore;
 
@@ -22,18 +25,14 @@ const SHUTDOWN_GRACE_SECS: u64 = 10;
 pub struct Application {
     server: Server,
     port: u16,
+    worker: Option<Worker>,
+    shutdown_grace: Duration,
 }
 
 impl Application {
     /// The store named by `store.url`.
     pub fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let store = RedisStore::new(
-            &settings.store.url,
-            &settings.store.key_prefix,
-            settings.store.pool_size,
-            Duration::from_secs(settings.store.timeout_secs),
-        )?;
-        Self::build_with_store(settings, Arc::new(store))
+        Self::build_with_store(settings, build_store(settings)?)
     }
 
     /// With a given store: tests wrap the real one to pause it at chosen points.
@@ -41,6 +40,11 @@ impl Application {
         settings: &Settings,
         store: Arc<dyn ReportStore>,
     ) -> anyhow::Result<Self> {
+        let worker = if settings.delivery.enabled {
+            Some(build_worker(settings, store.clone())?)
+        } else {
+            None
+        };
         let listener = TcpListener::bind(settings.bind_addr())
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -73,16 +77,93 @@ impl Application {
                 .default_service(web::to(api::not_found))
         })
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        // Signals are handled in `run_until_stopped`, which must stop the worker too.
+        .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Self { server, port })
+        Ok(Self {
+            server,
+            port,
+            worker,
+            shutdown_grace: Duration::from_secs(settings.delivery.shutdown_grace_secs),
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves (and delivers) until SIGTERM or Ctrl-C, then stops claiming, lets in-flight
+    /// requests and deliveries finish within their grace periods, and returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let worker = self.worker.map(|worker| {
+            let token = worker.shutdown_token();
+            (token, tokio::spawn(async move { worker.run().await }))
+        });
+        tokio::select! {
+            result = &mut server => return result.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            () = stop_signal() => tracing::info!("stop requested"),
+        }
+        if let Some((token, _)) = &worker {
+            token.cancel();
+        }
+        handle.stop(true).await;
+        if let Some((_, task)) = worker
+            && tokio::time::timeout(self.shutdown_grace, task)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "deliveries still in flight after the grace period were abandoned; \
+                 their batches will be held for an operator"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The delivery worker for `settings`, sending through a real Kiva client.
+pub fn build_worker(settings: &Settings, store: Arc<dyn ReportStore>) -> anyhow::Result<Worker> {
+    let kiva = KivaClient::new(&settings.kiva, &settings.partners)?;
+    Ok(Worker::new(
+        store,
+        Arc::new(kiva),
+        Arc::new(SystemClock),
+        &settings.partners,
+        settings.delivery.clone(),
+    ))
+}
+
+/// The store named by `store.url`.
+pub fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn ReportStore>> {
+    Ok(Arc::new(RedisStore::new(
+        &settings.store.url,
+        &settings.store.key_prefix,
+        settings.store.pool_size,
+        Duration::from_secs(settings.store.timeout_secs),
+    )?))
+}
+
+/// Resolves on SIGTERM (how orchestrators stop a process) or Ctrl-C.
+pub async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
 }

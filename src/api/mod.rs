@@ -1,6 +1,7 @@
 //! The MIS-facing HTTP API.
 
 pub mod auth;
+pub mod batches;
 pub mod health;
 pub mod openapi;
 pub mod problem;
@@ -58,6 +59,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/reports/{id}")
             .route(web::get().to(reports::get_report))
             .default_service(web::to(not_allowed("GET"))),
+    )
+    .service(
+        web::resource("/v1/batches/{id}/resend")
+            .route(web::post().to(batches::resend))
+            .default_service(web::to(not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/v1/batches/{id}/mark-delivered")
+            .route(web::post().to(batches::mark_delivered))
+            .default_service(web::to(not_allowed("POST"))),
     )
     .service(
         web::resource(SCHEMA_PATH)

@@ -9,7 +9,10 @@ use super::repayments::NormalizedReport;
 use super::reports::{ReportDetail, ReportList};
 use crate::intake::Violation;
 use crate::intake::schema::SCHEMA_DOCUMENT;
-use crate::store::{Batch, BatchState, RepaymentState, Report, ReportStatus, StoredRepayment};
+use crate::store::{
+    Attempt, Batch, BatchResult, BatchState, KivaProblem, OperatorAction, OperatorActionKind,
+    RepaymentState, RepaymentView, Report, ReportStatus, StoredRepayment,
+};
 
 pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
 
@@ -25,18 +28,22 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         super::repayments::validate,
         super::reports::get_report,
         super::reports::list_reports,
+        super::batches::resend,
+        super::batches::mark_delivered,
         super::report_schema,
         super::health::live,
         super::health::ready,
     ),
     components(schemas(
         Problem, Violation, Report, ReportDetail, ReportList, Batch, StoredRepayment,
-        ReportStatus, BatchState, RepaymentState, NormalizedReport
+        RepaymentView, ReportStatus, BatchState, RepaymentState, NormalizedReport, Attempt,
+        BatchResult, KivaProblem, OperatorAction, OperatorActionKind
     )),
     modifiers(&ApiKeyScheme),
     tags(
         (name = "repayments", description = "Submit and check repayment reports"),
         (name = "reports", description = "Follow what happened to each report"),
+        (name = "operators", description = "Decide about batches that need attention (admin keys)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

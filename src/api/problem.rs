@@ -50,6 +50,8 @@ pub enum ApiError {
     #[error("another request with this Idempotency-Key is still being processed; retry shortly")]
     IdempotencyInProgress,
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("send the report as application/json")]
     UnsupportedMediaType,
@@ -80,6 +82,7 @@ impl ApiError {
                 "idempotency-in-progress",
                 "A request with this Idempotency-Key is in progress",
             ),
+            ApiError::Conflict(_) => ("conflict", "Not possible in the current state"),
             ApiError::PayloadTooLarge(_) => ("payload-too-large", "The report is too large"),
             ApiError::UnsupportedMediaType => {
                 ("unsupported-media-type", "Unsupported content type")
@@ -117,7 +120,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::IdempotencyInProgress => StatusCode::CONFLICT,
+            ApiError::IdempotencyInProgress | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidReport(_) | ApiError::IdempotencyKeyReused => {

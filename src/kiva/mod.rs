@@ -4,8 +4,10 @@
 pub mod client;
 pub mod wire;
 
-use std::time::Duration;
+pub use client::KivaClient;
+pub use wire::{LoanProblem, Severity, UploadResult};
 
+use std::time::Duration;
 
 /// Most bytes of Kiva's answer kept for the record (attempt history, operator screens).
 pub const MAX_BODY_EXCERPT: usize = 4096;

@@ -32,25 +32,62 @@ pub enum StoreError {
     Other(String),
 }
 
+/// A report's status, rolled up from its batches' states on every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportStatus {
-    /// Accepted and waiting for delivery to Kiva.
+    /// Accepted; no batch has been sent to Kiva yet.
     Queued,
+    /// Some batches are on their way (sending, waiting to retry, or delivered while others wait).
+    Delivering,
+    /// Every batch was delivered (Kiva may still have refused single loans: see each repayment).
+    Delivered,
+    /// A batch is held, rejected or failed: an operator must look (resend or mark delivered).
+    NeedsAttention,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchState {
-    /// On the delivery queue, not yet sent to Kiva.
+    /// On the delivery queue, not yet sent.
     Queued,
+    /// A worker is sending it now (written before the call to Kiva).
+    Sending,
+    /// Kiva certainly did not process it (unreachable, 429, 503, token failure); it will be
+    /// sent again at `next_attempt_at`.
+    RetryWait,
+    /// Kiva accepted the upload (see `upload_id` and each repayment's state).
+    Delivered,
+    /// Kiva refused the batch (a 4xx such as 400 or 422); it will not be sent again unless an
+    /// operator resends it.
+    Rejected,
+    /// The outcome is unknown (a timeout after sending, a reset, 500/502/504, or a worker that
+    /// stopped mid-send): Kiva may have the upload. Not resent automatically; an operator
+    /// checks PA2, then resends or marks it delivered.
+    Held,
+    /// Retries ran out (attempts or age) without Kiva processing it.
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RepaymentState {
-    /// Its batch has not been sent to Kiva yet.
+    /// Its batch waits to be sent (or to be sent again).
     Queued,
+    /// Its batch is being sent now.
+    Sending,
+    /// Delivered; Kiva reported no problem with this loan.
+    Accepted,
+    /// Delivered; Kiva attached a warning to this loan.
+    Warning,
+    /// Delivered, but Kiva reported an error for this loan: PA2 will not count it.
+    RejectedByKiva,
+    /// Its batch was refused by Kiva as a whole.
+    Rejected,
+    /// Its batch's outcome is unknown; an operator decides.
+    Held,
+    /// Its batch could not be delivered.
+    Failed,
 }
 
 /// A stored report, without its batches.
@@ -88,17 +125,14 @@ pub fn batch_id(report: Uuid, number: usize) -> String {
     format!("{report}.{number}")
 }
 
-/// One call's worth of a report (at most `kiva.batch_size` repayments).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Batch {
-    #[schema(example = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b.1")]
+/// One call's worth of a report (at most `kiva.batch_size` repayments), as accepted. Never
+/// changes after the accept; what happens to it lives beside it (`BatchProgress`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchDoc {
     pub id: String,
     pub report_id: Uuid,
-    /// 1 for the first batch of a report.
     pub number: usize,
-    pub state: BatchState,
     pub repayment_count: usize,
-    #[schema(value_type = String, example = "65.00")]
     pub total_amount: Amount,
     pub repayments: Vec<StoredRepayment>,
 }
@@ -114,7 +148,219 @@ pub struct StoredRepayment {
     pub client_id: Option<ClientId>,
     #[schema(value_type = String, example = "25.00")]
     pub amount: Amount,
+}
+
+impl StoredRepayment {
+    pub fn to_repayment(&self) -> crate::domain::Repayment {
+        crate::domain::Repayment {
+            loan_id: self.loan_id.clone(),
+            client_id: self.client_id.clone(),
+            amount: self.amount,
+        }
+    }
+}
+
+/// A problem Kiva reported for one loan of an upload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KivaProblem {
+    pub loan_id: Option<String>,
+    pub code: Option<String>,
+    pub details: Option<String>,
+    /// `error` (PA2 will not count the loan), `warning`, or what else Kiva said.
+    #[schema(example = "error")]
+    pub severity: String,
+}
+
+/// What the last attempt (or an operator) settled for a batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchResult {
+    /// Kiva's id of the upload, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+    /// Kiva's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kiva_status: Option<u16>,
+    /// Why the batch is in its state, in plain words.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<KivaProblem>,
+}
+
+/// One try at sending a batch to Kiva.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// The state the attempt left the batch in.
+    pub outcome: BatchState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// A transport or token error, when Kiva did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The start of Kiva's answer (at most 4 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kiva_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorActionKind {
+    Resend,
+    MarkDelivered,
+}
+
+/// What an operator did to a batch, and who.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OperatorAction {
+    pub action: OperatorActionKind,
+    /// Name of the admin API key used.
+    pub by: String,
+    pub at: DateTime<Utc>,
+    /// The batch's state before the action.
+    pub from_state: BatchState,
+}
+
+/// A batch as shown to the MIS and the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Batch {
+    #[schema(example = "0193a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b.1")]
+    pub id: String,
+    pub report_id: Uuid,
+    /// 1 for the first batch of a report.
+    pub number: usize,
+    pub state: BatchState,
+    pub repayment_count: usize,
+    #[schema(value_type = String, example = "65.00")]
+    pub total_amount: Amount,
+    /// When a batch in `retry_wait` is sent again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<BatchResult>,
+    pub attempts: Vec<Attempt>,
+    pub operator_actions: Vec<OperatorAction>,
+    pub repayments: Vec<RepaymentView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct RepaymentView {
+    #[serde(flatten)]
+    pub repayment: StoredRepayment,
     pub state: RepaymentState,
+    /// Kiva's problems for this loan, when its batch was delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<KivaProblem>,
+}
+
+/// The live part of a batch, beside its `BatchDoc`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchProgress {
+    pub state: BatchState,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub result: Option<BatchResult>,
+    pub attempts: Vec<Attempt>,
+    pub operator_actions: Vec<OperatorAction>,
+}
+
+impl Batch {
+    /// Repayment states are derived, not stored: from the batch's state and, once delivered,
+    /// from Kiva's problems for each loan (matched by loan id, as Kiva reports them).
+    pub fn assemble(doc: BatchDoc, progress: BatchProgress) -> Self {
+        let problems = progress
+            .result
+            .as_ref()
+            .map_or(&[][..], |r| r.problems.as_slice());
+        let repayments = doc
+            .repayments
+            .into_iter()
+            .map(|repayment| {
+                let mine: Vec<KivaProblem> = problems
+                    .iter()
+                    .filter(|p| p.loan_id.as_deref() == Some(repayment.loan_id.as_str()))
+                    .cloned()
+                    .collect();
+                let state = match progress.state {
+                    BatchState::Queued | BatchState::RetryWait => RepaymentState::Queued,
+                    BatchState::Sending => RepaymentState::Sending,
+                    BatchState::Rejected => RepaymentState::Rejected,
+                    BatchState::Held => RepaymentState::Held,
+                    BatchState::Failed => RepaymentState::Failed,
+                    BatchState::Delivered if mine.iter().any(|p| p.severity == "error") => {
+                        RepaymentState::RejectedByKiva
+                    }
+                    BatchState::Delivered if !mine.is_empty() => RepaymentState::Warning,
+                    BatchState::Delivered => RepaymentState::Accepted,
+                };
+                RepaymentView {
+                    repayment,
+                    state,
+                    problems: mine,
+                }
+            })
+            .collect();
+        Batch {
+            id: doc.id,
+            report_id: doc.report_id,
+            number: doc.number,
+            state: progress.state,
+            repayment_count: doc.repayment_count,
+            total_amount: doc.total_amount,
+            next_attempt_at: progress.next_attempt_at,
+            result: progress.result,
+            attempts: progress.attempts,
+            operator_actions: progress.operator_actions,
+            repayments,
+        }
+    }
+}
+
+/// A queue entry a worker took; it stays pending (and reclaimable) until the batch settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedBatch {
+    pub partner_id: PartnerId,
+    pub entry_id: String,
+    pub batch_id: String,
+    /// True when the entry was taken over from a worker that did not finish it in time.
+    pub reclaimed: bool,
+}
+
+/// What `begin_attempt` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BeginAttempt {
+    /// `sending` is written: send it now, as attempt `attempt`.
+    Send {
+        attempt: u32,
+        batch: BatchDoc,
+        column_format: ColumnFormat,
+        /// When the batch was (last) queued, for the retry age limit.
+        queued_at: DateTime<Utc>,
+    },
+    /// It was found in `sending`: a worker stopped mid-send, so Kiva may have it. Now `held`.
+    Held,
+    /// Already settled (a stale entry); nothing to do.
+    Skip(BatchState),
+}
+
+/// How an attempt ended, to be written in one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptEnd {
+    pub state: BatchState,
+    pub result: BatchResult,
+    pub attempt: Attempt,
+    /// For `retry_wait`: when to send again.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OperatorOutcome {
+    Done(Box<Batch>),
+    /// The batch is not in a state that allows the action.
+    Conflict(BatchState),
+    NotFound,
 }
 
 /// Who an idempotency key belongs to: the same key from two API keys is two keys.
@@ -192,7 +438,7 @@ pub trait ReportStore: Send + Sync + 'static {
     async fn accept(
         &self,
         report: &Report,
-        batches: &[Batch],
+        batches: &[BatchDoc],
         idempotency: Option<&IdempotentAccept>,
         idempotency_ttl: Duration,
     ) -> Result<(), StoreError>;
@@ -209,14 +455,74 @@ pub trait ReportStore: Send + Sync + 'static {
         partner: &PartnerId,
         query: &ReportQuery,
     ) -> Result<ReportPage, StoreError>;
+
+    // Delivery. A batch moves queued → sending → delivered | rejected | held | retry_wait |
+    // failed; every move is one atomic step that also rolls the report's status up.
+
+    /// Queues again every `retry_wait` batch whose time has come.
+    async fn promote_due_retries(
+        &self,
+        partner: &PartnerId,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError>;
+
+    /// Takes up to `count` entries for `consumer`: first those another consumer has held
+    /// longer than `reclaim_after` without settling them, then new ones.
+    async fn claim_batches(
+        &self,
+        partner: &PartnerId,
+        consumer: &str,
+        count: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<ClaimedBatch>, StoreError>;
+
+    /// Writes `sending` (or `held`, for a batch found in `sending`) before anything is sent.
+    async fn begin_attempt(
+        &self,
+        claimed: &ClaimedBatch,
+        now: DateTime<Utc>,
+    ) -> Result<BeginAttempt, StoreError>;
+
+    /// Records how attempt `attempt` ended and settles the queue entry.
+    async fn finish_attempt(
+        &self,
+        claimed: &ClaimedBatch,
+        attempt: u32,
+        end: &AttemptEnd,
+    ) -> Result<(), StoreError>;
+
+    /// Operator: queue a held, failed or rejected batch again.
+    async fn resend_batch(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OperatorOutcome, StoreError>;
+
+    /// Operator: close a held batch as delivered without sending it (the upload is in PA2).
+    async fn mark_batch_delivered(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OperatorOutcome, StoreError>;
+
+    /// The batch and the branch of its report (for access checks).
+    async fn batch(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+    ) -> Result<Option<(Batch, String)>, StoreError>;
 }
 
-/// Cuts an accepted report into stored batches of at most `batch_size` repayments.
+/// Cuts an accepted report into batches of at most `batch_size` repayments.
 pub fn batches_of(
     report_id: Uuid,
     report: &crate::domain::RepaymentReport,
     batch_size: usize,
-) -> Vec<Batch> {
+) -> Vec<BatchDoc> {
     let mut position = 0;
     report
         .batches(batch_size)
@@ -231,19 +537,24 @@ pub fn batches_of(
                         loan_id: r.loan_id.clone(),
                         client_id: r.client_id.clone(),
                         amount: r.amount,
-                        state: RepaymentState::Queued,
                     }
                 })
                 .collect();
-            Batch {
+            BatchDoc {
                 id: batch_id(report_id, i + 1),
                 report_id,
                 number: i + 1,
-                state: BatchState::Queued,
                 repayment_count: chunk.len(),
                 total_amount: crate::domain::total(chunk),
                 repayments,
             }
         })
         .collect()
+}
+
+/// The report a batch belongs to: its id is `{report id}.{number}`.
+pub fn report_of_batch(batch_id: &str) -> Option<Uuid> {
+    let (report, number) = batch_id.rsplit_once('.')?;
+    number.parse::<usize>().ok()?;
+    Uuid::parse_str(report).ok()
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use repayment_gateway::api::auth::hash_key;
 use repayment_gateway::config::Settings;
@@ -14,8 +15,8 @@ use repayment_gateway::domain::PartnerId;
 use repayment_gateway::startup::Application;
 use repayment_gateway::store::redis::RedisStore;
 use repayment_gateway::store::{
-    Batch, IdempotencyClaim, IdempotencyScope, IdempotentAccept, Report, ReportPage, ReportQuery,
-    ReportStore, StoreError,
+    AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, IdempotencyClaim, IdempotencyScope,
+    IdempotentAccept, OperatorOutcome, Report, ReportPage, ReportQuery, ReportStore, StoreError,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -168,6 +169,8 @@ timeout_secs = 2
 token_url = "http://127.0.0.1:9/oauth/token"
 audience = "https://partner-api.test"
 api_base_url = "http://127.0.0.1:9"
+[delivery]
+enabled = false
 [log]
 level = "info"
 [[partners]]
@@ -313,6 +316,7 @@ impl TestApp {
 
     /// Entries of a partner's delivery stream, as (batch id, report id).
     pub async fn stream_entries(&self, partner: &str) -> Vec<(String, String)> {
+        use repayment_gateway::store::report_of_batch;
         let mut c = self.redis.connection().await;
         let reply: redis::streams::StreamRangeReply = c
             .xrange_all(format!("{PREFIX}:{{{partner}}}:deliveries"))
@@ -322,10 +326,9 @@ impl TestApp {
             .ids
             .iter()
             .map(|e| {
-                (
-                    e.get::<String>("batch").unwrap(),
-                    e.get::<String>("report").unwrap(),
-                )
+                let batch = e.get::<String>("batch").unwrap();
+                let report = report_of_batch(&batch).unwrap().to_string();
+                (batch, report)
             })
             .collect()
     }
@@ -342,7 +345,7 @@ impl TestApp {
     pub async fn stored_batch(&self, partner: &str, batch_id: &str) -> Value {
         let mut c = self.redis.connection().await;
         let doc: String = c
-            .get(format!("{PREFIX}:{{{partner}}}:batch:{batch_id}"))
+            .hget(format!("{PREFIX}:{{{partner}}}:batch:{batch_id}"), "doc")
             .await
             .unwrap();
         serde_json::from_str(&doc).unwrap()
@@ -364,6 +367,8 @@ pub struct GatedStore {
     armed: AtomicBool,
     pub reached: Notify,
     pub release: Notify,
+    /// Signalled each time recording an attempt's outcome fails.
+    pub finish_failed: Notify,
 }
 
 impl GatedStore {
@@ -373,6 +378,7 @@ impl GatedStore {
             armed: AtomicBool::new(true),
             reached: Notify::new(),
             release: Notify::new(),
+            finish_failed: Notify::new(),
         }
     }
 }
@@ -402,7 +408,7 @@ impl ReportStore for GatedStore {
     async fn accept(
         &self,
         report: &Report,
-        batches: &[Batch],
+        batches: &[BatchDoc],
         idempotency: Option<&IdempotentAccept>,
         ttl: Duration,
     ) -> Result<(), StoreError> {
@@ -427,5 +433,221 @@ impl ReportStore for GatedStore {
         query: &ReportQuery,
     ) -> Result<ReportPage, StoreError> {
         self.inner.reports(partner, query).await
+    }
+
+    async fn promote_due_retries(
+        &self,
+        partner: &PartnerId,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        self.inner.promote_due_retries(partner, now).await
+    }
+
+    async fn claim_batches(
+        &self,
+        partner: &PartnerId,
+        consumer: &str,
+        count: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<ClaimedBatch>, StoreError> {
+        self.inner
+            .claim_batches(partner, consumer, count, reclaim_after)
+            .await
+    }
+
+    async fn begin_attempt(
+        &self,
+        claimed: &ClaimedBatch,
+        now: DateTime<Utc>,
+    ) -> Result<BeginAttempt, StoreError> {
+        self.inner.begin_attempt(claimed, now).await
+    }
+
+    async fn finish_attempt(
+        &self,
+        claimed: &ClaimedBatch,
+        attempt: u32,
+        end: &AttemptEnd,
+    ) -> Result<(), StoreError> {
+        let result = self.inner.finish_attempt(claimed, attempt, end).await;
+        if result.is_err() {
+            self.finish_failed.notify_one();
+        }
+        result
+    }
+
+    async fn resend_batch(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OperatorOutcome, StoreError> {
+        self.inner.resend_batch(partner, batch_id, by, now).await
+    }
+
+    async fn mark_batch_delivered(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OperatorOutcome, StoreError> {
+        self.inner
+            .mark_batch_delivered(partner, batch_id, by, now)
+            .await
+    }
+
+    async fn batch(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+    ) -> Result<Option<(Batch, String)>, StoreError> {
+        self.inner.batch(partner, batch_id).await
+    }
+}
+
+/// A clock the test moves by hand, so retry delays are tested without waiting for them.
+pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new() -> Self {
+        Self(std::sync::Mutex::new(Utc::now()))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += chrono::Duration::from_std(by).unwrap();
+    }
+}
+
+impl repayment_gateway::delivery::Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// Loans the sandbox knows as `payingBack`: `L-0`… with clients `C-0`…, for both partners.
+pub const SANDBOX_LOANS: usize = 500;
+
+/// The gateway (worker off), a Kiva sandbox it talks to, and a manual clock for workers the
+/// test creates and drives itself.
+pub struct DeliveryRig {
+    pub app: TestApp,
+    pub sandbox: repayment_gateway::sandbox::Sandbox,
+    pub clock: Arc<ManualClock>,
+    pub settings: Settings,
+}
+
+pub async fn spawn_delivery_rig() -> DeliveryRig {
+    spawn_delivery_rig_on(TestRedis::start().await, |_| {}).await
+}
+
+pub async fn spawn_delivery_rig_on(
+    redis: TestRedis,
+    tweak: impl FnOnce(&mut Settings),
+) -> DeliveryRig {
+    use repayment_gateway::sandbox::{Sandbox, SandboxConfig, SandboxLoan, SandboxPartner};
+    let partners = [(THREE_COL, "three-col-client"), (TWO_COL, "two-col-client")];
+    let config = SandboxConfig {
+        partners: partners
+            .iter()
+            .map(|(id, client)| SandboxPartner {
+                partner_id: id.to_string(),
+                client_id: client.to_string(),
+                client_secret: PARTNER_SECRET.to_string(),
+            })
+            .collect(),
+        audience: "https://partner-api.test".into(),
+        token_ttl_secs: 43199,
+        loans: partners
+            .iter()
+            .flat_map(|(id, _)| {
+                (0..SANDBOX_LOANS).map(move |i| SandboxLoan {
+                    partner_id: id.to_string(),
+                    internal_loan_id: format!("L-{i}"),
+                    internal_client_id: format!("C-{i}"),
+                    kiva_id: 2_000_000 + i as u64,
+                    status: "payingBack".into(),
+                    loan_local_price: "50000.00".into(),
+                    loan_currency: "KES".into(),
+                    delinquent: false,
+                })
+            })
+            .collect(),
+    };
+    let sandbox = Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("sandbox starts");
+    let mut settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
+    settings.kiva.token_url = sandbox.token_url();
+    settings.kiva.audience = sandbox.audience();
+    settings.kiva.api_base_url = sandbox.base_url();
+    settings.kiva.request_timeout_secs = 1;
+    settings.delivery.claim_deadline_secs = 6;
+    settings.delivery.retry_base_ms = 100;
+    settings.delivery.retry_max_secs = 1;
+    settings.delivery.max_attempts = 5;
+    tweak(&mut settings);
+    let app = Application::build(&settings).expect("build app");
+    DeliveryRig {
+        app: start(app, redis),
+        sandbox,
+        clock: Arc::new(ManualClock::new()),
+        settings,
+    }
+}
+
+impl DeliveryRig {
+    /// A new worker (its own consumer name and Kiva client, so no token cached yet).
+    pub fn worker(&self) -> repayment_gateway::delivery::Worker {
+        self.worker_on(Arc::new(redis_store(&self.app.redis)))
+    }
+
+    pub fn worker_on(&self, store: Arc<dyn ReportStore>) -> repayment_gateway::delivery::Worker {
+        let kiva =
+            repayment_gateway::kiva::KivaClient::new(&self.settings.kiva, &self.settings.partners)
+                .unwrap();
+        repayment_gateway::delivery::Worker::new(
+            store,
+            Arc::new(kiva),
+            self.clock.clone(),
+            &self.settings.partners,
+            self.settings.delivery.clone(),
+        )
+    }
+
+    /// Runs rounds until one finds nothing to claim; the number of calls made to Kiva.
+    pub async fn drain(&self, worker: &repayment_gateway::delivery::Worker) -> usize {
+        let mut sent = 0;
+        loop {
+            let round = worker.run_once().await.expect("store reachable");
+            sent += round.sent;
+            if round.claimed == 0 {
+                return sent;
+            }
+        }
+    }
+
+    pub async fn submit(&self, key: &str, body: &Value) -> String {
+        let answer = self.app.submit(key, body).await;
+        assert_eq!(answer.status, 202, "{}", answer.text);
+        answer.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn report(&self, id: &str) -> Value {
+        let answer = self.app.report(HEAD_OFFICE, id).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        answer.body
+    }
+
+    pub async fn operate(&self, key: &str, batch: &str, action: &str) -> Answer {
+        self.app
+            .send(
+                self.app
+                    .client
+                    .post(format!("{}/v1/batches/{batch}/{action}", self.app.address))
+                    .header("X-Api-Key", plain_key(key)),
+            )
+            .await
     }
 }

@@ -1,0 +1,93 @@
+use std::fmt;
+
+/// What the sandbox knows before it starts: partners and their credentials, and their loans.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub partners: Vec<SandboxPartner>,
+    /// The audience a token request must name.
+    pub audience: String,
+    /// `expires_in` of issued tokens (Kiva: 43199).
+    pub token_ttl_secs: u64,
+    pub loans: Vec<SandboxLoan>,
+}
+
+#[derive(Clone)]
+pub struct SandboxPartner {
+    pub partner_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl fmt::Debug for SandboxPartner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxPartner")
+            .field("partner_id", &self.partner_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A loan as Kiva's loans list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxLoan {
+    pub partner_id: String,
+    pub internal_loan_id: String,
+    pub internal_client_id: String,
+    pub kiva_id: u64,
+    /// `payingBack`, `defaulted`, `ended`, `fundRaising`, ...
+    pub status: String,
+    /// Decimal text, e.g. `50000.00`; sent as a JSON string, as Kiva does.
+    pub loan_local_price: String,
+    pub loan_currency: String,
+    pub delinquent: bool,
+}
+
+impl SandboxConfig {
+    /// Partner 101 (`demo-two-column` / `demo-secret-101`, loans `L-1001`..`L-1006` in KES)
+    /// and partner 102 (`demo-three-column` / `demo-secret-102`, loans `L-2001`..`L-2006` in
+    /// UGX). Each has four `payingBack` loans (the fourth delinquent), one `defaulted` (`..05`)
+    /// and one `ended` (`..06`).
+    pub fn demo() -> Self {
+        let partner = |partner_id: &str, client_id: &str, client_secret: &str| SandboxPartner {
+            partner_id: partner_id.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+        };
+        let loans_of = |partner_id: &str, first: u64, kiva_first: u64, currency: &str| {
+            let statuses = [
+                "payingBack",
+                "payingBack",
+                "payingBack",
+                "payingBack",
+                "defaulted",
+                "ended",
+            ];
+            statuses
+                .iter()
+                .zip(0u64..)
+                .map(|(status, i)| SandboxLoan {
+                    partner_id: partner_id.to_owned(),
+                    internal_loan_id: format!("L-{}", first + i),
+                    internal_client_id: format!("C-{}", first + i),
+                    kiva_id: kiva_first + i,
+                    status: (*status).to_owned(),
+                    loan_local_price: format!("{}.00", 25_000 * (i + 1)),
+                    loan_currency: currency.to_owned(),
+                    delinquent: i == 3,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut loans = loans_of("101", 1001, 2_400_101, "KES");
+        loans.extend(loans_of("102", 2001, 2_400_201, "UGX"));
+        SandboxConfig {
+            partners: vec![
+                partner("101", "demo-two-column", "demo-secret-101"),
+                partner("102", "demo-three-column", "demo-secret-102"),
+            ],
+            audience: "https://partner-api.sandbox.local".to_owned(),
+            token_ttl_secs: 43199,
+            loans,
+        }
+    }
+}
