@@ -102,3 +102,122 @@ async fn serve_logs_each_request_with_the_key_name_and_never_a_secret() {
         assert!(!logs.contains(&secret), "a secret reached the logs");
     }
 }
+
+#[tokio::test]
+async fn serve_delivers_to_kiva_stops_on_sigterm_and_logs_no_token_secret_or_key() {
+    let rig = spawn_delivery_rig().await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = rig.app.redis.dir().join("serve.toml");
+    let toml = test_config(&rig.app.redis.url())
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace(
+            "enabled = false",
+            "enabled = true\npoll_interval_ms = 20\nclaim_deadline_secs = 10",
+        )
+        .replace("http://127.0.0.1:9/oauth/token", &rig.sandbox.token_url())
+        .replace("https://partner-api.test", &rig.sandbox.audience())
+        .replace(
+            "api_base_url = \"http://127.0.0.1:9\"",
+            &format!("api_base_url = \"{}\"", rig.sandbox.base_url()),
+        )
+        .replace("[kiva]", "[kiva]\nrequest_timeout_secs = 2")
+        .replace("level = \"info\"", "level = \"debug\"");
+    std::fs::write(&config, toml).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("the binary answers", async || {
+        client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    rig.sandbox.revoke_tokens();
+    let accepted: serde_json::Value = client
+        .post(format!("{base}/v1/repayments"))
+        .header("X-Api-Key", plain_key(NAIROBI))
+        .header("Content-Type", "application/json")
+        .body(three_column_report(250, "1.50").to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let location = format!("{base}/v1/reports/{}", accepted["id"].as_str().unwrap());
+    wait_until("the report is delivered", async || {
+        let report: serde_json::Value = client
+            .get(&location)
+            .header("X-Api-Key", plain_key(NAIROBI))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        report["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(rig.sandbox.uploads().len(), 2);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    let logs = format!("{out}{err}");
+    assert!(logs.contains("batch attempt finished"), "{logs}");
+    assert!(logs.contains("delivery worker stopped"), "{logs}");
+    let tokens: Vec<String> = rig
+        .sandbox
+        .uploads()
+        .iter()
+        .map(|u| u.authorization.clone())
+        .collect();
+    assert!(tokens.iter().all(|t| t.len() > 10));
+    for secret in tokens
+        .iter()
+        .chain([&plain_key(NAIROBI), &PARTNER_SECRET.to_string()])
+    {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
+    }
+}
