@@ -171,6 +171,12 @@ impl Worker {
         let idle = Duration::from_millis(self.settings.poll_interval_ms);
         let mut backoff = Duration::from_millis(100);
         tracing::info!(consumer = %self.consumer, concurrency = self.settings.concurrency, "delivery worker started");
+        for partner in &self.partners {
+            if let Err(error) = self.store.prepare_delivery(&partner.id).await {
+                // Not fatal: claiming creates the group on demand once Redis answers.
+                tracing::warn!(partner = %partner.id, %error, "could not prepare the delivery queue yet");
+            }
+        }
         while !self.shutdown.is_cancelled() {
             let pause = match self.run_once().await {
                 Ok(round) if round.claimed > 0 => {

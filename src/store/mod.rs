@@ -459,6 +459,10 @@ pub trait ReportStore: Send + Sync + 'static {
     // Delivery. A batch moves queued → sending → delivered | rejected | held | retry_wait |
     // failed; every move is one atomic step that also rolls the report's status up.
 
+    /// Creates the partner's delivery queue and consumer group if missing (also done on
+    /// demand when Redis lost them).
+    async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError>;
+
     /// Queues again every `retry_wait` batch whose time has come.
     async fn promote_due_retries(
         &self,

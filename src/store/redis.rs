@@ -739,6 +739,10 @@ impl ReportStore for RedisStore {
         }
     }
 
+    async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
+        self.ensure_group(&self.stream_key(partner)).await
+    }
+
     async fn promote_due_retries(
         &self,
         partner: &PartnerId,

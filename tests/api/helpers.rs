@@ -435,6 +435,10 @@ impl ReportStore for GatedStore {
         self.inner.reports(partner, query).await
     }
 
+    async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
+        self.inner.prepare_delivery(partner).await
+    }
+
     async fn promote_due_retries(
         &self,
         partner: &PartnerId,
