@@ -1,5 +1,5 @@
 # ---- builder ---------------------------------------------------------------
-# Edition 2024 needs Rust >= 1.85; the floating 1.x tag satisfies that.
+# The crate needs Rust >= 1.89 (edition 2024, std file locks); the floating 1.x tag satisfies that.
 FROM rust:1-bookworm AS builder
 WORKDIR /app
 

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{ColumnFormat, PartnerId};
 
+/// `store.url` prefix of the embedded store: `embedded:PATH` (a directory).
+pub const EMBEDDED_PREFIX: &str = "embedded:";
+
 /// Kiva asks integrators for at most 200–300 loans per call.
 pub const MAX_BATCH_SIZE: usize = 300;
 const ENV_PREFIX: &str = "GATEWAY_";
@@ -166,7 +169,7 @@ fn defaults() -> Defaults {
             max_repayments: 10_000,
         },
         store: StoreSettings {
-            url: "redis://127.0.0.1:6379".into(),
+            url: "embedded:data".into(),
             key_prefix: "rg".into(),
             pool_size: 32,
             timeout_secs: 5,
@@ -275,12 +278,15 @@ impl Settings {
             self.server.max_repayments >= 1,
             "server.max_repayments: must be at least 1".into(),
         );
+        let embedded_path = self.store.url.strip_prefix(EMBEDDED_PREFIX);
         check(
-            ["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|s| self.store.url.starts_with(s)),
+            embedded_path.is_some_and(|p| !p.trim().is_empty())
+                || ["redis://", "rediss://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|s| self.store.url.starts_with(s)),
             format!(
-                "store.url: {:?} is not supported: use redis://host:port, rediss://, or redis+unix:///path",
+                "store.url: {:?} is not supported: use embedded:DIRECTORY, redis://host:port, \
+                 rediss://, or redis+unix:///path",
                 self.store.url
             ),
         );

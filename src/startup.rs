@@ -12,11 +12,13 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::openapi::{self, OPENAPI_PATH};
 use crate::api::{self, AppState, auth::ApiKeys, request_log};
+use crate::config::EMBEDDED_PREFIX;
 use crate::config::Settings;
 use crate::delivery::{SystemClock, Worker};
 use crate::intake::Intake;
 use crate::kiva::KivaClient;
 use crate::store::ReportStore;
+use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 
 /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
@@ -136,8 +138,11 @@ pub fn build_worker(settings: &Settings, store: Arc<dyn ReportStore>) -> anyhow:
     ))
 }
 
-/// The store named by `store.url`.
+/// The store named by `store.url`: `embedded:PATH` or a Redis URL.
 pub fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn ReportStore>> {
+    if let Some(path) = settings.store.url.strip_prefix(EMBEDDED_PREFIX) {
+        return Ok(Arc::new(EmbeddedStore::open(std::path::Path::new(path))?));
+    }
     Ok(Arc::new(RedisStore::new(
         &settings.store.url,
         &settings.store.key_prefix,

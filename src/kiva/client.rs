@@ -317,10 +317,10 @@ impl KivaClient {
                 return Ok(cached.token.clone());
             }
         }
-        if let Some((failed_at, reason)) = &state.last_failure {
-            if *failed_at >= asked_at {
-                return Err(reason.clone());
-            }
+        if let Some((failed_at, reason)) = &state.last_failure
+            && *failed_at >= asked_at
+        {
+            return Err(reason.clone());
         }
         state.current = None;
         match self.fetch_token(partner, auth).await {
@@ -417,15 +417,15 @@ impl KivaClient {
             expires_in = lifetime.as_secs(),
             "fetched a Kiva access token"
         );
-        if let Some(kiva_partner) = object.get("partnerId").and_then(text_of) {
-            if kiva_partner != partner.as_str() {
-                tracing::warn!(
-                    partner = %partner,
-                    kiva_partner_id = %kiva_partner,
-                    "Kiva issued this partner's token for partner {kiva_partner}, not {partner}: \
-                     check the partner id and the client credentials in the configuration"
-                );
-            }
+        if let Some(kiva_partner) = object.get("partnerId").and_then(text_of)
+            && kiva_partner != partner.as_str()
+        {
+            tracing::warn!(
+                partner = %partner,
+                kiva_partner_id = %kiva_partner,
+                "Kiva issued this partner's token for partner {kiva_partner}, not {partner}: \
+                 check the partner id and the client credentials in the configuration"
+            );
         }
         Ok(FetchedToken {
             access: SecretString::from(access),

@@ -5,6 +5,7 @@
 //! - an idempotency key is claimed before the accept and the accept fails if the claim was
 //!   lost, so two requests with one key can never both store a report.
 
+pub mod embedded;
 pub mod redis;
 
 use std::time::Duration;
@@ -512,6 +513,10 @@ pub trait ReportStore: Send + Sync + 'static {
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<OperatorOutcome, StoreError>;
+
+    /// Batch ids on the partner's delivery queue, oldest first (claimed or not): the queue's
+    /// depth, and what tests inspect.
+    async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError>;
 
     /// The batch and the branch of its report (for access checks).
     async fn batch(

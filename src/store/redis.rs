@@ -955,6 +955,24 @@ impl ReportStore for RedisStore {
         .await
     }
 
+    async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
+        let stream = self.stream_key(partner);
+        let entries: StreamEntries = self
+            .with_connection(async |c| {
+                redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(claimed_from(partner, entries, false)
+            .into_iter()
+            .map(|c| c.batch_id)
+            .collect())
+    }
+
     async fn batch(
         &self,
         partner: &PartnerId,

@@ -105,13 +105,13 @@ async fn serve_logs_each_request_with_the_key_name_and_never_a_secret() {
 
 #[tokio::test]
 async fn serve_delivers_to_kiva_stops_on_sigterm_and_logs_no_token_secret_or_key() {
-    let rig = spawn_delivery_rig().await;
+    let rig = spawn_delivery_rig(Backend::Redis).await;
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let config = rig.app.redis.dir().join("serve.toml");
-    let toml = test_config(&rig.app.redis.url())
+    let config = rig.app.dir().join("serve.toml");
+    let toml = test_config(&rig.app.redis().url())
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         .replace(
             "enabled = false",

@@ -27,9 +27,10 @@ fn expected_upload(range: std::ops::Range<usize>, amount: &str, with_client: boo
     format!(r#"{{"repayments":[{}]}}"#, items.join(","))
 }
 
-#[tokio::test]
-async fn a_450_repayment_report_becomes_exactly_three_uploads_with_the_exact_json() {
-    let rig = spawn_delivery_rig().await;
+async fn a_450_repayment_report_becomes_exactly_three_uploads_with_the_exact_json(
+    backend: Backend,
+) {
+    let rig = spawn_delivery_rig(backend).await;
     let id = rig
         .submit(NAIROBI, &three_column_report(450, "10.05"))
         .await;
@@ -66,9 +67,8 @@ async fn a_450_repayment_report_becomes_exactly_three_uploads_with_the_exact_jso
     assert_eq!(batch["repayments"][0]["state"], "accepted");
 }
 
-#[tokio::test]
-async fn a_two_column_partners_uploads_carry_no_client_id() {
-    let rig = spawn_delivery_rig().await;
+async fn a_two_column_partners_uploads_carry_no_client_id(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     let body = json!({"repayments": [
         {"loan_id": "L-0", "client_id": "C-0", "amount": "25.00"},
         {"loan_id": "L-1", "amount": 1234567.891}
@@ -86,9 +86,8 @@ async fn a_two_column_partners_uploads_carry_no_client_id() {
     );
 }
 
-#[tokio::test]
-async fn one_token_serves_many_batches_and_a_401_triggers_exactly_one_refresh() {
-    let rig = spawn_delivery_rig().await;
+async fn one_token_serves_many_batches_and_a_401_triggers_exactly_one_refresh(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     let worker = rig.worker();
     rig.submit(NAIROBI, &three_column_report(450, "1")).await;
     rig.drain(&worker).await;
@@ -104,9 +103,10 @@ async fn one_token_serves_many_batches_and_a_401_triggers_exactly_one_refresh() 
     assert_eq!(rig.report(&id).await["status"], "delivered");
 }
 
-#[tokio::test]
-async fn with_the_token_endpoint_down_a_batch_waits_and_is_delivered_once_it_is_back() {
-    let rig = spawn_delivery_rig().await;
+async fn with_the_token_endpoint_down_a_batch_waits_and_is_delivered_once_it_is_back(
+    backend: Backend,
+) {
+    let rig = spawn_delivery_rig(backend).await;
     let worker = rig.worker();
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.sandbox.push_token_fault(Fault::Status {
@@ -134,9 +134,8 @@ async fn with_the_token_endpoint_down_a_batch_waits_and_is_delivered_once_it_is_
     assert_eq!(rig.sandbox.uploads().len(), 1);
 }
 
-#[tokio::test]
-async fn a_503_then_200_is_delivered_with_one_upload() {
-    let rig = spawn_delivery_rig().await;
+async fn a_503_then_200_is_delivered_with_one_upload(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     let worker = rig.worker();
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.sandbox.push_fault(Fault::Status {
@@ -161,9 +160,8 @@ async fn a_503_then_200_is_delivered_with_one_upload() {
     assert_eq!(attempts[1]["http_status"], 200);
 }
 
-#[tokio::test]
-async fn a_429_with_retry_after_2_is_not_retried_sooner() {
-    let rig = spawn_delivery_rig().await;
+async fn a_429_with_retry_after_2_is_not_retried_sooner(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     let worker = rig.worker();
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.sandbox.push_fault(Fault::Status {
@@ -189,9 +187,8 @@ async fn a_429_with_retry_after_2_is_not_retried_sooner() {
     assert_eq!(rig.report(&id).await["status"], "delivered");
 }
 
-#[tokio::test]
-async fn a_500_is_held_never_resent_and_an_operator_resends_or_closes_it() {
-    let rig = spawn_delivery_rig().await;
+async fn a_500_is_held_never_resent_and_an_operator_resends_or_closes_it(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     let worker = rig.worker();
     let first = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.sandbox.push_fault(Fault::Status {
@@ -266,9 +263,8 @@ async fn a_500_is_held_never_resent_and_an_operator_resends_or_closes_it() {
     );
 }
 
-#[tokio::test]
-async fn a_4xx_is_rejected_with_kivas_answer() {
-    let rig = spawn_delivery_rig().await;
+async fn a_4xx_is_rejected_with_kivas_answer(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.sandbox.push_fault(Fault::Status {
         status: 422,
@@ -290,9 +286,10 @@ async fn a_4xx_is_rejected_with_kivas_answer() {
     assert_eq!(rig.sandbox.repayment_requests(), 1);
 }
 
-#[tokio::test]
-async fn kiva_stalling_past_the_timeout_leaves_the_batch_held_after_exactly_one_request() {
-    let rig = spawn_delivery_rig().await;
+async fn kiva_stalling_past_the_timeout_leaves_the_batch_held_after_exactly_one_request(
+    backend: Backend,
+) {
+    let rig = spawn_delivery_rig(backend).await;
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.sandbox.push_fault(Fault::Stall(Duration::from_secs(3)));
 
@@ -304,9 +301,8 @@ async fn kiva_stalling_past_the_timeout_leaves_the_batch_held_after_exactly_one_
     assert_eq!(rig.sandbox.repayment_requests(), 1);
 }
 
-#[tokio::test]
-async fn a_dropped_connection_is_an_unknown_outcome_and_held() {
-    let rig = spawn_delivery_rig().await;
+async fn a_dropped_connection_is_an_unknown_outcome_and_held(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.sandbox.push_fault(Fault::DropConnection);
     rig.drain(&rig.worker()).await;
@@ -314,9 +310,8 @@ async fn a_dropped_connection_is_an_unknown_outcome_and_held() {
     assert_eq!(rig.sandbox.repayment_requests(), 1);
 }
 
-#[tokio::test]
-async fn a_partner_that_allows_it_gets_unknown_outcomes_resent() {
-    let rig = spawn_delivery_rig_on(TestRedis::start().await, |s| {
+async fn a_partner_that_allows_it_gets_unknown_outcomes_resent(backend: Backend) {
+    let rig = spawn_delivery_rig_with(backend, |s| {
         s.partners[0].resend_on_unknown_outcome = true;
     })
     .await;
@@ -334,9 +329,10 @@ async fn a_partner_that_allows_it_gets_unknown_outcomes_resent() {
     assert_eq!(rig.report(&id).await["status"], "delivered");
 }
 
-#[tokio::test]
-async fn a_worker_aborted_after_writing_sending_leaves_the_batch_held_never_resent() {
-    let rig = spawn_delivery_rig().await;
+async fn a_worker_aborted_after_writing_sending_leaves_the_batch_held_never_resent(
+    backend: Backend,
+) {
+    let rig = spawn_delivery_rig(backend).await;
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.sandbox
         .push_fault(Fault::Stall(Duration::from_secs(30)));
@@ -369,9 +365,8 @@ async fn a_worker_aborted_after_writing_sending_leaves_the_batch_held_never_rese
     assert_eq!(rig.sandbox.repayment_requests(), 1);
 }
 
-#[tokio::test]
-async fn problems_kiva_reports_per_loan_show_on_each_repayment() {
-    let rig = spawn_delivery_rig().await;
+async fn problems_kiva_reports_per_loan_show_on_each_repayment(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     rig.sandbox.set_loan_status(THREE_COL, "L-1", "ended");
     rig.sandbox
         .warn_on_loan(THREE_COL, "L-2", "repayment larger than expected");
@@ -389,9 +384,8 @@ async fn problems_kiva_reports_per_loan_show_on_each_repayment() {
     assert_eq!(repayments[2]["problems"][0]["severity"], "warning");
 }
 
-#[tokio::test]
-async fn an_array_shaped_answer_is_read_as_well() {
-    let rig = spawn_delivery_rig().await;
+async fn an_array_shaped_answer_is_read_as_well(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
     rig.sandbox
         .set_response_shape(repayment_gateway::sandbox::ResponseShape::Array);
     rig.sandbox.set_loan_status(THREE_COL, "L-0", "ended");
@@ -405,9 +399,10 @@ async fn an_array_shaped_answer_is_read_as_well() {
     assert!(report["batches"][0]["result"]["upload_id"].is_string());
 }
 
-#[tokio::test]
-async fn two_thousand_reports_drained_by_four_workers_are_each_uploaded_exactly_once() {
-    let rig = spawn_delivery_rig().await;
+async fn two_thousand_reports_drained_by_four_workers_are_each_uploaded_exactly_once(
+    backend: Backend,
+) {
+    let rig = spawn_delivery_rig(backend).await;
     let mut ids = Vec::with_capacity(2_000);
     for chunk in (0..2_000).collect::<Vec<usize>>().chunks(50) {
         let answers = futures_util::future::join_all(chunk.iter().map(|i| {
@@ -464,7 +459,7 @@ async fn two_thousand_reports_drained_by_four_workers_are_each_uploaded_exactly_
 
 #[tokio::test]
 async fn a_redis_restart_mid_run_delivers_every_report_exactly_once() {
-    let mut rig = spawn_delivery_rig_on(TestRedis::start_persistent().await, |_| {}).await;
+    let mut rig = spawn_delivery_rig_on_persistent_redis().await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let body = json!({"repayments": [{"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": "1"}]});
@@ -473,9 +468,9 @@ async fn a_redis_restart_mid_run_delivers_every_report_exactly_once() {
     let worker = rig.worker();
     assert_eq!(worker.run_once().await.unwrap().sent, 4);
 
-    rig.app.redis.stop();
+    rig.app.redis_mut().stop();
     assert!(worker.run_once().await.is_err(), "no work without Redis");
-    rig.app.redis.restart().await;
+    rig.app.redis_mut().restart().await;
     rig.drain(&worker).await;
 
     assert_eq!(rig.sandbox.uploads().len(), 20);
@@ -486,9 +481,11 @@ async fn a_redis_restart_mid_run_delivers_every_report_exactly_once() {
 
 #[tokio::test]
 async fn an_answer_that_arrives_while_redis_is_down_is_recorded_once_it_is_back() {
-    let mut rig = spawn_delivery_rig_on(TestRedis::start_persistent().await, |_| {}).await;
+    let mut rig = spawn_delivery_rig_on_persistent_redis().await;
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
-    let store = std::sync::Arc::new(GatedStore::new(redis_store(&rig.app.redis)));
+    let store = std::sync::Arc::new(GatedStore::new(std::sync::Arc::new(redis_store(
+        rig.app.redis(),
+    ))));
     let worker = std::sync::Arc::new(rig.worker_on(store.clone()));
     rig.sandbox.set_latency(Duration::from_millis(200));
     let running = tokio::spawn({
@@ -498,11 +495,11 @@ async fn an_answer_that_arrives_while_redis_is_down_is_recorded_once_it_is_back(
 
     // Kiva has the request; Redis goes away before its answer can be recorded.
     rig.sandbox.wait_for_repayment_requests(1, DEADLINE).await;
-    rig.app.redis.stop();
+    rig.app.redis_mut().stop();
     tokio::time::timeout(DEADLINE, store.finish_failed.notified())
         .await
         .expect("the worker tried to record the outcome");
-    rig.app.redis.restart().await;
+    rig.app.redis_mut().restart().await;
     let round = tokio::time::timeout(DEADLINE, running)
         .await
         .unwrap()
@@ -518,12 +515,12 @@ async fn an_answer_that_arrives_while_redis_is_down_is_recorded_once_it_is_back(
 
 #[tokio::test]
 async fn a_redis_that_lost_everything_gets_its_delivery_group_back() {
-    let mut rig = spawn_delivery_rig().await;
+    let mut rig = spawn_delivery_rig(Backend::Redis).await;
     let worker = rig.worker();
     rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.drain(&worker).await;
-    rig.app.redis.stop();
-    rig.app.redis.restart().await;
+    rig.app.redis_mut().stop();
+    rig.app.redis_mut().restart().await;
 
     let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
     rig.drain(&worker).await;
@@ -531,3 +528,21 @@ async fn a_redis_that_lost_everything_gets_its_delivery_group_back() {
     assert_eq!(rig.report(&id).await["status"], "delivered");
     assert_eq!(rig.sandbox.uploads().len(), 2);
 }
+
+on_both_stores!(
+    a_450_repayment_report_becomes_exactly_three_uploads_with_the_exact_json,
+    a_two_column_partners_uploads_carry_no_client_id,
+    one_token_serves_many_batches_and_a_401_triggers_exactly_one_refresh,
+    with_the_token_endpoint_down_a_batch_waits_and_is_delivered_once_it_is_back,
+    a_503_then_200_is_delivered_with_one_upload,
+    a_429_with_retry_after_2_is_not_retried_sooner,
+    a_500_is_held_never_resent_and_an_operator_resends_or_closes_it,
+    a_4xx_is_rejected_with_kivas_answer,
+    kiva_stalling_past_the_timeout_leaves_the_batch_held_after_exactly_one_request,
+    a_dropped_connection_is_an_unknown_outcome_and_held,
+    a_partner_that_allows_it_gets_unknown_outcomes_resent,
+    a_worker_aborted_after_writing_sending_leaves_the_batch_held_never_resent,
+    problems_kiva_reports_per_loan_show_on_each_repayment,
+    an_array_shaped_answer_is_read_as_well,
+    two_thousand_reports_drained_by_four_workers_are_each_uploaded_exactly_once,
+);

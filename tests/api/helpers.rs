@@ -22,6 +22,31 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// Runs each named `async fn name(backend: Backend)` of the calling module once per store
+/// backend, as `redis_store::name` and `embedded_store::name`: one contract, two stores.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod redis_store {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::helpers::Backend::Redis).await
+            })*
+        }
+        mod embedded_store {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::helpers::Backend::Embedded).await
+            })*
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    Embedded,
+}
+
 pub const THREE_COL: &str = "301";
 pub const TWO_COL: &str = "202";
 pub const PREFIX: &str = "rgtest";
@@ -196,8 +221,12 @@ client_secret = "{PARTNER_SECRET}"
 
 pub struct TestApp {
     pub address: String,
-    pub redis: TestRedis,
     pub client: reqwest::Client,
+    /// The store the app uses (for the embedded store, the only handle there may be).
+    pub store: Arc<dyn ReportStore>,
+    redis: Option<TestRedis>,
+    /// The embedded store's directory (kept until the test ends).
+    data: Option<tempfile::TempDir>,
 }
 
 pub struct Answer {
@@ -230,6 +259,7 @@ impl Answer {
     }
 }
 
+/// The gateway on Redis (tests about Redis itself use this one).
 pub async fn spawn_app() -> TestApp {
     spawn_app_on(TestRedis::start().await, |_| {}).await
 }
@@ -237,29 +267,73 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_on(redis: TestRedis, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
     tweak(&mut settings);
-    let app = Application::build(&settings).expect("build app");
-    start(app, redis)
+    let store: Arc<dyn ReportStore> = Arc::new(redis_store(&redis));
+    build_app(&settings, store, Some(redis), None)
 }
 
-/// With `store` wrapped around this test's Redis store.
-pub async fn spawn_app_with_store(redis: TestRedis, store: Arc<dyn ReportStore>) -> TestApp {
-    let settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
-    let app = Application::build_with_store(&settings, store).expect("build app");
-    start(app, redis)
+/// The gateway on `backend`, with `settings` as tweaked, and its store wrapped by `wrap`.
+pub async fn spawn_app_for(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Settings),
+    wrap: impl FnOnce(Arc<dyn ReportStore>) -> Arc<dyn ReportStore>,
+) -> TestApp {
+    let (settings, store, redis, data) = store_for(backend, tweak).await;
+    build_app(&settings, wrap(store), redis, data)
 }
 
-pub fn redis_store(redis: &TestRedis) -> RedisStore {
-    RedisStore::new(&redis.url(), PREFIX, 8, Duration::from_secs(2)).unwrap()
+pub async fn spawn(backend: Backend) -> TestApp {
+    spawn_app_for(backend, |_| {}, |s| s).await
 }
 
-fn start(app: Application, redis: TestRedis) -> TestApp {
+type StoreParts = (
+    Settings,
+    Arc<dyn ReportStore>,
+    Option<TestRedis>,
+    Option<tempfile::TempDir>,
+);
+
+async fn store_for(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> StoreParts {
+    match backend {
+        Backend::Redis => {
+            let redis = TestRedis::start().await;
+            let mut settings =
+                Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
+            tweak(&mut settings);
+            let store: Arc<dyn ReportStore> = Arc::new(redis_store(&redis));
+            (settings, store, Some(redis), None)
+        }
+        Backend::Embedded => {
+            let data = tempfile::tempdir().expect("temp dir");
+            let url = format!("embedded:{}", data.path().join("store").display());
+            let mut settings = Settings::from_toml_str(&test_config(&url)).expect("test config");
+            tweak(&mut settings);
+            let store: Arc<dyn ReportStore> =
+                repayment_gateway::startup::build_store(&settings).expect("embedded store opens");
+            (settings, store, None, Some(data))
+        }
+    }
+}
+
+fn build_app(
+    settings: &Settings,
+    store: Arc<dyn ReportStore>,
+    redis: Option<TestRedis>,
+    data: Option<tempfile::TempDir>,
+) -> TestApp {
+    let app = Application::build_with_store(settings, store.clone()).expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
-        redis,
         client: reqwest::Client::new(),
+        store,
+        redis,
+        data,
     }
+}
+
+pub fn redis_store(redis: &TestRedis) -> RedisStore {
+    RedisStore::new(&redis.url(), PREFIX, 8, Duration::from_secs(2)).unwrap()
 }
 
 impl TestApp {
@@ -314,41 +388,86 @@ impl TestApp {
         self.get(&format!("/v1/reports/{id}"), Some(key)).await
     }
 
-    /// Entries of a partner's delivery stream, as (batch id, report id).
+    pub fn redis(&self) -> &TestRedis {
+        self.redis.as_ref().expect("a Redis-backed test app")
+    }
+
+    pub fn redis_mut(&mut self) -> &mut TestRedis {
+        self.redis.as_mut().expect("a Redis-backed test app")
+    }
+
+    /// Where this app keeps files: the embedded store's directory, or Redis's.
+    pub fn dir(&self) -> &Path {
+        match (&self.data, &self.redis) {
+            (Some(data), _) => data.path(),
+            (None, Some(redis)) => redis.dir(),
+            (None, None) => unreachable!("an app has a store"),
+        }
+    }
+
+    /// Batches on a partner's delivery queue, oldest first, as (batch id, report id).
     pub async fn stream_entries(&self, partner: &str) -> Vec<(String, String)> {
         use repayment_gateway::store::report_of_batch;
-        let mut c = self.redis.connection().await;
-        let reply: redis::streams::StreamRangeReply = c
-            .xrange_all(format!("{PREFIX}:{{{partner}}}:deliveries"))
+        let partner = PartnerId::parse(partner).unwrap();
+        self.store
+            .queued_batches(&partner)
             .await
-            .unwrap();
-        reply
-            .ids
-            .iter()
-            .map(|e| {
-                let batch = e.get::<String>("batch").unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|batch| {
                 let report = report_of_batch(&batch).unwrap().to_string();
                 (batch, report)
             })
             .collect()
     }
 
-    /// Every key in this test's Redis, sorted.
+    /// Every report id and queued batch of both partners: what "nothing changed" compares.
+    pub async fn stored(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        for partner in [THREE_COL, TWO_COL] {
+            let id = PartnerId::parse(partner).unwrap();
+            let page = self
+                .store
+                .reports(
+                    &id,
+                    &ReportQuery {
+                        limit: 10_000,
+                        ..ReportQuery::default()
+                    },
+                )
+                .await
+                .unwrap();
+            all.extend(page.reports.iter().map(|r| format!("report {}", r.id)));
+            all.extend(
+                self.store
+                    .queued_batches(&id)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|b| format!("queued {b}")),
+            );
+        }
+        all
+    }
+
+    /// Every key in this test's Redis, sorted (Redis-backed apps only).
     pub async fn redis_keys(&self) -> Vec<String> {
-        let mut c = self.redis.connection().await;
+        let mut c = self.redis().connection().await;
         let mut keys: Vec<String> = c.keys("*").await.unwrap();
         keys.sort();
         keys
     }
 
-    /// A stored batch document, as the store wrote it.
+    /// A stored batch as the API shows it.
     pub async fn stored_batch(&self, partner: &str, batch_id: &str) -> Value {
-        let mut c = self.redis.connection().await;
-        let doc: String = c
-            .hget(format!("{PREFIX}:{{{partner}}}:batch:{batch_id}"), "doc")
+        let partner = PartnerId::parse(partner).unwrap();
+        let (batch, _) = self
+            .store
+            .batch(&partner, batch_id)
             .await
-            .unwrap();
-        serde_json::from_str(&doc).unwrap()
+            .unwrap()
+            .expect("batch stored");
+        serde_json::to_value(batch).unwrap()
     }
 }
 
@@ -363,7 +482,7 @@ pub fn three_column_report(count: usize, amount: &str) -> Value {
 /// Wraps a store and, once armed, holds the next `accept` until released: a request can be
 /// frozen after its idempotency claim and before its report is stored.
 pub struct GatedStore {
-    inner: RedisStore,
+    inner: Arc<dyn ReportStore>,
     armed: AtomicBool,
     pub reached: Notify,
     pub release: Notify,
@@ -372,7 +491,7 @@ pub struct GatedStore {
 }
 
 impl GatedStore {
-    pub fn new(inner: RedisStore) -> Self {
+    pub fn new(inner: Arc<dyn ReportStore>) -> Self {
         Self {
             inner,
             armed: AtomicBool::new(true),
@@ -437,6 +556,10 @@ impl ReportStore for GatedStore {
 
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
         self.inner.prepare_delivery(partner).await
+    }
+
+    async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
+        self.inner.queued_batches(partner).await
     }
 
     async fn promote_due_retries(
@@ -542,14 +665,53 @@ pub struct DeliveryRig {
     pub settings: Settings,
 }
 
-pub async fn spawn_delivery_rig() -> DeliveryRig {
-    spawn_delivery_rig_on(TestRedis::start().await, |_| {}).await
+pub async fn spawn_delivery_rig(backend: Backend) -> DeliveryRig {
+    spawn_delivery_rig_with(backend, |_| {}).await
 }
 
-pub async fn spawn_delivery_rig_on(
-    redis: TestRedis,
+pub async fn spawn_delivery_rig_with(
+    backend: Backend,
     tweak: impl FnOnce(&mut Settings),
 ) -> DeliveryRig {
+    let (settings, store, redis, data) = store_for(backend, |_| {}).await;
+    rig_on(settings, store, redis, data, tweak).await
+}
+
+/// A rig on a Redis that keeps its data across `stop` + `restart` (AOF, fsync always).
+pub async fn spawn_delivery_rig_on_persistent_redis() -> DeliveryRig {
+    let redis = TestRedis::start_persistent().await;
+    let settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
+    let store: Arc<dyn ReportStore> = Arc::new(redis_store(&redis));
+    rig_on(settings, store, Some(redis), None, |_| {}).await
+}
+
+async fn rig_on(
+    mut settings: Settings,
+    store: Arc<dyn ReportStore>,
+    redis: Option<TestRedis>,
+    data: Option<tempfile::TempDir>,
+    tweak: impl FnOnce(&mut Settings),
+) -> DeliveryRig {
+    let sandbox = start_sandbox().await;
+    settings.kiva.token_url = sandbox.token_url();
+    settings.kiva.audience = sandbox.audience();
+    settings.kiva.api_base_url = sandbox.base_url();
+    settings.kiva.request_timeout_secs = 1;
+    settings.delivery.claim_deadline_secs = 6;
+    settings.delivery.retry_base_ms = 100;
+    settings.delivery.retry_max_secs = 1;
+    settings.delivery.max_attempts = 5;
+    tweak(&mut settings);
+    DeliveryRig {
+        app: build_app(&settings, store, redis, data),
+        sandbox,
+        clock: Arc::new(ManualClock::new()),
+        settings,
+    }
+}
+
+/// A sandbox that knows both test partners and loans `L-0`… as `payingBack`.
+pub async fn start_sandbox() -> repayment_gateway::sandbox::Sandbox {
     use repayment_gateway::sandbox::{Sandbox, SandboxConfig, SandboxLoan, SandboxPartner};
     let partners = [(THREE_COL, "three-col-client"), (TWO_COL, "two-col-client")];
     let config = SandboxConfig {
@@ -579,32 +741,15 @@ pub async fn spawn_delivery_rig_on(
             })
             .collect(),
     };
-    let sandbox = Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
+    Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
         .await
-        .expect("sandbox starts");
-    let mut settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
-    settings.kiva.token_url = sandbox.token_url();
-    settings.kiva.audience = sandbox.audience();
-    settings.kiva.api_base_url = sandbox.base_url();
-    settings.kiva.request_timeout_secs = 1;
-    settings.delivery.claim_deadline_secs = 6;
-    settings.delivery.retry_base_ms = 100;
-    settings.delivery.retry_max_secs = 1;
-    settings.delivery.max_attempts = 5;
-    tweak(&mut settings);
-    let app = Application::build(&settings).expect("build app");
-    DeliveryRig {
-        app: start(app, redis),
-        sandbox,
-        clock: Arc::new(ManualClock::new()),
-        settings,
-    }
+        .expect("sandbox starts")
 }
 
 impl DeliveryRig {
     /// A new worker (its own consumer name and Kiva client, so no token cached yet).
     pub fn worker(&self) -> repayment_gateway::delivery::Worker {
-        self.worker_on(Arc::new(redis_store(&self.app.redis)))
+        self.worker_on(self.app.store.clone())
     }
 
     pub fn worker_on(&self, store: Arc<dyn ReportStore>) -> repayment_gateway::delivery::Worker {

@@ -7,9 +7,8 @@ const BODY: &str =
 const OTHER_BODY: &str =
     r#"{"period":"2026-10","repayments":[{"loan_id":"L1","client_id":"C1","amount":"26.00"}]}"#;
 
-#[tokio::test]
-async fn a_repeated_request_replays_the_first_answer_and_stores_one_report() {
-    let app = spawn_app().await;
+async fn a_repeated_request_replays_the_first_answer_and_stores_one_report(backend: Backend) {
+    let app = spawn(backend).await;
     let first = app.submit_idempotent(NAIROBI, "oct-nairobi-1", BODY).await;
     let again = app.submit_idempotent(NAIROBI, "oct-nairobi-1", BODY).await;
 
@@ -22,24 +21,22 @@ async fn a_repeated_request_replays_the_first_answer_and_stores_one_report() {
     assert_eq!(app.stream_entries(THREE_COL).await.len(), 1);
 }
 
-#[tokio::test]
-async fn the_same_key_with_another_body_is_422_and_changes_nothing() {
-    let app = spawn_app().await;
+async fn the_same_key_with_another_body_is_422_and_changes_nothing(backend: Backend) {
+    let app = spawn(backend).await;
     assert_eq!(app.submit_idempotent(NAIROBI, "k", BODY).await.status, 202);
-    let keys_before = app.redis_keys().await;
+    let keys_before = app.stored().await;
 
     let reused = app.submit_idempotent(NAIROBI, "k", OTHER_BODY).await;
 
     assert_eq!(reused.status, 422);
     assert_eq!(reused.content_type(), "application/problem+json");
     assert_eq!(reused.body["type"], "/problems/idempotency-key-reused");
-    assert_eq!(app.redis_keys().await, keys_before);
+    assert_eq!(app.stored().await, keys_before);
     assert_eq!(app.stream_entries(THREE_COL).await.len(), 1);
 }
 
-#[tokio::test]
-async fn keys_are_scoped_to_the_api_key() {
-    let app = spawn_app().await;
+async fn keys_are_scoped_to_the_api_key(backend: Backend) {
+    let app = spawn(backend).await;
     assert_eq!(
         app.submit_idempotent(NAIROBI, "shared", BODY).await.status,
         202
@@ -50,11 +47,22 @@ async fn keys_are_scoped_to_the_api_key() {
     assert_eq!(app.stream_entries(THREE_COL).await.len(), 2);
 }
 
-#[tokio::test]
-async fn a_second_request_while_the_first_is_in_progress_is_409_and_one_report_is_stored() {
-    let redis = TestRedis::start().await;
-    let store = Arc::new(GatedStore::new(redis_store(&redis)));
-    let app = Arc::new(spawn_app_with_store(redis, store.clone()).await);
+async fn a_second_request_while_the_first_is_in_progress_is_409_and_one_report_is_stored(
+    backend: Backend,
+) {
+    let mut gate = None;
+    let app = spawn_app_for(
+        backend,
+        |_| {},
+        |inner| {
+            let gated = Arc::new(GatedStore::new(inner));
+            gate = Some(gated.clone());
+            gated
+        },
+    )
+    .await;
+    let store = gate.unwrap();
+    let app = Arc::new(app);
 
     let first = tokio::spawn({
         let app = app.clone();
@@ -78,9 +86,8 @@ async fn a_second_request_while_the_first_is_in_progress_is_409_and_one_report_i
     assert_eq!(replay.text, first.text);
 }
 
-#[tokio::test]
-async fn a_refused_report_does_not_use_up_its_key() {
-    let app = spawn_app().await;
+async fn a_refused_report_does_not_use_up_its_key(backend: Backend) {
+    let app = spawn(backend).await;
     let invalid = r#"{"repayments":[{"loan_id":"L1","amount":"25.00"}]}"#;
     assert_eq!(
         app.submit_idempotent(NAIROBI, "fixme", invalid)
@@ -94,9 +101,8 @@ async fn a_refused_report_does_not_use_up_its_key() {
     );
 }
 
-#[tokio::test]
-async fn a_malformed_idempotency_key_is_400() {
-    let app = spawn_app().await;
+async fn a_malformed_idempotency_key_is_400(backend: Backend) {
+    let app = spawn(backend).await;
     let long = "k".repeat(256);
     let answer = app.submit_idempotent(NAIROBI, &long, BODY).await;
     assert_eq!(answer.status, 400);
@@ -108,3 +114,12 @@ async fn a_malformed_idempotency_key_is_400() {
         202
     );
 }
+
+on_both_stores!(
+    a_repeated_request_replays_the_first_answer_and_stores_one_report,
+    the_same_key_with_another_body_is_422_and_changes_nothing,
+    keys_are_scoped_to_the_api_key,
+    a_second_request_while_the_first_is_in_progress_is_409_and_one_report_is_stored,
+    a_refused_report_does_not_use_up_its_key,
+    a_malformed_idempotency_key_is_400,
+);

@@ -1,8 +1,9 @@
 //! Black-box tests of the gateway: real HTTP, real Redis (started per test).
 
+#[macro_use]
+mod helpers;
 mod binary;
 mod delivery;
-mod helpers;
 mod idempotency;
 mod openapi;
 mod outage;

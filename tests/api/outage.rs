@@ -11,7 +11,7 @@ async fn while_redis_is_down_reports_are_refused_with_503_and_after_it_returns_t
     let keys_before = app.redis_keys().await;
 
     let mut app = app;
-    app.redis.stop();
+    app.redis_mut().stop();
     let refused = app.submit_idempotent(NAIROBI, "during", BODY).await;
     let plain = app.submit_raw(NAIROBI, BODY).await;
     let ready = app.get("/health/ready", None).await;
@@ -23,7 +23,7 @@ async fn while_redis_is_down_reports_are_refused_with_503_and_after_it_returns_t
     assert_eq!(ready.status, 503);
     assert_eq!(app.get("/health/live", None).await.status, 200);
 
-    app.redis.restart().await;
+    app.redis_mut().restart().await;
     assert_eq!(
         app.redis_keys().await,
         keys_before,

@@ -2,9 +2,8 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn a_report_shows_its_batches_and_each_repayment_state() {
-    let app = spawn_app().await;
+async fn a_report_shows_its_batches_and_each_repayment_state(backend: Backend) {
+    let app = spawn(backend).await;
     let accepted = app.submit(NAIROBI, &three_column_report(250, "2.50")).await;
     let id = accepted.body["id"].as_str().unwrap();
 
@@ -27,9 +26,8 @@ async fn a_report_shows_its_batches_and_each_repayment_state() {
     );
 }
 
-#[tokio::test]
-async fn a_branch_key_cannot_read_another_branchs_report_but_an_admin_can() {
-    let app = spawn_app().await;
+async fn a_branch_key_cannot_read_another_branchs_report_but_an_admin_can(backend: Backend) {
+    let app = spawn(backend).await;
     let accepted = app.submit(NAIROBI, &three_column_report(1, "1")).await;
     let id = accepted.body["id"].as_str().unwrap();
 
@@ -50,9 +48,8 @@ async fn a_branch_key_cannot_read_another_branchs_report_but_an_admin_can() {
     );
 }
 
-#[tokio::test]
-async fn listing_is_newest_first_filtered_and_paged() {
-    let app = spawn_app().await;
+async fn listing_is_newest_first_filtered_and_paged(backend: Backend) {
+    let app = spawn(backend).await;
     let mut ids = Vec::new();
     for (key, period) in [
         (NAIROBI, "2026-09"),
@@ -169,9 +166,8 @@ async fn listing_is_newest_first_filtered_and_paged() {
     assert_eq!(forbidden.status, 403);
 }
 
-#[tokio::test]
-async fn a_report_whose_total_exceeds_the_largest_single_amount_reads_back() {
-    let app = spawn_app().await;
+async fn a_report_whose_total_exceeds_the_largest_single_amount_reads_back(backend: Backend) {
+    let app = spawn(backend).await;
     let accepted = app
         .submit(NAIROBI, &three_column_report(3, "999999999999999.999"))
         .await;
@@ -185,3 +181,10 @@ async fn a_report_whose_total_exceeds_the_largest_single_amount_reads_back() {
     let listed = app.get("/v1/reports", Some(NAIROBI)).await;
     assert_eq!(listed.status, 200, "{}", listed.text);
 }
+
+on_both_stores!(
+    a_report_shows_its_batches_and_each_repayment_state,
+    a_branch_key_cannot_read_another_branchs_report_but_an_admin_can,
+    listing_is_newest_first_filtered_and_paged,
+    a_report_whose_total_exceeds_the_largest_single_amount_reads_back,
+);

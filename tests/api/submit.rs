@@ -2,9 +2,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn a_450_repayment_three_column_report_is_queued_as_batches_of_200_200_50() {
-    let app = spawn_app().await;
+async fn a_450_repayment_three_column_report_is_queued_as_batches_of_200_200_50(backend: Backend) {
+    let app = spawn(backend).await;
     let body = three_column_report(450, "10.05");
 
     let answer = app.submit(NAIROBI, &body).await;
@@ -37,9 +36,8 @@ async fn a_450_repayment_three_column_report_is_queued_as_batches_of_200_200_50(
     assert_eq!(last["repayments"][0]["loan_id"], "L-400");
 }
 
-#[tokio::test]
-async fn a_report_with_five_violations_gets_one_422_naming_all_five() {
-    let app = spawn_app().await;
+async fn a_report_with_five_violations_gets_one_422_naming_all_five(backend: Backend) {
+    let app = spawn(backend).await;
     let body = json!({
         "period": "2026-13",
         "repayments": [
@@ -71,14 +69,15 @@ async fn a_report_with_five_violations_gets_one_422_naming_all_five() {
         "{duplicate}"
     );
     assert!(
-        app.redis_keys().await.is_empty(),
+        app.stored().await.is_empty(),
         "a refused report must store nothing"
     );
 }
 
-#[tokio::test]
-async fn a_three_column_partner_needs_client_id_and_a_two_column_partner_may_send_it() {
-    let app = spawn_app().await;
+async fn a_three_column_partner_needs_client_id_and_a_two_column_partner_may_send_it(
+    backend: Backend,
+) {
+    let app = spawn(backend).await;
     let body = json!({"repayments": [
         {"loan_id": "L1", "client_id": "C1", "amount": 1},
         {"loan_id": "L2", "amount": 2}
@@ -97,9 +96,8 @@ async fn a_three_column_partner_needs_client_id_and_a_two_column_partner_may_sen
     );
 }
 
-#[tokio::test]
-async fn two_column_duplicates_are_by_loan_alone() {
-    let app = spawn_app().await;
+async fn two_column_duplicates_are_by_loan_alone(backend: Backend) {
+    let app = spawn(backend).await;
     let body = json!({"repayments": [
         {"loan_id": "L1", "client_id": "C1", "amount": 1},
         {"loan_id": "L1", "client_id": "C2", "amount": 2}
@@ -114,9 +112,8 @@ async fn two_column_duplicates_are_by_loan_alone() {
     );
 }
 
-#[tokio::test]
-async fn amounts_are_stored_with_exactly_the_digits_sent() {
-    let app = spawn_app().await;
+async fn amounts_are_stored_with_exactly_the_digits_sent(backend: Backend) {
+    let app = spawn(backend).await;
     let body = r#"{"repayments": [
         {"loan_id": "L1", "client_id": "C1", "amount": "1234567.891"},
         {"loan_id": "L2", "client_id": "C2", "amount": 1234567.891},
@@ -141,9 +138,8 @@ async fn amounts_are_stored_with_exactly_the_digits_sent() {
     assert_eq!(batch["repayments"][3]["client_id"], "184729");
 }
 
-#[tokio::test]
-async fn negative_too_precise_and_non_numeric_amounts_are_refused() {
-    let app = spawn_app().await;
+async fn negative_too_precise_and_non_numeric_amounts_are_refused(backend: Backend) {
+    let app = spawn(backend).await;
     for amount in [
         "-1",
         "1.2345",
@@ -166,12 +162,11 @@ async fn negative_too_precise_and_non_numeric_amounts_are_refused() {
             "amount {amount}"
         );
     }
-    assert!(app.redis_keys().await.is_empty());
+    assert!(app.stored().await.is_empty());
 }
 
-#[tokio::test]
-async fn validate_answers_with_what_would_be_sent_and_stores_nothing() {
-    let app = spawn_app().await;
+async fn validate_answers_with_what_would_be_sent_and_stores_nothing(backend: Backend) {
+    let app = spawn(backend).await;
     let body = r#"{"period":"2026-10","repayments":[{"loan_id":"L1","client_id":"C1","amount":"25.00"},{"loan_id":"L2","client_id":"C2","amount":40.5}]}"#;
 
     let three = app
@@ -199,12 +194,11 @@ async fn validate_answers_with_what_would_be_sent_and_stores_nothing() {
         .await;
     assert_eq!(invalid.status, 422);
     assert_eq!(invalid.pointers(), ["/repayments"]);
-    assert!(app.redis_keys().await.is_empty());
+    assert!(app.stored().await.is_empty());
 }
 
-#[tokio::test]
-async fn malformed_json_is_a_400_with_line_and_column() {
-    let app = spawn_app().await;
+async fn malformed_json_is_a_400_with_line_and_column(backend: Backend) {
+    let app = spawn(backend).await;
     let answer = app
         .submit_raw(
             NAIROBI,
@@ -218,9 +212,8 @@ async fn malformed_json_is_a_400_with_line_and_column() {
     assert!(detail.contains("column"), "{detail}");
 }
 
-#[tokio::test]
-async fn missing_or_unknown_keys_are_401_and_another_partner_is_403() {
-    let app = spawn_app().await;
+async fn missing_or_unknown_keys_are_401_and_another_partner_is_403(backend: Backend) {
+    let app = spawn(backend).await;
     let body = three_column_report(1, "1");
     let anonymous = app
         .send(
@@ -238,12 +231,11 @@ async fn missing_or_unknown_keys_are_401_and_another_partner_is_403() {
     other["partner_id"] = json!(TWO_COL);
     let forbidden = app.submit(NAIROBI, &other).await;
     assert_eq!(forbidden.status, 403, "{}", forbidden.text);
-    assert!(app.redis_keys().await.is_empty());
+    assert!(app.stored().await.is_empty());
 }
 
-#[tokio::test]
-async fn an_admin_key_for_every_partner_must_name_one() {
-    let app = spawn_app().await;
+async fn an_admin_key_for_every_partner_must_name_one(backend: Backend) {
+    let app = spawn(backend).await;
     let mut body = json!({"repayments": [{"loan_id": "L1", "amount": "5"}]});
     let unnamed = app.submit(NETWORK_ADMIN, &body).await;
     assert_eq!(unnamed.status, 422);
@@ -256,13 +248,15 @@ async fn an_admin_key_for_every_partner_must_name_one() {
     assert_eq!(app.stream_entries(TWO_COL).await.len(), 1);
 }
 
-#[tokio::test]
-async fn oversized_bodies_and_reports_are_413() {
-    let redis = TestRedis::start().await;
-    let app = spawn_app_on(redis, |s| {
-        s.server.max_repayments = 100;
-        s.server.max_body_bytes = 64 * 1024;
-    })
+async fn oversized_bodies_and_reports_are_413(backend: Backend) {
+    let app = spawn_app_for(
+        backend,
+        |s| {
+            s.server.max_repayments = 100;
+            s.server.max_body_bytes = 64 * 1024;
+        },
+        |s| s,
+    )
     .await;
     let too_many = app.submit(NAIROBI, &three_column_report(101, "1")).await;
     assert_eq!(too_many.status, 413, "{}", too_many.text);
@@ -276,12 +270,11 @@ async fn oversized_bodies_and_reports_are_413() {
     let too_big = app.submit_raw(NAIROBI, &big).await;
     assert_eq!(too_big.status, 413);
     assert_eq!(too_big.content_type(), "application/problem+json");
-    assert!(app.redis_keys().await.is_empty());
+    assert!(app.stored().await.is_empty());
 }
 
-#[tokio::test]
-async fn a_body_that_is_not_json_is_415() {
-    let app = spawn_app().await;
+async fn a_body_that_is_not_json_is_415(backend: Backend) {
+    let app = spawn(backend).await;
     let answer = app
         .send(
             app.client
@@ -295,9 +288,8 @@ async fn a_body_that_is_not_json_is_415() {
     assert_eq!(answer.content_type(), "application/problem+json");
 }
 
-#[tokio::test]
-async fn unknown_paths_and_methods_are_problems_too() {
-    let app = spawn_app().await;
+async fn unknown_paths_and_methods_are_problems_too(backend: Backend) {
+    let app = spawn(backend).await;
     let missing = app.get("/v1/nothing-here", None).await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.content_type(), "application/problem+json");
@@ -307,9 +299,8 @@ async fn unknown_paths_and_methods_are_problems_too() {
     assert_eq!(wrong.header("allow"), Some("POST"));
 }
 
-#[tokio::test]
-async fn the_published_schema_is_the_enforced_one() {
-    let app = spawn_app().await;
+async fn the_published_schema_is_the_enforced_one(backend: Backend) {
+    let app = spawn(backend).await;
     let answer = app.get("/v1/schemas/repayment-report.json", None).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.content_type(), "application/schema+json");
@@ -320,9 +311,8 @@ async fn the_published_schema_is_the_enforced_one() {
     assert_eq!(answer.body, file);
 }
 
-#[tokio::test]
-async fn a_10000_repayment_report_is_accepted_in_50_batches() {
-    let app = spawn_app().await;
+async fn a_10000_repayment_report_is_accepted_in_50_batches(backend: Backend) {
+    let app = spawn(backend).await;
     let answer = app
         .submit(NAIROBI, &three_column_report(10_000, "1.001"))
         .await;
@@ -331,3 +321,21 @@ async fn a_10000_repayment_report_is_accepted_in_50_batches() {
     assert_eq!(answer.body["total_amount"], "10010.000");
     assert_eq!(app.stream_entries(THREE_COL).await.len(), 50);
 }
+
+on_both_stores!(
+    a_450_repayment_three_column_report_is_queued_as_batches_of_200_200_50,
+    a_report_with_five_violations_gets_one_422_naming_all_five,
+    a_three_column_partner_needs_client_id_and_a_two_column_partner_may_send_it,
+    two_column_duplicates_are_by_loan_alone,
+    amounts_are_stored_with_exactly_the_digits_sent,
+    negative_too_precise_and_non_numeric_amounts_are_refused,
+    validate_answers_with_what_would_be_sent_and_stores_nothing,
+    malformed_json_is_a_400_with_line_and_column,
+    missing_or_unknown_keys_are_401_and_another_partner_is_403,
+    an_admin_key_for_every_partner_must_name_one,
+    oversized_bodies_and_reports_are_413,
+    a_body_that_is_not_json_is_415,
+    unknown_paths_and_methods_are_problems_too,
+    the_published_schema_is_the_enforced_one,
+    a_10000_repayment_report_is_accepted_in_50_batches,
+);

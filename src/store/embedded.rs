@@ -1,0 +1,858 @@
+//! The embedded backend: one SQLite database in a directory, for a gateway that runs as a
+//! single process on one server with no Redis to install. Every step that the Redis backend
+//! does in one Lua script is one SQLite transaction here, with the same rules, so both pass
+//! the same contract suite.
+//!
+//! Crash safety: WAL journal with `synchronous = FULL`, so a committed accept survives a
+//! crash or power loss. Only one process may open a directory: a second one would claim the
+//! same queue entries without knowing of the first, so opening takes an exclusive lock on
+//! `<dir>/lock` for the life of the store.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
+    ClaimedBatch, IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorActionKind,
+    OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStatus, ReportStore,
+    StoreError, report_of_batch,
+};
+use crate::domain::PartnerId;
+
+/// Retries promoted per call at most, as in the Redis backend.
+const PROMOTE_LIMIT: i64 = 500;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS reports (
+    id TEXT PRIMARY KEY,
+    partner TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    period TEXT,
+    doc TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reports_by_partner ON reports (partner, id);
+CREATE INDEX IF NOT EXISTS reports_by_branch ON reports (partner, branch, id);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    partner TEXT NOT NULL,
+    report_id TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    queued_at INTEGER NOT NULL,
+    next_attempt_at INTEGER,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS batches_by_report ON batches (report_id);
+CREATE TABLE IF NOT EXISTS attempts (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS attempts_by_batch ON attempts (batch_id, seq);
+CREATE TABLE IF NOT EXISTS actions (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS actions_by_batch ON actions (batch_id, seq);
+-- The delivery queue: an entry per batch to send. `consumer` and `claimed_at` are set while
+-- a worker holds it (Redis: the consumer group's pending list); it is deleted when settled.
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    partner TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    consumer TEXT,
+    claimed_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS queue_by_partner ON queue (partner, consumer, seq);
+CREATE TABLE IF NOT EXISTS retries (batch_id TEXT PRIMARY KEY, partner TEXT NOT NULL, due INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS retries_by_due ON retries (partner, due);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    token TEXT NOT NULL,
+    record TEXT,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at);
+"#;
+
+pub struct EmbeddedStore {
+    db: Arc<Mutex<Connection>>,
+    dir: PathBuf,
+    // Held for the life of the store: the lock is released when the file is closed.
+    _lock: File,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn from_ms(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+fn other(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Other(format!("unreadable record: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("store records always serialize")
+}
+
+fn name_of<T: serde::Serialize>(value: T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .expect("enums serialize as strings")
+}
+
+fn parse_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
+        .map_err(|e| StoreError::Other(format!("unknown state {name}: {e}")))
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`. Fails with a clear message when another
+    /// process has it open.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            other(format!(
+                "cannot create the store directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let lock_path = dir.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| other(format!("cannot open {}: {e}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Other(format!(
+                    "the embedded store {} is already in use by another gateway process; only one \
+                     process may open it (stop the other one, or use Redis to run several)",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(other(format!("cannot lock {}: {e}", lock_path.display())));
+            }
+        }
+        let path = dir.join("gateway.db");
+        let conn = Connection::open(&path)
+            .map_err(|e| other(format!("cannot open {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(other)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(other)?;
+        conn.execute_batch(SCHEMA).map_err(other)?;
+        Ok(Self {
+            db: Arc::new(Mutex::new(conn)),
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `work` in one IMMEDIATE transaction on the blocking pool; it commits when `work`
+    /// returns `Ok` and rolls back otherwise.
+    async fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.lock().map_err(|_| other("the store lock is poisoned"))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(other)?;
+            let value = work(&tx)?;
+            tx.commit().map_err(other)?;
+            Ok(value)
+        })
+        .await
+        .map_err(other)?
+    }
+}
+
+fn idempotency_key(scope: &IdempotencyScope) -> String {
+    let digest = hex::encode(Sha256::digest(scope.key.as_bytes()));
+    format!("{}:{}:{digest}", scope.partner_id, scope.api_key_name)
+}
+
+fn report_row(tx: &Transaction<'_>, partner: &str, id: &str) -> Result<Option<Report>, StoreError> {
+    tx.query_row(
+        "SELECT doc, status FROM reports WHERE partner = ?1 AND id = ?2",
+        params![partner, id],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+    )
+    .optional()
+    .map_err(other)?
+    .map(|(doc, status)| with_status(&doc, &status))
+    .transpose()
+}
+
+fn with_status(doc: &str, status: &str) -> Result<Report, StoreError> {
+    let mut report: Report = decode(doc)?;
+    report.status = parse_name(status)?;
+    Ok(report)
+}
+
+/// The report's status from its batches' states: the same rule as the Redis `rollup`.
+fn rollup(tx: &Transaction<'_>, report_id: &str) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached("SELECT state FROM batches WHERE report_id = ?1")
+        .map_err(other)?;
+    let states: Vec<String> = stmt
+        .query_map(params![report_id], |row| row.get(0))
+        .map_err(other)?
+        .collect::<Result<_, _>>()
+        .map_err(other)?;
+    let count = |s: &str| states.iter().filter(|x| *x == s).count();
+    let status = if ["held", "rejected", "failed"].iter().any(|s| count(s) > 0) {
+        ReportStatus::NeedsAttention
+    } else if count("delivered") == states.len() {
+        ReportStatus::Delivered
+    } else if count("queued") == states.len() {
+        ReportStatus::Queued
+    } else {
+        ReportStatus::Delivering
+    };
+    tx.execute(
+        "UPDATE reports SET status = ?1 WHERE id = ?2",
+        params![name_of(status), report_id],
+    )
+    .map_err(other)?;
+    Ok(())
+}
+
+fn settle(tx: &Transaction<'_>, entry: &str) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM queue WHERE seq = ?1", params![entry])
+        .map_err(other)?;
+    Ok(())
+}
+
+/// id, doc, state, next_attempt_at, result.
+type BatchRow = (String, String, String, Option<i64>, Option<String>);
+
+fn batches_of_report(tx: &Transaction<'_>, report: &Report) -> Result<Vec<Batch>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT id, doc, state, next_attempt_at, result FROM batches
+             WHERE partner = ?1 AND report_id = ?2",
+        )
+        .map_err(other)?;
+    let rows: Vec<BatchRow> = stmt
+        .query_map(
+            params![report.partner_id.as_str(), report.id.to_string()],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
+        )
+        .map_err(other)?
+        .collect::<Result<_, _>>()
+        .map_err(other)?;
+    let mut batches = Vec::with_capacity(rows.len());
+    for (id, doc, state, next, result) in rows {
+        let list = |table: &str| -> Result<Vec<String>, StoreError> {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT doc FROM {table} WHERE batch_id = ?1 ORDER BY seq"
+                ))
+                .map_err(other)?;
+            stmt.query_map(params![id], |row| row.get(0))
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)
+        };
+        let doc: BatchDoc = decode(&doc)?;
+        let progress = BatchProgress {
+            state: parse_name(&state)?,
+            next_attempt_at: next.and_then(from_ms),
+            result: result.map(|r| decode(&r)).transpose()?,
+            attempts: list("attempts")?
+                .iter()
+                .map(|a| decode(a))
+                .collect::<Result<_, _>>()?,
+            operator_actions: list("actions")?
+                .iter()
+                .map(|a| decode(a))
+                .collect::<Result<_, _>>()?,
+        };
+        batches.push(Batch::assemble(doc, progress));
+    }
+    batches.sort_by_key(|b| b.number);
+    Ok(batches)
+}
+
+#[async_trait::async_trait]
+impl ReportStore for EmbeddedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.transaction(|tx| tx.query_row("SELECT 1", [], |_| Ok(())).map_err(other))
+            .await
+    }
+
+    async fn claim_idempotency(
+        &self,
+        scope: &IdempotencyScope,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let key = idempotency_key(scope);
+        let token = Uuid::new_v4().to_string();
+        let expires_at = now_ms() + ttl.as_millis() as i64;
+        self.transaction(move |tx| {
+            let now = now_ms();
+            tx.execute(
+                "DELETE FROM idempotency WHERE key = ?1 AND expires_at <= ?2",
+                params![key, now],
+            )
+            .map_err(other)?;
+            let row: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT state, record FROM idempotency WHERE key = ?1",
+                    params![key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(other)?;
+            match row {
+                None => {
+                    tx.execute(
+                        "INSERT INTO idempotency (key, state, token, expires_at) VALUES (?1, 'in_progress', ?2, ?3)",
+                        params![key, token, expires_at],
+                    )
+                    .map_err(other)?;
+                    Ok(IdempotencyClaim::Claimed { token })
+                }
+                Some((state, _)) if state == "in_progress" => Ok(IdempotencyClaim::InProgress),
+                Some((_, record)) => {
+                    let record: RecordedResponse = decode(record.as_deref().unwrap_or(""))?;
+                    Ok(IdempotencyClaim::Completed(record))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn release_idempotency(
+        &self,
+        scope: &IdempotencyScope,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        let key = idempotency_key(scope);
+        let token = token.to_owned();
+        self.transaction(move |tx| {
+            tx.execute(
+                "DELETE FROM idempotency WHERE key = ?1 AND state = 'in_progress' AND token = ?2",
+                params![key, token],
+            )
+            .map_err(other)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn accept(
+        &self,
+        report: &Report,
+        batches: &[BatchDoc],
+        idempotency: Option<&IdempotentAccept>,
+        idempotency_ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let report = report.clone();
+        let batches = batches.to_vec();
+        let idempotency = idempotency.map(|i| {
+            (
+                idempotency_key(&i.scope),
+                i.token.clone(),
+                encode(&i.response),
+            )
+        });
+        self.transaction(move |tx| {
+            let now = now_ms();
+            if let Some((key, token, _)) = &idempotency {
+                let ours: Option<i64> = tx
+                    .query_row(
+                        "SELECT 1 FROM idempotency WHERE key = ?1 AND state = 'in_progress' AND token = ?2 AND expires_at > ?3",
+                        params![key, token, now],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(other)?;
+                if ours.is_none() {
+                    return Err(StoreError::ClaimLost);
+                }
+            }
+            let partner = report.partner_id.as_str();
+            let id = report.id.to_string();
+            tx.execute(
+                "INSERT INTO reports (id, partner, branch, period, doc, status) VALUES (?1, ?2, ?3, ?4, ?5, 'queued')",
+                params![id, partner, report.branch, report.period.map(|p| p.to_string()), encode(&report)],
+            )
+            .map_err(other)?;
+            let queued_at = report.created_at.timestamp_millis();
+            for batch in &batches {
+                tx.execute(
+                    "INSERT INTO batches (id, partner, report_id, doc, state, attempt, queued_at) VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5)",
+                    params![batch.id, partner, id, encode(batch), queued_at],
+                )
+                .map_err(other)?;
+                tx.execute(
+                    "INSERT INTO queue (partner, batch_id) VALUES (?1, ?2)",
+                    params![partner, batch.id],
+                )
+                .map_err(other)?;
+            }
+            if let Some((key, _, record)) = &idempotency {
+                tx.execute(
+                    "UPDATE idempotency SET state = 'done', record = ?2, expires_at = ?3 WHERE key = ?1",
+                    params![key, record, now + idempotency_ttl.as_millis() as i64],
+                )
+                .map_err(other)?;
+            }
+            // Expired keys go here rather than in a background task: accepts are frequent
+            // enough, and the index makes it cheap.
+            tx.execute("DELETE FROM idempotency WHERE expires_at <= ?1", params![now])
+                .map_err(other)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn report(
+        &self,
+        partner: &PartnerId,
+        id: Uuid,
+    ) -> Result<Option<(Report, Vec<Batch>)>, StoreError> {
+        let partner = partner.to_string();
+        self.transaction(move |tx| {
+            let Some(report) = report_row(tx, &partner, &id.to_string())? else {
+                return Ok(None);
+            };
+            let batches = batches_of_report(tx, &report)?;
+            Ok(Some((report, batches)))
+        })
+        .await
+    }
+
+    async fn reports(
+        &self,
+        partner: &PartnerId,
+        query: &ReportQuery,
+    ) -> Result<ReportPage, StoreError> {
+        let partner = partner.to_string();
+        let query = query.clone();
+        self.transaction(move |tx| {
+            let limit = query.limit.max(1);
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT doc, status FROM reports
+                     WHERE partner = ?1
+                       AND (?2 IS NULL OR branch = ?2)
+                       AND (?3 IS NULL OR status = ?3)
+                       AND (?4 IS NULL OR period = ?4)
+                       AND (?5 IS NULL OR id < ?5)
+                     ORDER BY id DESC LIMIT ?6",
+                )
+                .map_err(other)?;
+            let rows: Vec<(String, String)> = stmt
+                .query_map(
+                    params![
+                        partner,
+                        query.branch,
+                        query.status.map(name_of),
+                        query.period.map(|p| p.to_string()),
+                        query.after.map(|a| a.to_string()),
+                        limit as i64
+                    ],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)?;
+            let reports: Vec<Report> = rows
+                .iter()
+                .map(|(doc, status)| with_status(doc, status))
+                .collect::<Result<_, _>>()?;
+            // As with Redis: a full page carries a cursor; the next page may be empty.
+            let next = (reports.len() == limit)
+                .then(|| reports.last().map(|r| r.id))
+                .flatten();
+            Ok(ReportPage { reports, next })
+        })
+        .await
+    }
+
+    async fn prepare_delivery(&self, _partner: &PartnerId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn promote_due_retries(
+        &self,
+        partner: &PartnerId,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let partner = partner.to_string();
+        self.transaction(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT batch_id FROM retries WHERE partner = ?1 AND due <= ?2 ORDER BY due LIMIT ?3")
+                .map_err(other)?;
+            let due: Vec<String> = stmt
+                .query_map(params![partner, now.timestamp_millis(), PROMOTE_LIMIT], |row| row.get(0))
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)?;
+            for batch in &due {
+                tx.execute("DELETE FROM retries WHERE batch_id = ?1", params![batch]).map_err(other)?;
+                tx.execute("INSERT INTO queue (partner, batch_id) VALUES (?1, ?2)", params![partner, batch])
+                    .map_err(other)?;
+            }
+            Ok(due.len())
+        })
+        .await
+    }
+
+    async fn claim_batches(
+        &self,
+        partner: &PartnerId,
+        consumer: &str,
+        count: usize,
+        reclaim_after: Duration,
+    ) -> Result<Vec<ClaimedBatch>, StoreError> {
+        let partner_id = partner.clone();
+        let consumer = consumer.to_owned();
+        self.transaction(move |tx| {
+            let now = now_ms();
+            let partner = partner_id.as_str();
+            let mut claimed = Vec::new();
+            // Entries another consumer has held too long first (Redis: XAUTOCLAIM), then new
+            // ones (XREADGROUP).
+            let queries = [
+                ("SELECT seq, batch_id FROM queue WHERE partner = ?1 AND consumer IS NOT NULL AND claimed_at <= ?2 ORDER BY seq LIMIT ?3", true),
+                ("SELECT seq, batch_id FROM queue WHERE partner = ?1 AND consumer IS NULL AND ?2 = ?2 ORDER BY seq LIMIT ?3", false),
+            ];
+            for (sql, reclaimed) in queries {
+                let room = count.saturating_sub(claimed.len());
+                if room == 0 {
+                    break;
+                }
+                let mut stmt = tx.prepare_cached(sql).map_err(other)?;
+                let rows: Vec<(i64, String)> = stmt
+                    .query_map(params![partner, now - reclaim_after.as_millis() as i64, room as i64], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .map_err(other)?
+                    .collect::<Result<_, _>>()
+                    .map_err(other)?;
+                for (seq, batch_id) in rows {
+                    tx.execute(
+                        "UPDATE queue SET consumer = ?1, claimed_at = ?2 WHERE seq = ?3",
+                        params![consumer, now, seq],
+                    )
+                    .map_err(other)?;
+                    claimed.push(ClaimedBatch {
+                        partner_id: partner_id.clone(),
+                        entry_id: seq.to_string(),
+                        batch_id,
+                        reclaimed,
+                    });
+                }
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn begin_attempt(
+        &self,
+        claimed: &ClaimedBatch,
+        _now: DateTime<Utc>,
+    ) -> Result<BeginAttempt, StoreError> {
+        let claimed = claimed.clone();
+        self.transaction(move |tx| {
+            let row: Option<(String, String, i64)> = tx
+                .query_row(
+                    "SELECT state, report_id, queued_at FROM batches WHERE partner = ?1 AND id = ?2",
+                    params![claimed.partner_id.as_str(), claimed.batch_id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+                .map_err(other)?;
+            let Some((state, report_id, queued_at)) = row else {
+                tracing::error!(batch = %claimed.batch_id, "queued batch is missing; dropping the entry");
+                settle(tx, &claimed.entry_id)?;
+                return Ok(BeginAttempt::Skip(BatchState::Failed));
+            };
+            match state.as_str() {
+                "queued" | "retry_wait" => {
+                    tx.execute(
+                        "UPDATE batches SET attempt = attempt + 1, state = 'sending', next_attempt_at = NULL WHERE id = ?1",
+                        params![claimed.batch_id],
+                    )
+                    .map_err(other)?;
+                    rollup(tx, &report_id)?;
+                    let (attempt, doc): (u32, String) = tx
+                        .query_row(
+                            "SELECT attempt, doc FROM batches WHERE id = ?1",
+                            params![claimed.batch_id],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .map_err(other)?;
+                    let report = report_row(tx, claimed.partner_id.as_str(), &report_id)?
+                        .ok_or_else(|| other("batch without its report"))?;
+                    Ok(BeginAttempt::Send {
+                        attempt,
+                        batch: decode(&doc)?,
+                        column_format: report.column_format,
+                        queued_at: from_ms(queued_at).unwrap_or(report.created_at),
+                    })
+                }
+                "sending" => {
+                    // Its worker stopped after writing `sending`: Kiva may have the upload,
+                    // and a second one would be counted twice.
+                    settle(tx, &claimed.entry_id)?;
+                    let held = BatchResult {
+                        reason: "the worker sending this batch stopped before Kiva's answer was recorded; \
+                                 Kiva may have the upload: check PA2, then resend or mark delivered"
+                            .into(),
+                        ..BatchResult::default()
+                    };
+                    tx.execute(
+                        "UPDATE batches SET state = 'held', result = ?2 WHERE id = ?1",
+                        params![claimed.batch_id, encode(&held)],
+                    )
+                    .map_err(other)?;
+                    rollup(tx, &report_id)?;
+                    Ok(BeginAttempt::Held)
+                }
+                settled => {
+                    settle(tx, &claimed.entry_id)?;
+                    Ok(BeginAttempt::Skip(parse_name(settled)?))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn finish_attempt(
+        &self,
+        claimed: &ClaimedBatch,
+        attempt: u32,
+        end: &AttemptEnd,
+    ) -> Result<(), StoreError> {
+        let claimed = claimed.clone();
+        let end = end.clone();
+        self.transaction(move |tx| {
+            settle(tx, &claimed.entry_id)?;
+            tx.execute(
+                "INSERT INTO attempts (batch_id, doc) VALUES (?1, ?2)",
+                params![claimed.batch_id, encode(&end.attempt)],
+            )
+            .map_err(other)?;
+            let row: Option<(u32, String)> = tx
+                .query_row(
+                    "SELECT attempt, report_id FROM batches WHERE partner = ?1 AND id = ?2",
+                    params![claimed.partner_id.as_str(), claimed.batch_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(other)?;
+            let Some((current, report_id)) = row else {
+                return Err(other(format!("batch {} is gone", claimed.batch_id)));
+            };
+            if current != attempt {
+                // An operator queued the batch again meanwhile; that newer attempt owns it.
+                return Ok(());
+            }
+            let due = end.retry_at.map(|t| t.timestamp_millis());
+            tx.execute(
+                "UPDATE batches SET state = ?2, result = ?3, next_attempt_at = ?4 WHERE id = ?1",
+                params![
+                    claimed.batch_id,
+                    name_of(end.state),
+                    encode(&end.result),
+                    due
+                ],
+            )
+            .map_err(other)?;
+            if let (BatchState::RetryWait, Some(due)) = (end.state, due) {
+                tx.execute(
+                    "INSERT OR REPLACE INTO retries (batch_id, partner, due) VALUES (?1, ?2, ?3)",
+                    params![claimed.batch_id, claimed.partner_id.as_str(), due],
+                )
+                .map_err(other)?;
+            }
+            rollup(tx, &report_id)
+        })
+        .await
+    }
+
+    async fn resend_batch(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OperatorOutcome, StoreError> {
+        self.operate(partner, batch_id, OperatorActionKind::Resend, by, now)
+            .await
+    }
+
+    async fn mark_batch_delivered(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OperatorOutcome, StoreError> {
+        self.operate(
+            partner,
+            batch_id,
+            OperatorActionKind::MarkDelivered,
+            by,
+            now,
+        )
+        .await
+    }
+
+    async fn batch(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+    ) -> Result<Option<(Batch, String)>, StoreError> {
+        let partner = partner.to_string();
+        let batch_id = batch_id.to_owned();
+        self.transaction(move |tx| one_batch(tx, &partner, &batch_id))
+            .await
+    }
+
+    async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
+        let partner = partner.to_string();
+        self.transaction(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT batch_id FROM queue WHERE partner = ?1 ORDER BY seq")
+                .map_err(other)?;
+            stmt.query_map(params![partner], |row| row.get(0))
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)
+        })
+        .await
+    }
+}
+
+fn one_batch(
+    tx: &Transaction<'_>,
+    partner: &str,
+    batch_id: &str,
+) -> Result<Option<(Batch, String)>, StoreError> {
+    let Some(report_id) = report_of_batch(batch_id) else {
+        return Ok(None);
+    };
+    let Some(report) = report_row(tx, partner, &report_id.to_string())? else {
+        return Ok(None);
+    };
+    let batch = batches_of_report(tx, &report)?
+        .into_iter()
+        .find(|b| b.id == batch_id);
+    Ok(batch.map(|b| (b, report.branch)))
+}
+
+impl EmbeddedStore {
+    async fn operate(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+        kind: OperatorActionKind,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OperatorOutcome, StoreError> {
+        let partner = partner.to_string();
+        let batch_id = batch_id.to_owned();
+        let by = by.to_owned();
+        self.transaction(move |tx| {
+            let row: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT state, report_id FROM batches WHERE partner = ?1 AND id = ?2",
+                    params![partner, batch_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(other)?;
+            let Some((state, report_id)) = row else {
+                return Ok(OperatorOutcome::NotFound);
+            };
+            let from: BatchState = parse_name(&state)?;
+            let allowed = match kind {
+                OperatorActionKind::Resend => {
+                    matches!(from, BatchState::Held | BatchState::Failed | BatchState::Rejected)
+                }
+                OperatorActionKind::MarkDelivered => from == BatchState::Held,
+            };
+            if !allowed {
+                return Ok(OperatorOutcome::Conflict(from));
+            }
+            let action = super::OperatorAction {
+                action: kind,
+                by: by.clone(),
+                at: now,
+                from_state: from,
+            };
+            tx.execute(
+                "INSERT INTO actions (batch_id, doc) VALUES (?1, ?2)",
+                params![batch_id, encode(&action)],
+            )
+            .map_err(other)?;
+            match kind {
+                OperatorActionKind::Resend => {
+                    tx.execute(
+                        "UPDATE batches SET state = 'queued', queued_at = ?2, next_attempt_at = NULL WHERE id = ?1",
+                        params![batch_id, now.timestamp_millis()],
+                    )
+                    .map_err(other)?;
+                    tx.execute("DELETE FROM retries WHERE batch_id = ?1", params![batch_id]).map_err(other)?;
+                    tx.execute("INSERT INTO queue (partner, batch_id) VALUES (?1, ?2)", params![partner, batch_id])
+                        .map_err(other)?;
+                }
+                OperatorActionKind::MarkDelivered => {
+                    let result = BatchResult {
+                        reason: format!("marked delivered by {by}: the upload was confirmed in PA2"),
+                        ..BatchResult::default()
+                    };
+                    tx.execute(
+                        "UPDATE batches SET state = 'delivered', result = ?2 WHERE id = ?1",
+                        params![batch_id, encode(&result)],
+                    )
+                    .map_err(other)?;
+                }
+            }
+            rollup(tx, &report_id)?;
+            Ok(match one_batch(tx, &partner, &batch_id)? {
+                Some((batch, _)) => OperatorOutcome::Done(Box::new(batch)),
+                None => OperatorOutcome::NotFound,
+            })
+        })
+        .await
+    }
+}
