@@ -36,6 +36,12 @@ COPY --from=builder /app/target/release/repayment-gateway /usr/local/bin/repayme
 # The real gateway.toml is mounted at run time; the example documents every key.
 COPY config/gateway.example.toml /etc/repayment-gateway/gateway.example.toml
 
+# The embedded store's default home (store.url = "embedded:/var/lib/repayment-gateway");
+# unused when the configuration names Redis.
+RUN mkdir -p /var/lib/repayment-gateway && chown 10001:10001 /var/lib/repayment-gateway
+WORKDIR /var/lib/repayment-gateway
+VOLUME ["/var/lib/repayment-gateway"]
+
 # Numeric, so runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001
 EXPOSE 8080

@@ -22,8 +22,12 @@ pub enum Command {
     /// Serve the HTTP API.
     Serve {
         /// TOML configuration (see config/gateway.example.toml); GATEWAY_* variables override it.
-        #[arg(long, short, env = "GATEWAY_CONFIG")]
+        #[arg(long, short, env = "GATEWAY_CONFIG", conflicts_with = "demo")]
         config: Option<PathBuf>,
+        /// Try everything without Kiva credentials or Redis: embedded store in ./demo-data, the
+        /// Kiva sandbox in-process, demo partners and fresh API keys (printed).
+        #[arg(long)]
+        demo: bool,
     },
     /// Run only the delivery worker (no HTTP API), e.g. as a separate process or container.
     Worker {
@@ -47,12 +51,16 @@ pub enum Command {
     CheckConfig {
         #[arg(long, short, env = "GATEWAY_CONFIG")]
         config: Option<PathBuf>,
+        /// Also fetch a token from Kiva for each partner and report, per partner, what works.
+        #[arg(long)]
+        online: bool,
     },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { demo: true, .. } => crate::demo::run().await?,
+        Command::Serve { config, .. } => {
             let settings = Settings::load(config.as_deref())?;
             crate::telemetry::init(&settings.log);
             let app = crate::startup::Application::build(&settings)?;
@@ -121,7 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "Give the key to the MIS (it is shown only now); put key_sha256 in an [[api_keys]] entry."
             );
         }
-        Command::CheckConfig { config } => {
+        Command::CheckConfig { config, online } => {
             let settings = Settings::load(config.as_deref())?;
             println!(
                 "configuration is valid: {} partner(s), {} API key(s), store {}",
@@ -129,7 +137,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 settings.api_keys.len(),
                 redact_url(&settings.store.url)
             );
+            if online {
+                check_online(&settings).await?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// Fetches a token for each partner from `kiva.token_url`: proves the URL, the audience and
+/// each partner's credentials and scopes, without sending any repayment.
+async fn check_online(settings: &Settings) -> anyhow::Result<()> {
+    let kiva = crate::kiva::KivaClient::new(&settings.kiva, &settings.partners)?;
+    println!(
+        "token URL {} (audience {})",
+        settings.kiva.token_url, settings.kiva.audience
+    );
+    let mut failed = 0;
+    for partner in &settings.partners {
+        match kiva.check_credentials(&partner.id).await {
+            Ok(()) => println!(
+                "  partner {} ({}): ok, a token was issued",
+                partner.id, partner.name
+            ),
+            Err(reason) => {
+                failed += 1;
+                println!(
+                    "  partner {} ({}): FAILED: {reason}",
+                    partner.id, partner.name
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} partner(s) could not get a token from Kiva");
     }
     Ok(())
 }

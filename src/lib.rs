@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod domain;
 pub mod intake;
 pub mod kiva;

@@ -221,3 +221,127 @@ async fn serve_delivers_to_kiva_stops_on_sigterm_and_logs_no_token_secret_or_key
         assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
     }
 }
+
+#[tokio::test]
+async fn the_demo_serves_swagger_and_its_printed_curl_delivers_a_report() {
+    use tokio::io::AsyncBufReadExt;
+    let cwd = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+        .args(["serve", "--demo"])
+        .current_dir(cwd.path())
+        .env("GATEWAY_SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env_remove("GATEWAY_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("Ctrl-C stops the demo");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the demo prints its banner");
+    let find = |prefix: &str| {
+        banner
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .cloned()
+            .unwrap()
+    };
+    let submit = find("curl -s -i -X POST");
+    let follow = find("curl -s http");
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains(&format!("http://127.0.0.1:{port}/swagger-ui/")))
+    );
+
+    let swagger = reqwest::get(format!("http://127.0.0.1:{port}/swagger-ui/"))
+        .await
+        .unwrap();
+    assert_eq!(swagger.status(), 200);
+    let answer = tokio::process::Command::new("sh")
+        .args(["-c", &submit])
+        .output()
+        .await
+        .unwrap();
+    let answer = String::from_utf8(answer.stdout).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let id = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("location: /v1/reports/"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let follow = follow.replace("REPORT_ID", &id);
+    let mut report = serde_json::Value::Null;
+    wait_until("the demo delivers the report", async || {
+        let out = tokio::process::Command::new("sh")
+            .args(["-c", &follow])
+            .output()
+            .await
+            .unwrap();
+        report = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        report["status"] == "delivered"
+    })
+    .await;
+    let repayments = &report["batches"][0]["repayments"];
+    assert_eq!(repayments[0]["state"], "accepted");
+    assert_eq!(repayments[2]["state"], "rejected_by_kiva");
+    assert!(cwd.path().join("demo-data").join("gateway.db").exists());
+}
+
+#[tokio::test]
+async fn check_config_online_reports_per_partner_what_works() {
+    let sandbox = start_sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = test_config("embedded:unused")
+        .replace("http://127.0.0.1:9/oauth/token", &sandbox.token_url())
+        .replace("https://partner-api.test", &sandbox.audience())
+        .replacen(
+            &format!("client_secret = \"{PARTNER_SECRET}\""),
+            "client_secret = \"a-wrong-secret\"",
+            1,
+        );
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, toml).unwrap();
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+        .args(["check-config", "--online", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains(&format!("partner {THREE_COL} (Three Column MFI): FAILED")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("partner {TWO_COL} (Two Column MFI): ok")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 partner(s) could not get a token"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("a-wrong-secret") && !stdout.contains(PARTNER_SECRET));
+    assert_eq!(sandbox.tokens_issued(), 1);
+}

@@ -3,6 +3,7 @@
 #[macro_use]
 mod helpers;
 mod binary;
+mod crash;
 mod delivery;
 mod idempotency;
 mod openapi;

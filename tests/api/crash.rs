@@ -1,0 +1,208 @@
+//! Crash safety with real processes: the gateway binary is killed with SIGKILL mid-delivery
+//! and started again on the same store.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use repayment_gateway::sandbox::{Fault, Sandbox};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The gateway binary, serving and delivering to `sandbox`.
+struct Gateway {
+    child: tokio::process::Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Gateway {
+    async fn start(config: &Path) -> Self {
+        let port = free_port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("GATEWAY_SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let gateway = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        wait_until("the gateway answers", async || {
+            gateway
+                .client
+                .get(format!("{}/health/ready", gateway.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        gateway
+    }
+
+    async fn submit(&self, loan: usize) -> String {
+        let body = serde_json::json!({"repayments": [{"loan_id": format!("L-{loan}"), "client_id": format!("C-{loan}"), "amount": "7.50"}]});
+        let answer: Value = self
+            .client
+            .post(format!("{}/v1/repayments", self.base))
+            .header("X-Api-Key", plain_key(NAIROBI))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["id"].as_str().expect("accepted").to_owned()
+    }
+
+    async fn status(&self, id: &str) -> String {
+        let report: Value = self
+            .client
+            .get(format!("{}/v1/reports/{id}", self.base))
+            .header("X-Api-Key", plain_key(HEAD_OFFICE))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        report["status"].as_str().unwrap_or("missing").to_owned()
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, store_url: &str, sandbox: &Sandbox) -> std::path::PathBuf {
+    let toml = test_config(store_url)
+        .replace(
+            "[delivery]\nenabled = false",
+            // One batch at a time, so the batches after the stalled one are still queued
+            // when the process dies.
+            "[delivery]\nenabled = true\nconcurrency = 1\npoll_interval_ms = 20\nclaim_deadline_secs = 6",
+        )
+        .replace("[kiva]", "[kiva]\nrequest_timeout_secs = 1")
+        .replace("http://127.0.0.1:9/oauth/token", &sandbox.token_url())
+        .replace("https://partner-api.test", &sandbox.audience())
+        .replace(
+            "api_base_url = \"http://127.0.0.1:9\"",
+            &format!("api_base_url = \"{}\"", sandbox.base_url()),
+        );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+async fn sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice(backend: Backend) {
+    let sandbox = start_sandbox().await;
+    let data = tempfile::tempdir().unwrap();
+    let redis = match backend {
+        Backend::Redis => Some(TestRedis::start().await),
+        Backend::Embedded => None,
+    };
+    let store_url = match &redis {
+        Some(redis) => redis.url(),
+        None => format!("embedded:{}", data.path().join("store").display()),
+    };
+    let config = write_config(data.path(), &store_url, &sandbox);
+
+    let first = Gateway::start(&config).await;
+    let delivered = first.submit(0).await;
+    wait_until("the first report is delivered", async || {
+        first.status(&delivered).await == "delivered"
+    })
+    .await;
+    // The next call to Kiva hangs: the process dies while that batch is `sending`.
+    sandbox.push_fault(Fault::Stall(Duration::from_secs(60)));
+    let interrupted = first.submit(1).await;
+    sandbox.wait_for_repayment_requests(2, DEADLINE).await;
+    let queued = [first.submit(2).await, first.submit(3).await];
+    assert_eq!(first.status(&interrupted).await, "delivering");
+    first.kill().await;
+
+    let second = Gateway::start(&config).await;
+    for id in &queued {
+        wait_until(
+            "a queued report is delivered after the restart",
+            async || second.status(id).await == "delivered",
+        )
+        .await;
+    }
+    wait_until("the interrupted batch is taken over and held", async || {
+        second.status(&interrupted).await == "needs_attention"
+    })
+    .await;
+
+    assert_eq!(
+        second.status(&delivered).await,
+        "delivered",
+        "nothing accepted is lost"
+    );
+    assert_eq!(
+        sandbox.repayment_requests(),
+        4,
+        "nothing delivered or interrupted is sent again"
+    );
+    let loans: Vec<String> = sandbox
+        .uploads()
+        .iter()
+        .map(|u| {
+            u.json["repayments"][0]["loan_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(loans, ["L-0", "L-2", "L-3"]);
+    second.kill().await;
+}
+
+on_both_stores!(sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice);
+
+#[tokio::test]
+async fn a_second_process_on_the_same_embedded_store_fails_with_a_clear_message() {
+    let sandbox = start_sandbox().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = write_config(
+        data.path(),
+        &format!("embedded:{}", data.path().join("store").display()),
+        &sandbox,
+    );
+    let first = Gateway::start(&config).await;
+
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("GATEWAY_SERVER__BIND", format!("127.0.0.1:{}", free_port()))
+        .output();
+    let second = tokio::time::timeout(DEADLINE, second)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already in use by another gateway process"),
+        "{stderr}"
+    );
+    first.kill().await;
+}
