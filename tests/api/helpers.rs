@@ -189,7 +189,7 @@ max_repayments = 10000
 [store]
 url = "{redis_url}"
 key_prefix = "{PREFIX}"
-timeout_secs = 2
+timeout_secs = 5
 [kiva]
 token_url = "http://127.0.0.1:9/oauth/token"
 audience = "https://partner-api.test"
@@ -333,7 +333,7 @@ fn build_app(
 }
 
 pub fn redis_store(redis: &TestRedis) -> RedisStore {
-    RedisStore::new(&redis.url(), PREFIX, 8, Duration::from_secs(2)).unwrap()
+    RedisStore::new(&redis.url(), PREFIX, 32, Duration::from_secs(5)).unwrap()
 }
 
 impl TestApp {
@@ -696,8 +696,8 @@ async fn rig_on(
     settings.kiva.token_url = sandbox.token_url();
     settings.kiva.audience = sandbox.audience();
     settings.kiva.api_base_url = sandbox.base_url();
-    settings.kiva.request_timeout_secs = 1;
-    settings.delivery.claim_deadline_secs = 6;
+    settings.kiva.request_timeout_secs = 2;
+    settings.delivery.claim_deadline_secs = 7;
     settings.delivery.retry_base_ms = 100;
     settings.delivery.retry_max_secs = 1;
     settings.delivery.max_attempts = 5;
