@@ -463,6 +463,18 @@ pub fn partner_secret_env_var(id: &PartnerId) -> String {
 mod tests {
     use super::*;
 
+    /// Loads `toml` inside a figment `Jail`: jails run one at a time, so no other test's
+    /// environment variables can leak into this one.
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn load(toml: &str) -> Result<Settings, ConfigError> {
+        let mut out = None;
+        figment::Jail::expect_with(|_| {
+            out = Some(Settings::from_toml_str(toml));
+            Ok(())
+        });
+        out.expect("the jail ran")
+    }
+
     const MINIMAL: &str = r#"
         [kiva]
         token_url = "https://auth.example/oauth/token"
@@ -484,7 +496,7 @@ mod tests {
 
     #[test]
     fn minimal_file_gets_defaults() {
-        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        let s = load(MINIMAL).unwrap();
         assert_eq!(s.kiva.batch_size, 200);
         assert_eq!(s.server.max_repayments, 10_000);
         assert_eq!(s.partners[0].column_format, ColumnFormat::ThreeColumn);
@@ -493,22 +505,22 @@ mod tests {
     #[test]
     fn errors_name_the_bad_key() {
         let bad = MINIMAL.replace("[kiva]", "[kiva]\nbatch_size = 500");
-        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        let err = load(&bad).unwrap_err().to_string();
         assert!(err.contains("kiva.batch_size"), "{err}");
 
         let bad = MINIMAL.replace("partner = \"p1\"", "partner = \"p2\"");
-        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        let err = load(&bad).unwrap_err().to_string();
         assert!(err.contains("api_keys.0.partner"), "{err}");
 
         let bad = MINIMAL.replace("[kiva]", "[kiva]\nbatch_sise = 5");
-        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        let err = load(&bad).unwrap_err().to_string();
         assert!(err.contains("batch_sise"), "{err}");
     }
 
     #[test]
     fn a_claim_deadline_shorter_than_kivas_timeout_is_refused() {
         let bad = MINIMAL.replace("[kiva]", "[delivery]\nclaim_deadline_secs = 30\n[kiva]");
-        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        let err = load(&bad).unwrap_err().to_string();
         assert!(
             err.contains("delivery.claim_deadline_secs") && err.contains("35"),
             "{err}"
@@ -518,7 +530,7 @@ mod tests {
     #[test]
     fn a_missing_secret_names_its_environment_variable() {
         let bad = MINIMAL.replace("client_secret = \"s3cret\"", "");
-        let err = Settings::from_toml_str(&bad).unwrap_err().to_string();
+        let err = load(&bad).unwrap_err().to_string();
         assert!(err.contains("GATEWAY_PARTNER_P1_CLIENT_SECRET"), "{err}");
     }
 
@@ -560,7 +572,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug_output() {
-        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        let s = load(MINIMAL).unwrap();
         assert!(!format!("{s:?}").contains("s3cret"));
     }
 }

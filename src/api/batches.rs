@@ -8,7 +8,7 @@ use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 use crate::config::Role;
 use crate::intake::PartnerScope;
-use crate::store::{Batch, OperatorOutcome, report_of_batch};
+use crate::store::{Batch, OperatorActionKind, OperatorOutcome, report_of_batch};
 
 /// Queue a held, failed or rejected batch again.
 ///
@@ -36,7 +36,7 @@ pub async fn resend(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&state, &caller, &id, Action::Resend).await
+    operate(&state, &caller, &id, OperatorActionKind::Resend).await
 }
 
 /// Close a held batch as delivered without sending it.
@@ -64,20 +64,14 @@ pub async fn mark_delivered(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&state, &caller, &id, Action::MarkDelivered).await
-}
-
-#[derive(Clone, Copy)]
-enum Action {
-    Resend,
-    MarkDelivered,
+    operate(&state, &caller, &id, OperatorActionKind::MarkDelivered).await
 }
 
 async fn operate(
     state: &AppState,
     caller: &Caller,
     id: &str,
-    action: Action,
+    action: OperatorActionKind,
 ) -> Result<HttpResponse, ApiError> {
     if caller.role != Role::Admin {
         return Err(ApiError::Forbidden(
@@ -93,26 +87,16 @@ async fn operate(
         PartnerScope::All => state.partners.clone(),
     };
     for partner in partners {
-        let outcome = match action {
-            Action::Resend => {
-                state
-                    .store
-                    .resend_batch(&partner, id, &caller.key_name, Utc::now())
-                    .await?
-            }
-            Action::MarkDelivered => {
-                state
-                    .store
-                    .mark_batch_delivered(&partner, id, &caller.key_name, Utc::now())
-                    .await?
-            }
-        };
+        let outcome = state
+            .store
+            .operate_batch(&partner, id, action, &caller.key_name, Utc::now())
+            .await?;
         match outcome {
             OperatorOutcome::NotFound => continue,
             OperatorOutcome::Conflict(found) => {
                 let allowed = match action {
-                    Action::Resend => "held, failed or rejected",
-                    Action::MarkDelivered => "held",
+                    OperatorActionKind::Resend => "held, failed or rejected",
+                    OperatorActionKind::MarkDelivered => "held",
                 };
                 return Err(ApiError::Conflict(format!(
                     "the batch is {}; only a {allowed} batch can be {}",
@@ -121,8 +105,8 @@ async fn operate(
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default(),
                     match action {
-                        Action::Resend => "resent",
-                        Action::MarkDelivered => "marked delivered",
+                        OperatorActionKind::Resend => "resent",
+                        OperatorActionKind::MarkDelivered => "marked delivered",
                     }
                 )));
             }

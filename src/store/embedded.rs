@@ -632,12 +632,7 @@ impl ReportStore for EmbeddedStore {
                     // Its worker stopped after writing `sending`: Kiva may have the upload,
                     // and a second one would be counted twice.
                     settle(tx, &claimed.entry_id)?;
-                    let held = BatchResult {
-                        reason: "the worker sending this batch stopped before Kiva's answer was recorded; \
-                                 Kiva may have the upload: check PA2, then resend or mark delivered"
-                            .into(),
-                        ..BatchResult::default()
-                    };
+                    let held = BatchResult::held_after_worker_stopped();
                     tx.execute(
                         "UPDATE batches SET state = 'held', result = ?2 WHERE id = ?1",
                         params![claimed.batch_id, encode(&held)],
@@ -708,34 +703,6 @@ impl ReportStore for EmbeddedStore {
         .await
     }
 
-    async fn resend_batch(
-        &self,
-        partner: &PartnerId,
-        batch_id: &str,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OperatorOutcome, StoreError> {
-        self.operate(partner, batch_id, OperatorActionKind::Resend, by, now)
-            .await
-    }
-
-    async fn mark_batch_delivered(
-        &self,
-        partner: &PartnerId,
-        batch_id: &str,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OperatorOutcome, StoreError> {
-        self.operate(
-            partner,
-            batch_id,
-            OperatorActionKind::MarkDelivered,
-            by,
-            now,
-        )
-        .await
-    }
-
     async fn batch(
         &self,
         partner: &PartnerId,
@@ -744,6 +711,18 @@ impl ReportStore for EmbeddedStore {
         let partner = partner.to_string();
         let batch_id = batch_id.to_owned();
         self.transaction(move |tx| one_batch(tx, &partner, &batch_id))
+            .await
+    }
+
+    async fn operate_batch(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+        action: OperatorActionKind,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<OperatorOutcome, StoreError> {
+        self.operate_batch_now(partner, batch_id, action, by, now)
             .await
     }
 
@@ -780,7 +759,7 @@ fn one_batch(
 }
 
 impl EmbeddedStore {
-    async fn operate(
+    async fn operate_batch_now(
         &self,
         partner: &PartnerId,
         batch_id: &str,
@@ -804,13 +783,7 @@ impl EmbeddedStore {
                 return Ok(OperatorOutcome::NotFound);
             };
             let from: BatchState = parse_name(&state)?;
-            let allowed = match kind {
-                OperatorActionKind::Resend => {
-                    matches!(from, BatchState::Held | BatchState::Failed | BatchState::Rejected)
-                }
-                OperatorActionKind::MarkDelivered => from == BatchState::Held,
-            };
-            if !allowed {
+            if !kind.allowed_from(from) {
                 return Ok(OperatorOutcome::Conflict(from));
             }
             let action = super::OperatorAction {
@@ -836,10 +809,7 @@ impl EmbeddedStore {
                         .map_err(other)?;
                 }
                 OperatorActionKind::MarkDelivered => {
-                    let result = BatchResult {
-                        reason: format!("marked delivered by {by}: the upload was confirmed in PA2"),
-                        ..BatchResult::default()
-                    };
+                    let result = BatchResult::marked_delivered_by(&by);
                     tx.execute(
                         "UPDATE batches SET state = 'delivered', result = ?2 WHERE id = ?1",
                         params![batch_id, encode(&result)],

@@ -214,6 +214,40 @@ pub enum OperatorActionKind {
     MarkDelivered,
 }
 
+impl OperatorActionKind {
+    /// The states the action may start from.
+    pub fn allowed_from(self, state: BatchState) -> bool {
+        match self {
+            OperatorActionKind::Resend => {
+                matches!(
+                    state,
+                    BatchState::Held | BatchState::Failed | BatchState::Rejected
+                )
+            }
+            OperatorActionKind::MarkDelivered => state == BatchState::Held,
+        }
+    }
+}
+
+impl BatchResult {
+    /// A batch found in `sending` after its worker stopped.
+    pub fn held_after_worker_stopped() -> Self {
+        BatchResult {
+            reason: "the worker sending this batch stopped before Kiva's answer was recorded; \
+                     Kiva may have the upload: check PA2, then resend or mark delivered"
+                .into(),
+            ..BatchResult::default()
+        }
+    }
+
+    pub fn marked_delivered_by(by: &str) -> Self {
+        BatchResult {
+            reason: format!("marked delivered by {by}: the upload was confirmed in PA2"),
+            ..BatchResult::default()
+        }
+    }
+}
+
 /// What an operator did to a batch, and who.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OperatorAction {
@@ -496,20 +530,14 @@ pub trait ReportStore: Send + Sync + 'static {
         end: &AttemptEnd,
     ) -> Result<(), StoreError>;
 
-    /// Operator: queue a held, failed or rejected batch again.
-    async fn resend_batch(
+    /// Operator: `Resend` queues a held, failed or rejected batch again; `MarkDelivered`
+    /// closes a held batch as delivered without sending it (the upload is in PA2). Recorded
+    /// with `by` and `now`.
+    async fn operate_batch(
         &self,
         partner: &PartnerId,
         batch_id: &str,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OperatorOutcome, StoreError>;
-
-    /// Operator: close a held batch as delivered without sending it (the upload is in PA2).
-    async fn mark_batch_delivered(
-        &self,
-        partner: &PartnerId,
-        batch_id: &str,
+        action: OperatorActionKind,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<OperatorOutcome, StoreError>;

@@ -39,6 +39,15 @@ use crate::domain::PartnerId;
 const MAX_SCANNED_PER_PAGE: usize = 1_000;
 /// Consumer group of the delivery streams.
 const GROUP: &str = "delivery";
+const ALL_STATES: [BatchState; 7] = [
+    BatchState::Queued,
+    BatchState::Sending,
+    BatchState::RetryWait,
+    BatchState::Delivered,
+    BatchState::Rejected,
+    BatchState::Held,
+    BatchState::Failed,
+];
 /// Retries promoted per call at most; the rest wait for the next round.
 const PROMOTE_LIMIT: usize = 500;
 
@@ -160,17 +169,12 @@ return 'OK'
 "#;
 
 // ARGV: action ('resend'|'mark_delivered'), action JSON without from_state, now (ms),
-// result JSON (mark_delivered). Answers the state found.
+// result JSON (mark_delivered), the states allowed to start from (",held,failed,").
+// Answers the state found.
 const OPERATE: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing'} end
-local allowed
-if ARGV[1] == 'resend' then
-  allowed = state == 'held' or state == 'failed' or state == 'rejected'
-else
-  allowed = state == 'held'
-end
-if not allowed then return {'conflict', state} end
+if not string.find(ARGV[5], ',' .. state .. ',', 1, true) then return {'conflict', state} end
 local batch = string.match(KEYS[1], 'batch:(.+)$')
 -- ARGV[2] is a JSON object made by Rust; the state found is spliced in as its last member.
 redis.call('RPUSH', KEYS[6], string.sub(ARGV[2], 1, -2) .. ',"from_state":"' .. state .. '"}')
@@ -407,7 +411,7 @@ impl RedisStore {
         }
     }
 
-    async fn operate(
+    async fn operate_batch_now(
         &self,
         partner: &PartnerId,
         batch_id: &str,
@@ -423,10 +427,11 @@ impl RedisStore {
         let action = serde_json::json!({
             "action": kind, "by": by, "at": now,
         });
-        let result = BatchResult {
-            reason: format!("marked delivered by {by}: the upload was confirmed in PA2"),
-            ..BatchResult::default()
-        };
+        let result = BatchResult::marked_delivered_by(by);
+        let allowed: String = ALL_STATES
+            .iter()
+            .filter(|s| kind.allowed_from(**s))
+            .fold(",".to_owned(), |list, s| list + &state_name(*s) + ",");
         let kind_arg = match kind {
             OperatorActionKind::Resend => "resend",
             OperatorActionKind::MarkDelivered => "mark_delivered",
@@ -442,6 +447,7 @@ impl RedisStore {
                     .arg(action.to_string())
                     .arg(now.timestamp_millis())
                     .arg(encode(&result))
+                    .arg(&allowed)
                     .invoke_async(c)
                     .await
             })
@@ -842,12 +848,7 @@ impl ReportStore for RedisStore {
             return Ok(BeginAttempt::Skip(BatchState::Failed));
         };
         let keys = self.delivery_keys(partner, &claimed.batch_id, &report);
-        let held = BatchResult {
-            reason: "the worker sending this batch stopped before Kiva's answer was recorded; \
-                     Kiva may have the upload: check PA2, then resend or mark delivered"
-                .into(),
-            ..BatchResult::default()
-        };
+        let held = BatchResult::held_after_worker_stopped();
         let reply: Vec<String> = self
             .with_connection(async |c| {
                 let mut invocation = self.begin.prepare_invoke();
@@ -927,32 +928,16 @@ impl ReportStore for RedisStore {
         Ok(())
     }
 
-    async fn resend_batch(
+    async fn operate_batch(
         &self,
         partner: &PartnerId,
         batch_id: &str,
+        action: OperatorActionKind,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<OperatorOutcome, StoreError> {
-        self.operate(partner, batch_id, OperatorActionKind::Resend, by, now)
+        self.operate_batch_now(partner, batch_id, action, by, now)
             .await
-    }
-
-    async fn mark_batch_delivered(
-        &self,
-        partner: &PartnerId,
-        batch_id: &str,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OperatorOutcome, StoreError> {
-        self.operate(
-            partner,
-            batch_id,
-            OperatorActionKind::MarkDelivered,
-            by,
-            now,
-        )
-        .await
     }
 
     async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {

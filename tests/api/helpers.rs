@@ -16,7 +16,8 @@ use repayment_gateway::startup::Application;
 use repayment_gateway::store::redis::RedisStore;
 use repayment_gateway::store::{
     AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, IdempotencyClaim, IdempotencyScope,
-    IdempotentAccept, OperatorOutcome, Report, ReportPage, ReportQuery, ReportStore, StoreError,
+    IdempotentAccept, OperatorActionKind, OperatorOutcome, Report, ReportPage, ReportQuery,
+    ReportStore, StoreError,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -603,25 +604,16 @@ impl ReportStore for GatedStore {
         result
     }
 
-    async fn resend_batch(
+    async fn operate_batch(
         &self,
         partner: &PartnerId,
         batch_id: &str,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OperatorOutcome, StoreError> {
-        self.inner.resend_batch(partner, batch_id, by, now).await
-    }
-
-    async fn mark_batch_delivered(
-        &self,
-        partner: &PartnerId,
-        batch_id: &str,
+        action: OperatorActionKind,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<OperatorOutcome, StoreError> {
         self.inner
-            .mark_batch_delivered(partner, batch_id, by, now)
+            .operate_batch(partner, batch_id, action, by, now)
             .await
     }
 
