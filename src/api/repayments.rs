@@ -141,12 +141,7 @@ pub async fn submit(
             }
         }
     }
-    tracing::info!(
-        report_id = %id,
-        repayments = record.repayment_count,
-        batches = record.batch_count,
-        "report accepted"
-    );
+    tracing::Span::current().record("report_id", tracing::field::display(id));
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, location))
         .content_type("application/json")

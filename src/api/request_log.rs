@@ -1,5 +1,6 @@
-//! One log line per request: request id, method, path, status, latency, and the API key's
-//! name, partner and branch (recorded by the `Caller` extractor). Never a key or a body.
+//! One log line per request: request id, method, path, status, latency, the API key's name,
+//! partner and branch (recorded by the `Caller` extractor), and the id of a report it stored.
+//! Never a key or a body.
 
 use std::time::Instant;
 
@@ -35,6 +36,7 @@ pub async fn log_request(
         api_key = tracing::field::Empty,
         partner = tracing::field::Empty,
         branch = tracing::field::Empty,
+        report_id = tracing::field::Empty,
     );
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;

@@ -91,6 +91,10 @@ async fn serve_logs_each_request_with_the_key_name_and_never_a_secret() {
     assert_eq!(accepted_line["span"]["branch"], "Nairobi");
     assert_eq!(accepted_line["span"]["method"], "POST");
     assert!(accepted_line["span"]["request_id"].is_string());
+    assert!(
+        accepted_line["span"]["report_id"].is_string(),
+        "{accepted_line}"
+    );
     assert!(accepted_line["latency_ms"].is_string());
     assert_eq!(request_lines[1]["status"], 401);
 
