@@ -177,20 +177,9 @@ impl Intake {
                 _ => unreachable!("an unreadable entry is a violation"),
             })
             .collect();
-        RepaymentReport::new(partner_id, format, period, repayments).map_err(|rules| {
-            // Unreachable in practice: the same rules ran above and the schema demands at
-            // least one repayment. Kept as an answer rather than a panic.
-            IntakeError::Invalid(
-                rules
-                    .into_iter()
-                    .map(|r| Violation::new(format!("/repayments/{}", r.position), r.message))
-                    .chain(std::iter::once(Violation::new(
-                        "/repayments",
-                        "no repayment to report",
-                    )))
-                    .collect(),
-            )
-        })
+        Ok(RepaymentReport::from_checked(
+            partner_id, format, period, repayments,
+        ))
     }
 
     /// The partner the report is for: named by `partner_id`, or implied by a single-partner key.
