@@ -112,6 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             crate::startup::stop_signal().await;
             sandbox.shutdown();
+            sandbox.stopped().await;
         }
         Command::Openapi { output } => {
             let text = crate::api::openapi::document_text();

@@ -317,25 +317,6 @@ impl Sandbox {
     }
 }
 
-/// Serves `config` on `addr` until Ctrl-C. Prints the URLs and partner ids, never a secret.
-pub async fn run_standalone(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<()> {
-    let partners: Vec<String> = config
-        .partners
-        .iter()
-        .map(|p| format!("{} (client_id {})", p.partner_id, p.client_id))
-        .collect();
-    let sandbox = Sandbox::start(config, addr).await?;
-    println!("Kiva sandbox listening");
-    println!("  api_base_url: {}", sandbox.base_url());
-    println!("  token_url:    {}", sandbox.token_url());
-    println!("  audience:     {}", sandbox.audience());
-    println!("  partners:     {}", partners.join(", "));
-    tokio::signal::ctrl_c().await?;
-    sandbox.shutdown();
-    sandbox.stopped().await;
-    Ok(())
-}
-
 struct Shared {
     base_url: String,
     partners: Vec<SandboxPartner>,
