@@ -6,6 +6,27 @@ use tokio::io::AsyncReadExt;
 
 use crate::helpers::*;
 
+/// Everything a finished (or killed) child wrote to stdout and stderr.
+async fn output_of(child: &mut tokio::process::Child) -> String {
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    out + &err
+}
+
 #[tokio::test]
 async fn serve_logs_each_request_with_the_key_name_and_never_a_secret() {
     let redis = TestRedis::start().await;
@@ -60,23 +81,7 @@ async fn serve_logs_each_request_with_the_key_name_and_never_a_secret() {
     assert_eq!(refused.status(), 401);
 
     child.start_kill().unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .await
-        .unwrap();
-    let logs = format!("{out}{err}");
+    let logs = output_of(&mut child).await;
 
     let request_lines: Vec<serde_json::Value> = logs
         .lines()
@@ -192,23 +197,7 @@ async fn serve_delivers_to_kiva_stops_on_sigterm_and_logs_no_token_secret_or_key
         .unwrap();
     assert!(status.success(), "{status:?}");
 
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .await
-        .unwrap();
-    let logs = format!("{out}{err}");
+    let logs = output_of(&mut child).await;
     assert!(logs.contains("batch attempt finished"), "{logs}");
     assert!(logs.contains("delivery worker stopped"), "{logs}");
     let tokens: Vec<String> = rig
