@@ -9,7 +9,7 @@
 //! `<dir>/lock` for the life of the store.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,7 +80,6 @@ CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at);
 
 pub struct EmbeddedStore {
     db: Arc<Mutex<Connection>>,
-    dir: PathBuf,
     // Held for the life of the store: the lock is released when the file is closed.
     _lock: File,
 }
@@ -159,13 +158,8 @@ impl EmbeddedStore {
         conn.execute_batch(SCHEMA).map_err(other)?;
         Ok(Self {
             db: Arc::new(Mutex::new(conn)),
-            dir: dir.to_owned(),
             _lock: lock,
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Runs `work` in one IMMEDIATE transaction on the blocking pool; it commits when `work`
@@ -718,51 +712,6 @@ impl ReportStore for EmbeddedStore {
         &self,
         partner: &PartnerId,
         batch_id: &str,
-        action: OperatorActionKind,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OperatorOutcome, StoreError> {
-        self.operate_batch_now(partner, batch_id, action, by, now)
-            .await
-    }
-
-    async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
-        let partner = partner.to_string();
-        self.transaction(move |tx| {
-            let mut stmt = tx
-                .prepare_cached("SELECT batch_id FROM queue WHERE partner = ?1 ORDER BY seq")
-                .map_err(other)?;
-            stmt.query_map(params![partner], |row| row.get(0))
-                .map_err(other)?
-                .collect::<Result<_, _>>()
-                .map_err(other)
-        })
-        .await
-    }
-}
-
-fn one_batch(
-    tx: &Transaction<'_>,
-    partner: &str,
-    batch_id: &str,
-) -> Result<Option<(Batch, String)>, StoreError> {
-    let Some(report_id) = report_of_batch(batch_id) else {
-        return Ok(None);
-    };
-    let Some(report) = report_row(tx, partner, &report_id.to_string())? else {
-        return Ok(None);
-    };
-    let batch = batches_of_report(tx, &report)?
-        .into_iter()
-        .find(|b| b.id == batch_id);
-    Ok(batch.map(|b| (b, report.branch)))
-}
-
-impl EmbeddedStore {
-    async fn operate_batch_now(
-        &self,
-        partner: &PartnerId,
-        batch_id: &str,
         kind: OperatorActionKind,
         by: &str,
         now: DateTime<Utc>,
@@ -825,4 +774,35 @@ impl EmbeddedStore {
         })
         .await
     }
+
+    async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
+        let partner = partner.to_string();
+        self.transaction(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT batch_id FROM queue WHERE partner = ?1 ORDER BY seq")
+                .map_err(other)?;
+            stmt.query_map(params![partner], |row| row.get(0))
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)
+        })
+        .await
+    }
+}
+
+fn one_batch(
+    tx: &Transaction<'_>,
+    partner: &str,
+    batch_id: &str,
+) -> Result<Option<(Batch, String)>, StoreError> {
+    let Some(report_id) = report_of_batch(batch_id) else {
+        return Ok(None);
+    };
+    let Some(report) = report_row(tx, partner, &report_id.to_string())? else {
+        return Ok(None);
+    };
+    let batch = batches_of_report(tx, &report)?
+        .into_iter()
+        .find(|b| b.id == batch_id);
+    Ok(batch.map(|b| (b, report.branch)))
 }

@@ -411,61 +411,6 @@ impl RedisStore {
         }
     }
 
-    async fn operate_batch_now(
-        &self,
-        partner: &PartnerId,
-        batch_id: &str,
-        kind: OperatorActionKind,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<OperatorOutcome, StoreError> {
-        let Some(report) = self.report_of(partner, batch_id).await? else {
-            return Ok(OperatorOutcome::NotFound);
-        };
-        let keys = self.delivery_keys(partner, batch_id, &report);
-        // `from_state` is appended by the script, which alone knows it atomically.
-        let action = serde_json::json!({
-            "action": kind, "by": by, "at": now,
-        });
-        let result = BatchResult::marked_delivered_by(by);
-        let allowed: String = ALL_STATES
-            .iter()
-            .filter(|s| kind.allowed_from(**s))
-            .fold(",".to_owned(), |list, s| list + &state_name(*s) + ",");
-        let kind_arg = match kind {
-            OperatorActionKind::Resend => "resend",
-            OperatorActionKind::MarkDelivered => "mark_delivered",
-        };
-        let reply: Vec<String> = self
-            .with_connection(async |c| {
-                let mut invocation = self.operate.prepare_invoke();
-                for key in &keys {
-                    invocation.key(key);
-                }
-                invocation
-                    .arg(kind_arg)
-                    .arg(action.to_string())
-                    .arg(now.timestamp_millis())
-                    .arg(encode(&result))
-                    .arg(&allowed)
-                    .invoke_async(c)
-                    .await
-            })
-            .await?;
-        match reply.first().map(String::as_str) {
-            Some("done") => {
-                let batch = self.batches_of_one(&report, batch_id).await?;
-                Ok(batch.map_or(OperatorOutcome::NotFound, |b| {
-                    OperatorOutcome::Done(Box::new(b))
-                }))
-            }
-            Some("conflict") => Ok(OperatorOutcome::Conflict(parse_state(
-                reply.get(1).map(String::as_str),
-            )?)),
-            _ => Ok(OperatorOutcome::NotFound),
-        }
-    }
-
     async fn batches_of_one(
         &self,
         report: &Report,
@@ -932,12 +877,55 @@ impl ReportStore for RedisStore {
         &self,
         partner: &PartnerId,
         batch_id: &str,
-        action: OperatorActionKind,
+        kind: OperatorActionKind,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<OperatorOutcome, StoreError> {
-        self.operate_batch_now(partner, batch_id, action, by, now)
-            .await
+        let Some(report) = self.report_of(partner, batch_id).await? else {
+            return Ok(OperatorOutcome::NotFound);
+        };
+        let keys = self.delivery_keys(partner, batch_id, &report);
+        // `from_state` is appended by the script, which alone knows it atomically.
+        let action = serde_json::json!({
+            "action": kind, "by": by, "at": now,
+        });
+        let result = BatchResult::marked_delivered_by(by);
+        let allowed: String = ALL_STATES
+            .iter()
+            .filter(|s| kind.allowed_from(**s))
+            .fold(",".to_owned(), |list, s| list + &state_name(*s) + ",");
+        let kind_arg = match kind {
+            OperatorActionKind::Resend => "resend",
+            OperatorActionKind::MarkDelivered => "mark_delivered",
+        };
+        let reply: Vec<String> = self
+            .with_connection(async |c| {
+                let mut invocation = self.operate.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(kind_arg)
+                    .arg(action.to_string())
+                    .arg(now.timestamp_millis())
+                    .arg(encode(&result))
+                    .arg(&allowed)
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("done") => {
+                let batch = self.batches_of_one(&report, batch_id).await?;
+                Ok(batch.map_or(OperatorOutcome::NotFound, |b| {
+                    OperatorOutcome::Done(Box::new(b))
+                }))
+            }
+            Some("conflict") => Ok(OperatorOutcome::Conflict(parse_state(
+                reply.get(1).map(String::as_str),
+            )?)),
+            _ => Ok(OperatorOutcome::NotFound),
+        }
     }
 
     async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {

@@ -50,34 +50,18 @@ async fn serve_logs_each_request_with_the_key_name_and_never_a_secret() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("the binary answers", async || {
-        client
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let gateway = Remote::ready(port).await;
 
-    let accepted = client
-        .post(format!("{base}/v1/repayments"))
-        .header("X-Api-Key", plain_key(NAIROBI))
-        .header("Content-Type", "application/json")
-        .body(three_column_report(2, "1").to_string())
-        .send()
-        .await
-        .unwrap();
+    let accepted = gateway
+        .post_report(
+            &plain_key(NAIROBI),
+            &three_column_report(2, "1").to_string(),
+        )
+        .await;
     assert_eq!(accepted.status(), 202);
-    let refused = client
-        .post(format!("{base}/v1/repayments"))
-        .header("X-Api-Key", "a-wrong-key-that-must-not-be-logged")
-        .header("Content-Type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let refused = gateway
+        .post_report("a-wrong-key-that-must-not-be-logged", "{}")
+        .await;
     assert_eq!(refused.status(), 401);
 
     child.start_kill().unwrap();
@@ -144,41 +128,21 @@ async fn serve_delivers_to_kiva_stops_on_sigterm_and_logs_no_token_secret_or_key
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("the binary answers", async || {
-        client
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let gateway = Remote::ready(port).await;
 
     rig.sandbox.revoke_tokens();
-    let accepted: serde_json::Value = client
-        .post(format!("{base}/v1/repayments"))
-        .header("X-Api-Key", plain_key(NAIROBI))
-        .header("Content-Type", "application/json")
-        .body(three_column_report(250, "1.50").to_string())
-        .send()
+    let accepted: serde_json::Value = gateway
+        .post_report(
+            &plain_key(NAIROBI),
+            &three_column_report(250, "1.50").to_string(),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
-    let location = format!("{base}/v1/reports/{}", accepted["id"].as_str().unwrap());
+    let id = accepted["id"].as_str().unwrap();
     wait_until("the report is delivered", async || {
-        let report: serde_json::Value = client
-            .get(&location)
-            .header("X-Api-Key", plain_key(NAIROBI))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        report["status"] == "delivered"
+        gateway.report(NAIROBI, id).await["status"] == "delivered"
     })
     .await;
     assert_eq!(rig.sandbox.uploads().len(), 2);

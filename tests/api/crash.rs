@@ -13,8 +13,7 @@ use crate::helpers::*;
 /// The gateway binary, serving and delivering to `sandbox`.
 struct Gateway {
     child: tokio::process::Child,
-    base: String,
-    client: reqwest::Client,
+    remote: Remote,
 }
 
 impl Gateway {
@@ -30,34 +29,18 @@ impl Gateway {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let gateway = Self {
+        Self {
             child,
-            base: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-        };
-        wait_until("the gateway answers", async || {
-            gateway
-                .client
-                .get(format!("{}/health/ready", gateway.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        gateway
+            remote: Remote::ready(port).await,
+        }
     }
 
     async fn submit(&self, loan: usize) -> String {
         let body = serde_json::json!({"repayments": [{"loan_id": format!("L-{loan}"), "client_id": format!("C-{loan}"), "amount": "7.50"}]});
         let answer: Value = self
-            .client
-            .post(format!("{}/v1/repayments", self.base))
-            .header("X-Api-Key", plain_key(NAIROBI))
-            .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
+            .remote
+            .post_report(&plain_key(NAIROBI), &body.to_string())
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -65,16 +48,7 @@ impl Gateway {
     }
 
     async fn status(&self, id: &str) -> String {
-        let report: Value = self
-            .client
-            .get(format!("{}/v1/reports/{id}", self.base))
-            .header("X-Api-Key", plain_key(HEAD_OFFICE))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let report = self.remote.report(HEAD_OFFICE, id).await;
         report["status"].as_str().unwrap_or("missing").to_owned()
     }
 

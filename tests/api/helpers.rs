@@ -792,3 +792,53 @@ impl DeliveryRig {
             .await
     }
 }
+
+/// A gateway binary reached over HTTP only, as an MIS reaches it.
+pub struct Remote {
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl Remote {
+    pub async fn ready(port: u16) -> Self {
+        let remote = Self {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        wait_until("the gateway binary answers", async || {
+            remote
+                .client
+                .get(format!("{}/health/ready", remote.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        remote
+    }
+
+    /// `POST /v1/repayments` with the API key's plain value.
+    pub async fn post_report(&self, api_key: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/repayments", self.base))
+            .header("X-Api-Key", api_key)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The report as `key` (a key name) sees it.
+    pub async fn report(&self, key: &str, id: &str) -> Value {
+        self.client
+            .get(format!("{}/v1/reports/{id}", self.base))
+            .header("X-Api-Key", plain_key(key))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default()
+    }
+}
