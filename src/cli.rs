@@ -63,7 +63,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config, .. } => {
             let settings = Settings::load(config.as_deref())?;
             crate::telemetry::init(&settings.log);
-            let app = crate::startup::Application::build(&settings)?;
+            let store = crate::startup::open_store(&settings).await?;
+            let app = crate::startup::Application::build_with_store(&settings, store)?;
             tracing::info!(
                 bind = %settings.server.bind,
                 port = app.port(),
@@ -77,13 +78,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker { config } => {
             let settings = Settings::load(config.as_deref())?;
             crate::telemetry::init(&settings.log);
-            let store = crate::startup::build_store(&settings)?;
+            let store = crate::startup::open_store(&settings).await?;
             let worker = std::sync::Arc::new(crate::startup::build_worker(&settings, store)?);
             let token = worker.shutdown_token();
-            let running = tokio::spawn({
-                let worker = worker.clone();
-                async move { worker.run().await }
-            });
+            let running = tokio::spawn(crate::delivery::supervise(worker));
             crate::startup::stop_signal().await;
             token.cancel();
             let grace = std::time::Duration::from_secs(settings.delivery.shutdown_grace_secs);

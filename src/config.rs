@@ -24,6 +24,8 @@ const ENV_SECTIONS: [&str; 5] = ["server", "store", "kiva", "delivery", "log"];
 /// Time a worker keeps, after Kiva's answer is due, to record the outcome before another
 /// worker may take the batch over (and, finding it in `sending`, hold it).
 pub const CLAIM_MARGIN_SECS: u64 = 5;
+/// Least time, within the claim deadline, for the store calls between a claim and the send.
+pub const SEND_SLACK_SECS: u64 = 1;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +57,12 @@ pub struct StoreSettings {
     pub pool_size: usize,
     pub timeout_secs: u64,
     pub idempotency_ttl_hours: u64,
+    /// Settled reports (every batch delivered, by Kiva or closed by an operator) older than
+    /// this are deleted; reports with anything queued, held, failed or rejected never are.
+    pub retention_days: u64,
+    /// Start on a Redis without AOF, or one that may evict keys. Acknowledged reports can then
+    /// be lost, and a batch sent twice after a Redis restart: for trials only.
+    pub allow_unsafe_redis: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +182,8 @@ fn defaults() -> Defaults {
             pool_size: 32,
             timeout_secs: 5,
             idempotency_ttl_hours: 24,
+            retention_days: 400,
+            allow_unsafe_redis: false,
         },
         kiva: KivaDefaults {
             batch_size: 200,
@@ -291,8 +301,21 @@ impl Settings {
             ),
         );
         check(
-            !self.store.key_prefix.is_empty() && !self.store.key_prefix.contains(['{', '}', ' ']),
-            "store.key_prefix: must be non-empty, without spaces or braces".into(),
+            (1..=32).contains(&self.store.key_prefix.len())
+                && self
+                    .store
+                    .key_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)),
+            format!(
+                "store.key_prefix: {:?} must be 1 to 32 letters, digits, '_', '-' or '.'",
+                self.store.key_prefix
+            ),
+        );
+        check(
+            self.store.retention_days >= 30,
+            "store.retention_days: must be at least 30 (a month must stay visible until PA2 is finalized)"
+                .into(),
         );
         check(
             self.store.pool_size >= 1,
@@ -333,15 +356,20 @@ impl Settings {
             (1..=256).contains(&d.concurrency),
             "delivery.concurrency: must be between 1 and 256".into(),
         );
+        // The attempt budget (deadline less the margin) must hold one call to Kiva plus the
+        // store calls before it, or batches would be given back unsent again and again.
+        let least = self.kiva.request_timeout_secs + CLAIM_MARGIN_SECS + SEND_SLACK_SECS;
         check(
-            d.claim_deadline_secs >= self.kiva.request_timeout_secs + CLAIM_MARGIN_SECS,
+            d.claim_deadline_secs >= least,
             format!(
                 "delivery.claim_deadline_secs: {} is too short: a batch still waiting for Kiva \
-                 (kiva.request_timeout_secs = {}) would be taken over and held; use at least {}",
-                d.claim_deadline_secs,
-                self.kiva.request_timeout_secs,
-                self.kiva.request_timeout_secs + CLAIM_MARGIN_SECS
+                 (kiva.request_timeout_secs = {}) would be taken over and held; use at least {least}",
+                d.claim_deadline_secs, self.kiva.request_timeout_secs,
             ),
+        );
+        check(
+            d.max_age_hours <= 24 * 366,
+            "delivery.max_age_hours: must be at most a year (8784)".into(),
         );
         check(
             d.max_attempts >= 1,
@@ -522,7 +550,7 @@ mod tests {
         let bad = MINIMAL.replace("[kiva]", "[delivery]\nclaim_deadline_secs = 30\n[kiva]");
         let err = load(&bad).unwrap_err().to_string();
         assert!(
-            err.contains("delivery.claim_deadline_secs") && err.contains("35"),
+            err.contains("delivery.claim_deadline_secs") && err.contains("36"),
             "{err}"
         );
     }

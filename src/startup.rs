@@ -14,7 +14,7 @@ use crate::api::openapi::{self, OPENAPI_PATH};
 use crate::api::{self, AppState, auth::ApiKeys, request_log};
 use crate::config::EMBEDDED_PREFIX;
 use crate::config::Settings;
-use crate::delivery::{SystemClock, Worker};
+use crate::delivery::{SystemClock, Worker, supervise};
 use crate::intake::Intake;
 use crate::kiva::KivaClient;
 use crate::store::ReportStore;
@@ -27,7 +27,7 @@ const SHUTDOWN_GRACE_SECS: u64 = 10;
 pub struct Application {
     server: Server,
     port: u16,
-    worker: Option<Worker>,
+    worker: Option<Arc<Worker>>,
     shutdown_grace: Duration,
 }
 
@@ -43,7 +43,7 @@ impl Application {
         store: Arc<dyn ReportStore>,
     ) -> anyhow::Result<Self> {
         let worker = if settings.delivery.enabled {
-            Some(build_worker(settings, store.clone())?)
+            Some(Arc::new(build_worker(settings, store.clone())?))
         } else {
             None
         };
@@ -65,6 +65,7 @@ impl Application {
             batch_size: settings.kiva.batch_size,
             max_body_bytes: settings.server.max_body_bytes,
             idempotency_ttl: Duration::from_secs(settings.store.idempotency_ttl_hours * 3600),
+            worker: worker.as_ref().map(|w| w.health()),
         });
         let document = openapi::document();
         let server = HttpServer::new(move || {
@@ -100,10 +101,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
-        let worker = self.worker.map(|worker| {
-            let token = worker.shutdown_token();
-            (token, tokio::spawn(async move { worker.run().await }))
-        });
+        let worker = self
+            .worker
+            .map(|worker| (worker.shutdown_token(), tokio::spawn(supervise(worker))));
         tokio::select! {
             result = &mut server => return result.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             () = stop_signal() => tracing::info!("stop requested"),
@@ -135,7 +135,56 @@ pub fn build_worker(settings: &Settings, store: Arc<dyn ReportStore>) -> anyhow:
         Arc::new(SystemClock),
         &settings.partners,
         settings.delivery.clone(),
-    ))
+        Duration::from_secs(settings.kiva.request_timeout_secs),
+    )
+    .with_retention(Duration::from_secs(
+        settings.store.retention_days * 24 * 3600,
+    )))
+}
+
+/// `build_store`, then, for Redis, a look at the server's persistence: a Redis without AOF,
+/// or one that may evict keys, can lose what the gateway acknowledged, so the gateway refuses
+/// to start on one unless `store.allow_unsafe_redis` says otherwise. A Redis that does not
+/// answer yet is checked once it does (requests meanwhile answer 503).
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn ReportStore>> {
+    let store = build_store(settings)?;
+    if settings.store.url.starts_with(EMBEDDED_PREFIX) {
+        return Ok(store);
+    }
+    let redis = RedisStore::new(
+        &settings.store.url,
+        &settings.store.key_prefix,
+        1,
+        Duration::from_secs(settings.store.timeout_secs),
+    )?;
+    match redis.check_persistence().await {
+        Ok(persistence) => {
+            let problems = persistence.problems();
+            if !problems.is_empty() && !settings.store.allow_unsafe_redis {
+                anyhow::bail!(
+                    "the Redis at store.url can lose accepted reports:\n  - {}\n\
+                     fix its configuration (see README, \"Durability\"), or set \
+                     store.allow_unsafe_redis = true for a trial",
+                    problems.join("\n  - ")
+                );
+            }
+            for problem in &problems {
+                tracing::warn!(%problem, "store.allow_unsafe_redis is set: running on an unsafe Redis");
+            }
+            tracing::info!(durability = %persistence.durability().level, "store ready");
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Redis does not answer yet; its persistence is checked once it does");
+        }
+    }
+    // The serving store learns whether it can use WAITAOF on its own first check.
+    let serving = store.clone();
+    tokio::spawn(async move {
+        while serving.durability().await.is_err() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    Ok(store)
 }
 
 /// The store named by `store.url`: `embedded:PATH` or a Redis URL.

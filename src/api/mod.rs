@@ -30,6 +30,8 @@ pub struct AppState {
     pub batch_size: usize,
     pub max_body_bytes: usize,
     pub idempotency_ttl: Duration,
+    /// The delivery loop of this process, when it runs one.
+    pub worker: Option<Arc<crate::delivery::WorkerHealth>>,
 }
 
 pub const SCHEMA_PATH: &str = "/v1/schemas/repayment-report.json";

@@ -63,6 +63,12 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("the report store is unavailable; nothing was stored, retry later")]
     StoreUnavailable,
+    /// The store took the write but did not confirm it: it may have been applied. `location`
+    /// is where the report will be if it was.
+    #[error(
+        "the report store did not confirm the write in time, so the report may have been stored: look at {location} before sending it again; a retry with the same Idempotency-Key is always safe"
+    )]
+    OutcomeUnknown { location: String },
     #[error(
         "an internal error occurred; nothing is known to be stored, retry with the same Idempotency-Key"
     )]
@@ -93,6 +99,9 @@ impl ApiError {
                 "Idempotency-Key reused with another body",
             ),
             ApiError::StoreUnavailable => ("store-unavailable", "The report store is unavailable"),
+            ApiError::OutcomeUnknown { .. } => {
+                ("outcome-unknown", "The report may have been stored")
+            }
             ApiError::Internal => ("internal", "Internal error"),
         }
     }
@@ -126,7 +135,9 @@ impl ResponseError for ApiError {
             ApiError::InvalidReport(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::OutcomeUnknown { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,6 +148,10 @@ impl ResponseError for ApiError {
         match self {
             ApiError::StoreUnavailable => {
                 response.insert_header((header::RETRY_AFTER, STORE_RETRY_AFTER_SECS));
+            }
+            ApiError::OutcomeUnknown { location } => {
+                response.insert_header((header::RETRY_AFTER, STORE_RETRY_AFTER_SECS));
+                response.insert_header((header::LOCATION, location.as_str()));
             }
             ApiError::IdempotencyInProgress => {
                 response.insert_header((header::RETRY_AFTER, 1));
@@ -166,6 +181,12 @@ impl From<StoreError> for ApiError {
                 ApiError::StoreUnavailable
             }
             StoreError::ClaimLost => ApiError::IdempotencyInProgress,
+            // Only the accept knows where its report would be; elsewhere (an operator action)
+            // the caller looks at the batch again.
+            StoreError::OutcomeUnknown(reason) => {
+                tracing::warn!(%reason, "store write not confirmed");
+                ApiError::StoreUnavailable
+            }
             StoreError::Other(reason) => {
                 tracing::error!(%reason, "store error");
                 ApiError::Internal

@@ -16,7 +16,7 @@ use crate::domain::{ColumnFormat, RepaymentReport};
 use crate::intake::PartnerScope;
 use crate::store::{
     IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
-    Report, ReportStatus, batches_of,
+    Report, ReportStatus, StoreError, batches_of,
 };
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
@@ -53,8 +53,9 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
         (status = 413, description = "The body or the number of repayments is over the limit.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Every schema and column-rule violation, each with a JSON Pointer; or an Idempotency-Key reused with another body. Nothing was stored.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unreachable; nothing was stored.", body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "`/problems/store-unavailable`: the store is unreachable and nothing was stored. `/problems/outcome-unknown`: the store did not confirm the write, so the report may have been stored: `Location` says where it will be; look there, or retry with the same Idempotency-Key (always safe).", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u32, description = "Seconds to wait"),
+                 ("Location" = String, description = "With `/problems/outcome-unknown`: `/v1/reports/{id}`, where the report is if it was stored"))),
     )
 )]
 pub async fn submit(
@@ -91,10 +92,11 @@ pub async fn submit(
 
     match idempotency_key {
         None => {
-            state
+            let accepted = state
                 .store
                 .accept(&record, &batches, None, state.idempotency_ttl)
-                .await?;
+                .await;
+            settle_accept(&state, &record, &location, accepted).await?;
         }
         Some(key) => {
             let scope = IdempotencyScope {
@@ -124,19 +126,24 @@ pub async fn submit(
                             body: response_body.clone(),
                         },
                     };
-                    if let Err(error) = state
+                    let accepted = state
                         .store
                         .accept(&record, &batches, Some(&accept), state.idempotency_ttl)
-                        .await
+                        .await;
+                    if let Err(error) = &accepted
+                        && !matches!(error, StoreError::OutcomeUnknown(_))
                     {
-                        // Free the key for the MIS's retry. If Redis is down this fails too,
-                        // and the claim expires by itself after IDEMPOTENCY_CLAIM_TTL.
+                        // Nothing was stored: free the key for the MIS's retry. If Redis is
+                        // down this fails too, and the claim expires after
+                        // IDEMPOTENCY_CLAIM_TTL. When the outcome is unknown the claim is
+                        // kept: the accept may still land and complete it, and a retry with
+                        // the key then replays its answer instead of storing a second report.
                         let _ = state
                             .store
                             .release_idempotency(&accept.scope, &accept.token)
                             .await;
-                        return Err(error.into());
                     }
+                    settle_accept(&state, &record, &location, accepted).await?;
                 }
             }
         }
@@ -146,6 +153,31 @@ pub async fn submit(
         .insert_header((header::LOCATION, location))
         .content_type("application/json")
         .body(response_body))
+}
+
+/// Turns an accept whose outcome is unknown (Redis took the script but its answer was lost)
+/// into the truth where it can be had: the report's id was chosen before the accept, so if
+/// it can be read now, it was stored and the answer is the 202. If it can't be read, it may
+/// still land: the MIS is told so, with where to look, never "nothing was stored".
+async fn settle_accept(
+    state: &AppState,
+    record: &Report,
+    location: &str,
+    accepted: Result<(), StoreError>,
+) -> Result<(), ApiError> {
+    match accepted {
+        Ok(()) => Ok(()),
+        Err(StoreError::OutcomeUnknown(reason)) => {
+            tracing::warn!(%reason, report_id = %record.id, "accept not confirmed; looking for the report");
+            match state.store.report(&record.partner_id, record.id).await {
+                Ok(Some(_)) => Ok(()),
+                _ => Err(ApiError::OutcomeUnknown {
+                    location: location.to_owned(),
+                }),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// What `POST /v1/repayments` would store and send, without storing anything.

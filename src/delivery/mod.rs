@@ -8,8 +8,14 @@
 //! - Only what Kiva certainly did not process is retried (see `classify`), as a new delayed
 //!   queue entry; the attempt count and age bound the retries.
 //! - A worker's whole attempt (token, send, refresh, resend) must end within the claim
-//!   deadline less a margin, or it counts as an unknown outcome; so no entry is taken over
-//!   while its first claimer may still get an answer.
+//!   deadline less a margin, counted from the claim (not from the send: slow store calls
+//!   before the send eat into it), or it counts as an unknown outcome; so no entry is taken
+//!   over while its first claimer may still get an answer. When too little of the deadline is
+//!   left for one call to Kiva, nothing is sent and the batch goes back to the queue.
+//! - A worker that wrote nothing it knows of (no answer to BEGIN) and sent nothing gives the
+//!   batch back rather than leaving it to be found `sending` and held.
+//! - Nothing Kiva sends can stop the worker: time arithmetic is checked, and a worker task
+//!   that ends or panics anyway is restarted by `supervise` (and readiness says so).
 //! - An outcome Kiva gave is recorded even if Redis is away for a while: the worker retries
 //!   the write until Redis answers or it is stopped. If it is stopped first, the entry stays
 //!   pending and the batch will be held: never lost, never doubled.
@@ -17,6 +23,7 @@
 pub mod classify;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -78,8 +85,54 @@ pub struct Worker {
     clock: Arc<dyn Clock>,
     partners: Vec<Partner>,
     settings: DeliverySettings,
+    /// The longest one call to Kiva may take (`kiva.request_timeout_secs`): an attempt is not
+    /// started with less than this left of its budget.
+    send_window: Duration,
     consumer: String,
     shutdown: CancellationToken,
+    health: Arc<WorkerHealth>,
+    /// Settled reports older than this are deleted (`store.retention_days`).
+    retention: Option<Duration>,
+}
+
+/// How often the loop looks for settled reports past the retention period.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Reports deleted per partner per sweep at most, so a sweep never holds the store for long.
+const PURGE_BATCH: usize = 500;
+
+/// Whether the delivery loop is alive, for readiness and operators.
+#[derive(Debug, Default)]
+pub struct WorkerHealth {
+    running: AtomicBool,
+    /// Unix ms of the start of the last round.
+    last_round_ms: AtomicI64,
+    restarts: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct WorkerStatus {
+    pub running: bool,
+    /// Times the delivery loop ended or panicked and was started again.
+    pub restarts: u64,
+    /// Seconds since the loop last started a round.
+    pub seconds_since_last_round: Option<u64>,
+}
+
+impl WorkerHealth {
+    pub fn status(&self) -> WorkerStatus {
+        let last = self.last_round_ms.load(Ordering::Relaxed);
+        WorkerStatus {
+            running: self.running.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            seconds_since_last_round: (last > 0)
+                .then(|| (Utc::now().timestamp_millis() - last).max(0) as u64 / 1000),
+        }
+    }
+
+    fn round_started(&self) {
+        self.last_round_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
 }
 
 impl Worker {
@@ -89,6 +142,7 @@ impl Worker {
         clock: Arc<dyn Clock>,
         partners: &[PartnerSettings],
         settings: DeliverySettings,
+        send_window: Duration,
     ) -> Self {
         Self {
             store,
@@ -102,9 +156,43 @@ impl Worker {
                 })
                 .collect(),
             settings,
+            send_window,
             consumer: consumer_name(),
             shutdown: CancellationToken::new(),
+            health: Arc::default(),
+            retention: None,
         }
+    }
+
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// Deletes settled reports past the retention period, for every partner.
+    pub async fn purge_settled(&self) -> Result<usize, StoreError> {
+        let Some(cutoff) = self
+            .retention
+            .and_then(|r| chrono::Duration::from_std(r).ok())
+            .and_then(|r| self.clock.now().checked_sub_signed(r))
+        else {
+            return Ok(0);
+        };
+        let mut purged = 0;
+        for partner in &self.partners {
+            purged += self
+                .store
+                .purge_settled(&partner.id, cutoff, PURGE_BATCH)
+                .await?;
+        }
+        if purged > 0 {
+            tracing::info!(purged, %cutoff, "settled reports past the retention period deleted");
+        }
+        Ok(purged)
+    }
+
+    pub fn health(&self) -> Arc<WorkerHealth> {
+        self.health.clone()
     }
 
     /// The name this worker claims under: unique per worker, so a restarted process never
@@ -132,22 +220,27 @@ impl Worker {
     /// another worker left too long), send them, record the outcomes. Tests drive the worker
     /// with this, step by step.
     pub async fn run_once(&self) -> Result<Round, StoreError> {
+        self.health.round_started();
         let now = self.clock.now();
         let mut claimed = Vec::new();
         for partner in &self.partners {
             self.store.promote_due_retries(&partner.id, now).await?;
             let room = self.settings.concurrency.saturating_sub(claimed.len());
             if room > 0 {
+                // Taken before the call: the store starts the entry's idle time no earlier.
+                let claimed_at = Instant::now();
                 claimed.extend(
                     self.store
                         .claim_batches(&partner.id, &self.consumer, room, self.claim_deadline())
-                        .await?,
+                        .await?
+                        .into_iter()
+                        .map(|c| (c, claimed_at)),
                 );
             }
         }
         let round_claimed = claimed.len();
         let sent = futures_util::stream::iter(claimed)
-            .map(|c| self.deliver(c))
+            .map(|(c, claimed_at)| self.deliver(c, claimed_at))
             .buffer_unordered(self.settings.concurrency)
             .fold(0, async |sent, result| match result {
                 Ok(true) => sent + 1,
@@ -170,6 +263,7 @@ impl Worker {
     pub async fn run(&self) {
         let idle = Duration::from_millis(self.settings.poll_interval_ms);
         let mut backoff = Duration::from_millis(100);
+        self.health.running.store(true, Ordering::Relaxed);
         tracing::info!(consumer = %self.consumer, concurrency = self.settings.concurrency, "delivery worker started");
         for partner in &self.partners {
             if let Err(error) = self.store.prepare_delivery(&partner.id).await {
@@ -177,7 +271,14 @@ impl Worker {
                 tracing::warn!(partner = %partner.id, %error, "could not prepare the delivery queue yet");
             }
         }
+        let mut next_purge = Instant::now();
         while !self.shutdown.is_cancelled() {
+            if Instant::now() >= next_purge {
+                next_purge = Instant::now() + PURGE_INTERVAL;
+                if let Err(error) = self.purge_settled().await {
+                    tracing::warn!(%error, "retention sweep skipped; tried again in an hour");
+                }
+            }
             let pause = match self.run_once().await {
                 Ok(round) if round.claimed > 0 => {
                     backoff = Duration::from_millis(100);
@@ -199,17 +300,34 @@ impl Worker {
     }
 
     /// Sends one claimed batch; true when Kiva was called.
-    async fn deliver(&self, claimed: ClaimedBatch) -> Result<bool, StoreError> {
-        let begun = self.store.begin_attempt(&claimed, self.clock.now()).await?;
-        let (attempt, batch, format, queued_at) = match begun {
+    async fn deliver(
+        &self,
+        claimed: ClaimedBatch,
+        claimed_at: Instant,
+    ) -> Result<bool, StoreError> {
+        let begun = match self.store.begin_attempt(&claimed, self.clock.now()).await {
+            Ok(begun) => begun,
+            Err(error) => {
+                // Nothing was sent; `sending` may or may not have been written.
+                tracing::warn!(batch = %claimed.batch_id, %error, "no answer from the store before sending; giving the batch back");
+                self.give_back(&claimed).await;
+                return Err(error);
+            }
+        };
+        let (attempt, in_budget, batch, format, queued_at) = match begun {
             BeginAttempt::Send {
                 attempt,
+                attempts_in_budget,
                 batch,
                 column_format,
                 queued_at,
-            } => (attempt, batch, column_format, queued_at),
+            } => (attempt, attempts_in_budget, batch, column_format, queued_at),
             BeginAttempt::Held => {
-                tracing::warn!(batch = %claimed.batch_id, "batch found mid-send after its worker stopped: held");
+                tracing::warn!(
+                    batch = %claimed.batch_id,
+                    partner = %claimed.partner_id,
+                    "batch held: found mid-send after its worker stopped; Kiva may have the upload"
+                );
                 return Ok(false);
             }
             BeginAttempt::Skip(state) => {
@@ -217,45 +335,74 @@ impl Worker {
                 return Ok(false);
             }
         };
+        let budget = self.attempt_budget().saturating_sub(claimed_at.elapsed());
+        if budget < self.send_window {
+            // A call started now could still be waiting for Kiva when another worker takes the
+            // entry over; nothing was sent, so the batch can simply go back.
+            tracing::warn!(
+                batch = %claimed.batch_id,
+                left_ms = budget.as_millis() as u64,
+                "too little of the claim deadline left to call Kiva; giving the batch back"
+            );
+            self.give_back(&claimed).await;
+            return Ok(false);
+        }
         let partner = &claimed.partner_id;
         let started_at = self.clock.now();
         let started = Instant::now();
         let outcome = match tokio::time::timeout(
-            self.attempt_budget(),
+            budget,
             self.uploader.send(partner, kiva_body(&batch, format)),
         )
         .await
         {
             Ok(outcome) => outcome,
             Err(_) => SendOutcome::Unknown {
-                reason: format!("no outcome within {:?}", self.attempt_budget()),
+                reason: format!("no outcome within {budget:?}"),
             },
         };
         let end = self.conclude(
             &claimed,
-            attempt,
-            queued_at,
+            Tries {
+                attempt,
+                in_budget,
+                queued_at,
+            },
             started_at,
             started.elapsed(),
             &outcome,
         );
-        tracing::info!(
-            batch = %claimed.batch_id,
-            partner = %partner,
-            attempt,
-            state = ?end.state,
-            http_status = end.attempt.http_status,
-            "batch attempt finished"
-        );
+        log_outcome(&claimed, attempt, &end);
         self.record(&claimed, attempt, &end).await?;
         Ok(true)
+    }
+
+    /// Gives back a batch this worker claimed but did not send, retrying while the store is
+    /// away. Should that fail too, the entry stays pending and is taken over after the claim
+    /// deadline (and, if `sending` was written, held: safe, just slower).
+    async fn give_back(&self, claimed: &ClaimedBatch) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.store.release_attempt(claimed).await {
+                Ok(()) => return,
+                Err(StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_))
+                    if !self.shutdown.is_cancelled() =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    tracing::error!(batch = %claimed.batch_id, %error, "could not give the batch back; it will be taken over after the claim deadline");
+                    return;
+                }
+            }
+        }
     }
 
     fn conclude(
         &self,
         claimed: &ClaimedBatch,
-        attempt: u32,
-        queued_at: DateTime<Utc>,
+        tries: Tries,
         started_at: DateTime<Utc>,
         took: Duration,
         outcome: &SendOutcome,
@@ -265,6 +412,11 @@ impl Worker {
             .iter()
             .any(|p| p.id == claimed.partner_id && p.resend_on_unknown);
         let mut result = BatchResult::default();
+        let Tries {
+            attempt,
+            in_budget,
+            queued_at,
+        } = tries;
         let mut record = Attempt {
             number: attempt,
             started_at,
@@ -312,29 +464,38 @@ impl Worker {
             Verdict::Rejected { reason } => (BatchState::Rejected, reason, None),
             Verdict::Unknown { reason } => (BatchState::Held, reason, None),
             Verdict::Retry { reason, hint } => {
-                let too_old =
-                    now - queued_at > chrono::Duration::hours(self.settings.max_age_hours as i64);
-                if attempt >= self.settings.max_attempts || too_old {
-                    let limit = if too_old {
-                        "age limit"
-                    } else {
-                        "attempt limit"
-                    };
+                // Checked arithmetic throughout: `hint` is whatever Kiva's Retry-After said.
+                let max_age = chrono::Duration::try_hours(self.settings.max_age_hours as i64);
+                let give_up_at = max_age.and_then(|age| queued_at.checked_add_signed(age));
+                let delay = retry_delay(
+                    in_budget,
+                    Duration::from_millis(self.settings.retry_base_ms),
+                    Duration::from_secs(self.settings.retry_max_secs),
+                    hint,
+                );
+                let at = chrono::Duration::from_std(delay)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d));
+                let gave_up = |limit: &str| {
                     (
                         BatchState::Failed,
                         format!("{reason}; gave up after {attempt} attempt(s) ({limit})"),
                         None,
                     )
-                } else {
-                    let delay = retry_delay(
-                        attempt,
-                        Duration::from_millis(self.settings.retry_base_ms),
-                        Duration::from_secs(self.settings.retry_max_secs),
-                        hint,
-                    );
-                    let at =
-                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                    (BatchState::RetryWait, reason, Some(at))
+                };
+                match (at, give_up_at) {
+                    _ if in_budget >= self.settings.max_attempts => gave_up("attempt limit"),
+                    (_, Some(limit)) if now >= limit => gave_up("age limit"),
+                    (Some(at), Some(limit)) if at <= limit => {
+                        (BatchState::RetryWait, reason, Some(at))
+                    }
+                    // The next try would come after the age limit: fail now, visibly, rather
+                    // than leave the batch waiting for years.
+                    _ => gave_up(&format!(
+                        "the next try, {} from now, would be past the age limit of {} h",
+                        humanize(delay),
+                        self.settings.max_age_hours
+                    )),
                 }
             }
         };
@@ -348,7 +509,8 @@ impl Worker {
         }
     }
 
-    /// Writes the outcome, retrying while Redis is away: Kiva's answer must not be dropped.
+    /// Writes the outcome, retrying while Redis is away or did not confirm (FINISH is
+    /// idempotent per attempt): Kiva's answer must not be dropped.
     async fn record(
         &self,
         claimed: &ClaimedBatch,
@@ -359,7 +521,9 @@ impl Worker {
         loop {
             match self.store.finish_attempt(claimed, attempt, end).await {
                 Ok(()) => return Ok(()),
-                Err(StoreError::Unavailable(reason)) if !self.shutdown.is_cancelled() => {
+                Err(StoreError::Unavailable(reason) | StoreError::OutcomeUnknown(reason))
+                    if !self.shutdown.is_cancelled() =>
+                {
                     tracing::warn!(batch = %claimed.batch_id, %reason, "cannot record the outcome yet; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
@@ -375,6 +539,91 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Which try an attempt is, for the retry limits.
+#[derive(Debug, Clone, Copy)]
+struct Tries {
+    /// Numbered over the batch's life.
+    attempt: u32,
+    /// Numbered since it was queued or last resent by an operator.
+    in_budget: u32,
+    queued_at: DateTime<Utc>,
+}
+
+/// Operators act on held, failed and rejected batches: those are warnings and errors, with
+/// the reason; everything else is routine.
+fn log_outcome(claimed: &ClaimedBatch, attempt: u32, end: &AttemptEnd) {
+    let (batch, partner, state, reason) = (
+        &claimed.batch_id,
+        &claimed.partner_id,
+        end.state,
+        &end.result.reason,
+    );
+    let status = end.attempt.http_status;
+    match state {
+        BatchState::Held => {
+            tracing::warn!(%batch, %partner, attempt, http_status = status, %reason, "batch held: check PA2, then resend or mark delivered")
+        }
+        BatchState::Failed | BatchState::Rejected => {
+            tracing::error!(%batch, %partner, attempt, http_status = status, ?state, %reason, "batch not delivered")
+        }
+        _ => {
+            tracing::info!(%batch, %partner, attempt, http_status = status, ?state, "batch attempt finished")
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7_200 => format!("{} min", secs / 60),
+        7_200..172_800 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86_400),
+    }
+}
+
+/// Runs `worker` until `shutdown`, starting it again (with backoff, logged at error level)
+/// whenever its loop ends or panics: a dead worker would leave every later report queued.
+pub async fn supervise(worker: Arc<Worker>) {
+    let shutdown = worker.shutdown_token();
+    let health = worker.health();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let run = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.run().await }
+        });
+        let ended = run.await;
+        health.running.store(false, Ordering::Relaxed);
+        if shutdown.is_cancelled() {
+            return;
+        }
+        health.restarts.fetch_add(1, Ordering::Relaxed);
+        match ended {
+            Err(error) if error.is_panic() => {
+                let panic = error.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, restart_in_ms = backoff.as_millis() as u64, "delivery worker panicked; restarting it");
+            }
+            _ => {
+                tracing::error!(
+                    restart_in_ms = backoff.as_millis() as u64,
+                    "delivery worker stopped unexpectedly; restarting it"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -49,7 +49,11 @@ CREATE TABLE IF NOT EXISTS batches (
     attempt INTEGER NOT NULL DEFAULT 0,
     queued_at INTEGER NOT NULL,
     next_attempt_at INTEGER,
-    result TEXT
+    result TEXT,
+    -- As in the Redis backend: `attempt` when the current retry budget began, and the queue
+    -- entry whose worker wrote `sending` (the fence FINISH must match).
+    budget_from INTEGER NOT NULL DEFAULT 0,
+    fence TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_report ON batches (report_id);
 CREATE TABLE IF NOT EXISTS attempts (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, doc TEXT NOT NULL);
@@ -77,6 +81,32 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at);
 "#;
+
+/// Columns added after the first release: a database made by an older gateway gets them at
+/// start (`CREATE TABLE IF NOT EXISTS` leaves an existing table as it is).
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("batches", "budget_from", "INTEGER NOT NULL DEFAULT 0"),
+    ("batches", "fence", "TEXT"),
+];
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, declaration) in ADDED_COLUMNS {
+        let present: bool = conn
+            .query_row(
+                &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+                params![column],
+                |row| row.get(0),
+            )
+            .map_err(other)?;
+        if !present {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+            ))
+            .map_err(other)?;
+        }
+    }
+    Ok(())
+}
 
 pub struct EmbeddedStore {
     db: Arc<Mutex<Connection>>,
@@ -156,6 +186,7 @@ impl EmbeddedStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(other)?;
         conn.execute_batch(SCHEMA).map_err(other)?;
+        migrate(&conn)?;
         Ok(Self {
             db: Arc::new(Mutex::new(conn)),
             _lock: lock,
@@ -585,15 +616,15 @@ impl ReportStore for EmbeddedStore {
     ) -> Result<BeginAttempt, StoreError> {
         let claimed = claimed.clone();
         self.transaction(move |tx| {
-            let row: Option<(String, String, i64)> = tx
+            let row: Option<(String, String, i64, Option<String>)> = tx
                 .query_row(
-                    "SELECT state, report_id, queued_at FROM batches WHERE partner = ?1 AND id = ?2",
+                    "SELECT state, report_id, queued_at, fence FROM batches WHERE partner = ?1 AND id = ?2",
                     params![claimed.partner_id.as_str(), claimed.batch_id],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
                 )
                 .optional()
                 .map_err(other)?;
-            let Some((state, report_id, queued_at)) = row else {
+            let Some((state, report_id, queued_at, fence)) = row else {
                 tracing::error!(batch = %claimed.batch_id, "queued batch is missing; dropping the entry");
                 settle(tx, &claimed.entry_id)?;
                 return Ok(BeginAttempt::Skip(BatchState::Failed));
@@ -601,34 +632,35 @@ impl ReportStore for EmbeddedStore {
             match state.as_str() {
                 "queued" | "retry_wait" => {
                     tx.execute(
-                        "UPDATE batches SET attempt = attempt + 1, state = 'sending', next_attempt_at = NULL WHERE id = ?1",
-                        params![claimed.batch_id],
+                        "UPDATE batches SET attempt = attempt + 1, state = 'sending', next_attempt_at = NULL, fence = ?2 WHERE id = ?1",
+                        params![claimed.batch_id, claimed.entry_id],
                     )
                     .map_err(other)?;
                     rollup(tx, &report_id)?;
-                    let (attempt, doc): (u32, String) = tx
+                    let (attempt, budget_from, doc): (u32, u32, String) = tx
                         .query_row(
-                            "SELECT attempt, doc FROM batches WHERE id = ?1",
+                            "SELECT attempt, budget_from, doc FROM batches WHERE id = ?1",
                             params![claimed.batch_id],
-                            |row| Ok((row.get(0)?, row.get(1)?)),
+                            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                         )
                         .map_err(other)?;
                     let report = report_row(tx, claimed.partner_id.as_str(), &report_id)?
                         .ok_or_else(|| other("batch without its report"))?;
                     Ok(BeginAttempt::Send {
                         attempt,
+                        attempts_in_budget: attempt - budget_from.min(attempt.saturating_sub(1)),
                         batch: decode(&doc)?,
                         column_format: report.column_format,
                         queued_at: from_ms(queued_at).unwrap_or(report.created_at),
                     })
                 }
-                "sending" => {
-                    // Its worker stopped after writing `sending`: Kiva may have the upload,
-                    // and a second one would be counted twice.
+                "sending" if fence.as_deref().is_none_or(|f| f == claimed.entry_id) => {
+                    // This very entry was begun by a worker that stopped before settling it:
+                    // Kiva may have the upload, and a second one would be counted twice.
                     settle(tx, &claimed.entry_id)?;
                     let held = BatchResult::held_after_worker_stopped();
                     tx.execute(
-                        "UPDATE batches SET state = 'held', result = ?2 WHERE id = ?1",
+                        "UPDATE batches SET state = 'held', result = ?2, fence = NULL WHERE id = ?1",
                         params![claimed.batch_id, encode(&held)],
                     )
                     .map_err(other)?;
@@ -654,29 +686,43 @@ impl ReportStore for EmbeddedStore {
         let end = end.clone();
         self.transaction(move |tx| {
             settle(tx, &claimed.entry_id)?;
+            let recorded: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM attempts WHERE batch_id = ?1 AND json_extract(doc, '$.number') = ?2",
+                    params![claimed.batch_id, attempt],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(other)?;
+            if recorded.is_some() {
+                // A repeat of a FINISH whose answer was lost: all of it is written already.
+                return Ok(());
+            }
+            // The attempt happened (Kiva may have been called), so it is kept even when stale.
             tx.execute(
                 "INSERT INTO attempts (batch_id, doc) VALUES (?1, ?2)",
                 params![claimed.batch_id, encode(&end.attempt)],
             )
             .map_err(other)?;
-            let row: Option<(u32, String)> = tx
+            let row: Option<(String, Option<String>, String)> = tx
                 .query_row(
-                    "SELECT attempt, report_id FROM batches WHERE partner = ?1 AND id = ?2",
+                    "SELECT state, fence, report_id FROM batches WHERE partner = ?1 AND id = ?2",
                     params![claimed.partner_id.as_str(), claimed.batch_id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )
                 .optional()
                 .map_err(other)?;
-            let Some((current, report_id)) = row else {
+            let Some((state, fence, report_id)) = row else {
                 return Err(other(format!("batch {} is gone", claimed.batch_id)));
             };
-            if current != attempt {
-                // An operator queued the batch again meanwhile; that newer attempt owns it.
+            if state != "sending" || fence.as_deref() != Some(claimed.entry_id.as_str()) {
+                // Taken over and held, or decided by an operator, while this attempt was
+                // out: the newer decision stands.
                 return Ok(());
             }
             let due = end.retry_at.map(|t| t.timestamp_millis());
             tx.execute(
-                "UPDATE batches SET state = ?2, result = ?3, next_attempt_at = ?4 WHERE id = ?1",
+                "UPDATE batches SET state = ?2, result = ?3, next_attempt_at = ?4, fence = NULL WHERE id = ?1",
                 params![
                     claimed.batch_id,
                     name_of(end.state),
@@ -748,8 +794,9 @@ impl ReportStore for EmbeddedStore {
             .map_err(other)?;
             match kind {
                 OperatorActionKind::Resend => {
+                    // A fresh retry budget: attempts count again from here (history kept).
                     tx.execute(
-                        "UPDATE batches SET state = 'queued', queued_at = ?2, next_attempt_at = NULL WHERE id = ?1",
+                        "UPDATE batches SET state = 'queued', queued_at = ?2, next_attempt_at = NULL, result = NULL, fence = NULL, budget_from = attempt WHERE id = ?1",
                         params![batch_id, now.timestamp_millis()],
                     )
                     .map_err(other)?;
@@ -760,7 +807,7 @@ impl ReportStore for EmbeddedStore {
                 OperatorActionKind::MarkDelivered => {
                     let result = BatchResult::marked_delivered_by(&by);
                     tx.execute(
-                        "UPDATE batches SET state = 'delivered', result = ?2 WHERE id = ?1",
+                        "UPDATE batches SET state = 'delivered', result = ?2, fence = NULL WHERE id = ?1",
                         params![batch_id, encode(&result)],
                     )
                     .map_err(other)?;
@@ -773,6 +820,90 @@ impl ReportStore for EmbeddedStore {
             })
         })
         .await
+    }
+
+    async fn release_attempt(&self, claimed: &ClaimedBatch) -> Result<(), StoreError> {
+        let claimed = claimed.clone();
+        self.transaction(move |tx| {
+            let pending = tx
+                .execute("DELETE FROM queue WHERE seq = ?1", params![claimed.entry_id])
+                .map_err(other)?
+                == 1;
+            let row: Option<(String, Option<String>, String)> = tx
+                .query_row(
+                    "SELECT state, fence, report_id FROM batches WHERE partner = ?1 AND id = ?2",
+                    params![claimed.partner_id.as_str(), claimed.batch_id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+                .map_err(other)?;
+            let Some((state, fence, report_id)) = row else {
+                return Ok(());
+            };
+            let ours = state == "sending" && fence.as_deref() == Some(claimed.entry_id.as_str());
+            if ours {
+                // The attempt BEGIN counted never happened.
+                tx.execute(
+                    "UPDATE batches SET state = 'queued', attempt = attempt - 1, fence = NULL WHERE id = ?1",
+                    params![claimed.batch_id],
+                )
+                .map_err(other)?;
+                rollup(tx, &report_id)?;
+            }
+            if ours || (pending && (state == "queued" || state == "retry_wait")) {
+                tx.execute(
+                    "INSERT INTO queue (partner, batch_id) VALUES (?1, ?2)",
+                    params![claimed.partner_id.as_str(), claimed.batch_id],
+                )
+                .map_err(other)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_settled(
+        &self,
+        partner: &PartnerId,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let partner = partner.to_string();
+        // Ids are UUIDv7: every report created before `before` sorts below this one.
+        let floor = super::oldest_id_at(before).to_string();
+        self.transaction(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id FROM reports WHERE partner = ?1 AND id < ?2 AND status = 'delivered'
+                     ORDER BY id LIMIT ?3",
+                )
+                .map_err(other)?;
+            let ids: Vec<String> = stmt
+                .query_map(params![partner, floor, limit as i64], |row| row.get(0))
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)?;
+            for id in &ids {
+                for sql in [
+                    "DELETE FROM attempts WHERE batch_id IN (SELECT id FROM batches WHERE report_id = ?1)",
+                    "DELETE FROM actions WHERE batch_id IN (SELECT id FROM batches WHERE report_id = ?1)",
+                    "DELETE FROM batches WHERE report_id = ?1",
+                    "DELETE FROM reports WHERE id = ?1",
+                ] {
+                    tx.execute(sql, params![id]).map_err(other)?;
+                }
+            }
+            Ok(ids.len())
+        })
+        .await
+    }
+
+    async fn durability(&self) -> Result<super::Durability, StoreError> {
+        Ok(super::Durability {
+            backend: "embedded".into(),
+            level: "SQLite WAL, synchronous=FULL: on disk before each 202 and each send".into(),
+            may_lose_acknowledged_writes: false,
+        })
     }
 
     async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {

@@ -29,6 +29,11 @@ pub enum StoreError {
     /// Another request took over this idempotency key (the claim expired); nothing was written.
     #[error("the idempotency key was claimed by another request")]
     ClaimLost,
+    /// A write was sent but no answer came back (a timeout, a connection cut after the
+    /// request was written): it may or may not have been applied. Never to be reported as
+    /// "nothing was stored".
+    #[error("the store did not confirm a write; it may have been applied: {0}")]
+    OutcomeUnknown(String),
     #[error("store error: {0}")]
     Other(String),
 }
@@ -366,9 +371,11 @@ pub struct ClaimedBatch {
 /// What `begin_attempt` decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BeginAttempt {
-    /// `sending` is written: send it now, as attempt `attempt`.
+    /// `sending` is written: send it now, as attempt `attempt` (numbered over the batch's
+    /// whole life), the `attempts_in_budget`-th since it was queued or an operator resent it.
     Send {
         attempt: u32,
+        attempts_in_budget: u32,
         batch: BatchDoc,
         column_format: ColumnFormat,
         /// When the batch was (last) queued, for the retry age limit.
@@ -522,7 +529,15 @@ pub trait ReportStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<BeginAttempt, StoreError>;
 
-    /// Records how attempt `attempt` ended and settles the queue entry.
+    /// Gives back a batch whose `begin_attempt` got no answer, so nothing was sent: if `sending`
+    /// was written for this entry it is undone, and the batch is queued again (a new entry).
+    /// A batch that someone else has moved on is left alone.
+    async fn release_attempt(&self, claimed: &ClaimedBatch) -> Result<(), StoreError>;
+
+    /// Records how attempt `attempt` ended and settles the queue entry. Idempotent per
+    /// attempt (a retry after a lost answer records nothing twice), and fenced: the state is
+    /// written only while the batch is still `sending` for this very queue entry, so a late
+    /// answer can't overwrite an operator's decision or a newer attempt.
     async fn finish_attempt(
         &self,
         claimed: &ClaimedBatch,
@@ -552,6 +567,33 @@ pub trait ReportStore: Send + Sync + 'static {
         partner: &PartnerId,
         batch_id: &str,
     ) -> Result<Option<(Batch, String)>, StoreError>;
+
+    /// Deletes up to `limit` of the partner's reports created before `before` whose every
+    /// batch is delivered (by Kiva or closed by an operator); reports with anything queued,
+    /// held, failed or rejected are kept whatever their age. Returns how many were deleted.
+    async fn purge_settled(
+        &self,
+        partner: &PartnerId,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
+
+    /// How durable an accepted report is on this store, for readiness and the start-up log.
+    async fn durability(&self) -> Result<Durability, StoreError>;
+}
+
+/// What a 202 (or `sending`) survives on this store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Durability {
+    /// `embedded`, `redis`.
+    #[schema(example = "redis")]
+    pub backend: String,
+    /// In plain words, e.g. "fsync before answer (SQLite, synchronous=FULL)" or
+    /// "AOF appendfsync everysec, WAITAOF after each write".
+    #[schema(example = "AOF (appendfsync everysec) with WAITAOF before each answer")]
+    pub level: String,
+    /// True when a crash of the store's host can lose an acknowledged write.
+    pub may_lose_acknowledged_writes: bool,
 }
 
 /// Cuts an accepted report into batches of at most `batch_size` repayments.
@@ -587,6 +629,13 @@ pub fn batches_of(
             }
         })
         .collect()
+}
+
+/// The smallest UUIDv7 of the millisecond `at`: report ids (UUIDv7) below it were made
+/// before `at`.
+pub fn oldest_id_at(at: DateTime<Utc>) -> Uuid {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid()
 }
 
 /// The report a batch belongs to: its id is `{report id}.{number}`.

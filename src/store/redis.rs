@@ -4,8 +4,11 @@
 //! Keys (prefix `rg` by default):
 //! - `rg:{p}:report:<id>`: hash; `doc` the report as accepted (JSON), `status` its live status;
 //! - `rg:{p}:batch:<id>.<n>`: hash; `doc` the batch as accepted (JSON, never rewritten),
-//!   `state`, `attempt` (attempts started), `queued_at` (ms), `next_attempt_at` (ms),
-//!   `result` (JSON); with lists `…:attempts` and `…:actions` beside it;
+//!   `state`, `attempt` (attempts started), `budget_from` (the value of `attempt` when the
+//!   current retry budget began: at the accept, 0, and at each operator resend), `queued_at`
+//!   (ms), `next_attempt_at` (ms), `result` (JSON), `fence` (the queue entry whose worker
+//!   wrote `sending`), `recorded:<n>` (attempt n's outcome is recorded); with lists
+//!   `…:attempts` and `…:actions` beside it;
 //! - `rg:{p}:reports`, `rg:{p}:reports:branch:<branch>`: sorted sets of report ids, all with
 //!   score 0 so they order lexically; ids are UUIDv7, so lexical order is time order;
 //! - `rg:{p}:deliveries`: the delivery stream, one entry per batch to send, consumer group
@@ -16,7 +19,15 @@
 //!   claim token and a short TTL, then `done` with the recorded answer and a long TTL.
 //!
 //! Scripts never decode JSON: documents are written whole by Rust, and scripts only move
-//! plain fields, so Lua's number handling can't touch an amount.
+//! plain fields, so Lua's number handling can't touch an amount. Ids reach scripts as ARGV,
+//! never parsed out of key names (a key prefix may contain anything the pattern looks for).
+//!
+//! The fence: a queue entry id is never reused, and a batch is begun at most once per entry
+//! (BEGIN moves it out of `queued`; the entry is settled or replaced whenever it goes back).
+//! So the entry id written as `fence` by BEGIN identifies one attempt's ownership of the
+//! batch: FINISH writes the outcome only while the batch is `sending` under its own entry,
+//! and anything else that moves the batch (a take-over that holds it, an operator, a
+//! release) clears or replaces the fence first.
 
 use std::time::Duration;
 
@@ -28,9 +39,9 @@ use uuid::Uuid;
 
 use super::{
     AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
-    ClaimedBatch, IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorActionKind,
-    OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStore, StoreError,
-    report_of_batch,
+    ClaimedBatch, Durability, IdempotencyClaim, IdempotencyScope, IdempotentAccept,
+    OperatorActionKind, OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery,
+    ReportStore, StoreError, report_of_batch,
 };
 use crate::domain::PartnerId;
 
@@ -129,65 +140,115 @@ end
 "#;
 
 // ARGV: entry id, now (ms), the result JSON to record if the batch is held.
+// Answers {'send', attempt, budget_from, doc, queued_at} so the worker needs no second read.
 const BEGIN: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'queued' or state == 'retry_wait' then
   local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-  redis.call('HSET', KEYS[1], 'state', 'sending')
+  redis.call('HSET', KEYS[1], 'state', 'sending', 'fence', ARGV[1])
   redis.call('HDEL', KEYS[1], 'next_attempt_at')
   rollup()
-  return {'send', tostring(attempt)}
+  local f = redis.call('HMGET', KEYS[1], 'budget_from', 'doc', 'queued_at')
+  return {'send', tostring(attempt), f[1] or '0', f[2] or '', f[3] or ''}
 end
-if state == 'sending' then
-  -- The entry was taken over from a worker that wrote 'sending' and never settled it:
-  -- Kiva may have processed the upload, and a second one would be counted twice.
+local fence = redis.call('HGET', KEYS[1], 'fence')
+if state == 'sending' and (not fence or fence == ARGV[1]) then
+  -- This very entry was begun by a worker that never settled it (it died, or overran the
+  -- claim deadline): Kiva may have processed the upload, and a second one would be counted
+  -- twice. (No fence: written before fences existed; the same reasoning holds.)
   settle(ARGV[1])
   redis.call('HSET', KEYS[1], 'state', 'held', 'result', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'fence')
   rollup()
   return {'held'}
 end
+-- Settled already, or being sent under another entry by a live worker: a stale entry.
 settle(ARGV[1])
 return {'skip', state or 'missing'}
 "#;
 
-// ARGV: entry id, attempt number, new state, result JSON, attempt JSON, retry due (ms) or ''.
+// ARGV: entry id, batch id. Undoes a BEGIN whose answer was lost (the worker sent nothing).
+// Only the entry's own `sending` is undone; XACK tells whether the entry was still pending,
+// so a repeated release can't queue the batch twice.
+const RELEASE_ATTEMPT: &str = r#"
+local pending = redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
+redis.call('XDEL', KEYS[3], ARGV[1])
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'sending' and redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
+  -- The attempt BEGIN counted never happened.
+  redis.call('HINCRBY', KEYS[1], 'attempt', -1)
+  redis.call('HSET', KEYS[1], 'state', 'queued')
+  redis.call('HDEL', KEYS[1], 'fence')
+  redis.call('XADD', KEYS[3], '*', 'batch', ARGV[2])
+  rollup()
+  return 'released'
+end
+if pending == 1 and (state == 'queued' or state == 'retry_wait') then
+  redis.call('XADD', KEYS[3], '*', 'batch', ARGV[2])
+  return 'requeued'
+end
+return 'left'
+"#;
+
+// ARGV: entry id, attempt number, new state, result JSON, attempt JSON, retry due (ms) or '',
+// batch id.
 const FINISH: &str = r#"
 settle(ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'recorded:' .. ARGV[2], 1) == 0 then
+  -- A repeat of a FINISH whose answer was lost: all of it is written already.
+  return 'duplicate'
+end
+-- The attempt happened (Kiva may have been called), so its record is kept even when stale.
 redis.call('RPUSH', KEYS[5], ARGV[5])
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
-  -- An operator queued the batch again meanwhile; that newer attempt owns the state.
+if redis.call('HGET', KEYS[1], 'state') ~= 'sending'
+   or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
+  -- Taken over and held, or decided by an operator, while this attempt was out: the newer
+  -- decision stands.
   return 'stale'
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4])
-local batch = string.match(KEYS[1], 'batch:(.+)$')
+redis.call('HDEL', KEYS[1], 'fence')
 if ARGV[3] == 'retry_wait' then
   redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[6])
-  redis.call('ZADD', KEYS[4], ARGV[6], batch)
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
 end
 rollup()
 return 'OK'
 "#;
 
 // ARGV: action ('resend'|'mark_delivered'), action JSON without from_state, now (ms),
-// result JSON (mark_delivered), the states allowed to start from (",held,failed,").
+// result JSON (mark_delivered), the states allowed to start from (",held,failed,"), batch id.
 // Answers the state found.
 const OPERATE: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing'} end
 if not string.find(ARGV[5], ',' .. state .. ',', 1, true) then return {'conflict', state} end
-local batch = string.match(KEYS[1], 'batch:(.+)$')
 -- ARGV[2] is a JSON object made by Rust; the state found is spliced in as its last member.
 redis.call('RPUSH', KEYS[6], string.sub(ARGV[2], 1, -2) .. ',"from_state":"' .. state .. '"}')
+redis.call('HDEL', KEYS[1], 'fence')
 if ARGV[1] == 'resend' then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'queued_at', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'next_attempt_at')
-  redis.call('ZREM', KEYS[4], batch)
-  redis.call('XADD', KEYS[3], '*', 'batch', batch)
+  -- A fresh retry budget: attempts are counted again from here (the history is kept).
+  local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'queued_at', ARGV[3], 'budget_from', attempt)
+  redis.call('HDEL', KEYS[1], 'next_attempt_at', 'result')
+  redis.call('ZREM', KEYS[4], ARGV[6])
+  redis.call('XADD', KEYS[3], '*', 'batch', ARGV[6])
 else
   redis.call('HSET', KEYS[1], 'state', 'delivered', 'result', ARGV[4])
 end
 rollup()
 return {'done', state}
+"#;
+
+// KEYS: report, reports index, branch index, then every key of its batches. ARGV: report id.
+// Deletes a report only when it is settled: `delivered` is rolled up from every batch.
+const PURGE: &str = r#"#!lua
+if redis.call('HGET', KEYS[1], 'status') ~= 'delivered' then return 0 end
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
 "#;
 
 // KEYS: retry set, stream. ARGV: now (ms), limit.
@@ -204,13 +265,107 @@ pub struct RedisStore {
     pool: Pool,
     prefix: String,
     timeout: Duration,
+    /// Set by `check_persistence`: the server can confirm that a write reached its AOF.
+    waitaof: std::sync::atomic::AtomicBool,
     claim: Script,
     release: Script,
     accept: Script,
     begin: Script,
+    release_attempt: Script,
     finish: Script,
     operate: Script,
     promote: Script,
+    purge: Script,
+}
+
+/// What the server said of its persistence (`INFO persistence`, `INFO memory`, `INFO server`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persistence {
+    pub version: String,
+    pub aof_enabled: bool,
+    /// `always`, `everysec` or `no`; empty when the server does not say.
+    pub appendfsync: String,
+    pub maxmemory_policy: String,
+}
+
+impl Persistence {
+    /// From the text of `INFO` (sections persistence, memory, server) and, when the server
+    /// allows it, `CONFIG GET appendfsync` (INFO does not carry it).
+    pub fn from_info(info: &str, appendfsync: Option<&str>) -> Self {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Self {
+            version: field("redis_version"),
+            aof_enabled: field("aof_enabled") == "1",
+            appendfsync: appendfsync.unwrap_or_default().to_owned(),
+            maxmemory_policy: field("maxmemory_policy"),
+        }
+    }
+
+    /// `WAITAOF` exists from Redis 7.2.
+    pub fn supports_waitaof(&self) -> bool {
+        let mut parts = self
+            .version
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        self.aof_enabled && (major, minor) >= (7, 2)
+    }
+
+    /// Why this server could lose or refuse what the gateway acknowledged, if it could.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.aof_enabled {
+            problems.push(
+                "appendonly is off: a Redis restart loses every accepted report and can send a \
+                 batch twice (set `appendonly yes`)"
+                    .to_owned(),
+            );
+        }
+        if self.maxmemory_policy != "noeviction" {
+            problems.push(format!(
+                "maxmemory-policy is {:?}: Redis may evict accepted reports and queue entries \
+                 (set `maxmemory-policy noeviction`)",
+                self.maxmemory_policy
+            ));
+        }
+        problems
+    }
+
+    pub fn durability(&self) -> Durability {
+        let level = if !self.aof_enabled {
+            "no AOF: a Redis restart loses acknowledged reports".to_owned()
+        } else if self.supports_waitaof() {
+            format!(
+                "AOF (appendfsync {}), WAITAOF confirms the fsync before each 202 and each send",
+                self.appendfsync_or_unknown()
+            )
+        } else {
+            format!(
+                "AOF (appendfsync {}), Redis {} has no WAITAOF",
+                self.appendfsync_or_unknown(),
+                self.version
+            )
+        };
+        Durability {
+            backend: "redis".into(),
+            level,
+            may_lose_acknowledged_writes: !self.aof_enabled
+                || (self.appendfsync != "always" && !self.supports_waitaof()),
+        }
+    }
+
+    fn appendfsync_or_unknown(&self) -> &str {
+        if self.appendfsync.is_empty() {
+            "unknown"
+        } else {
+            &self.appendfsync
+        }
+    }
 }
 
 fn delivery_script(body: &str) -> Script {
@@ -243,10 +398,67 @@ impl RedisStore {
             release: Script::new(RELEASE),
             accept: Script::new(ACCEPT),
             begin: delivery_script(BEGIN),
+            release_attempt: delivery_script(RELEASE_ATTEMPT),
             finish: delivery_script(FINISH),
             operate: delivery_script(OPERATE),
             promote: Script::new(PROMOTE),
+            purge: Script::new(PURGE),
+            waitaof: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Reads the server's persistence settings; from here on, writes that must survive a
+    /// Redis crash wait for the AOF fsync where the server supports `WAITAOF`.
+    pub async fn check_persistence(&self) -> Result<Persistence, StoreError> {
+        let info: String = self
+            .with_connection(async |c| {
+                redis::cmd("INFO")
+                    .arg("server")
+                    .arg("persistence")
+                    .arg("memory")
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        // CONFIG may be disabled (managed services rename it); then the fsync policy is unknown.
+        let appendfsync: Option<String> = self
+            .with_connection(async |c| {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendfsync")
+                    .query_async::<Vec<String>>(c)
+                    .await
+            })
+            .await
+            .ok()
+            .and_then(|pair| pair.into_iter().nth(1));
+        let persistence = Persistence::from_info(&info, appendfsync.as_deref());
+        self.waitaof.store(
+            persistence.supports_waitaof(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(persistence)
+    }
+
+    /// After a write the gateway is about to acknowledge (a 202, or `sending` before a call to
+    /// Kiva): waits until the local AOF has it on disk, when the server can say so.
+    async fn wait_for_aof(&self, c: &mut deadpool_redis::Connection) -> redis::RedisResult<()> {
+        if !self.waitaof.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (local, _replicas): (i64, i64) = redis::cmd("WAITAOF")
+            .arg(1)
+            .arg(0)
+            .arg(self.timeout.as_millis() as u64)
+            .query_async(c)
+            .await?;
+        if local < 1 {
+            return Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "WAITAOF: the write is not yet on disk",
+            )));
+        }
+        Ok(())
     }
 
     fn key(&self, partner: &PartnerId, rest: &str) -> String {
@@ -273,26 +485,70 @@ impl RedisStore {
         self.key(partner, &format!("report:{report}"))
     }
 
-    /// Runs `op` on a pooled connection within the store timeout; any failure to reach Redis
-    /// becomes `Unavailable`.
+    /// A pooled connection whose replies may take up to the store timeout (redis-rs's own
+    /// default, 500 ms, would turn a slow fsync into an error for a write that happened).
+    /// Failing here means nothing was sent.
+    async fn connection(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| redis_error(pool_error(e), Sent::No))?;
+        conn.as_mut().set_response_timeout(self.timeout);
+        Ok(conn)
+    }
+
+    /// Runs a read (or a write whose loss is harmless) within the store timeout; any failure
+    /// to reach Redis becomes `Unavailable`.
     async fn with_connection<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     {
-        let work = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| redis_error(pool_error(e)))?;
-            op(&mut conn).await.map_err(redis_error)
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer from Redis within {:?}",
-                self.timeout
-            ))),
+        self.run(Sent::No, op).await
+    }
+
+    /// Runs a write whose effect matters: once it may have reached Redis, a missing answer is
+    /// `OutcomeUnknown`, never "nothing was written".
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    {
+        self.run(Sent::Maybe, op).await
+    }
+
+    async fn run<T, F>(&self, sent: Sent, op: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    {
+        let start = tokio::time::Instant::now();
+        let mut conn = tokio::time::timeout(self.timeout, self.connection())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("no Redis connection within {:?}", self.timeout))
+            })??;
+        let left = self
+            .timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1));
+        // A connection whose reply is still owed is not given back to the pool: the next
+        // caller (often the one checking what happened) would wait behind that reply too.
+        let retire = |conn| drop(deadpool_redis::Connection::take(conn));
+        match tokio::time::timeout(left, op(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
+                    retire(conn);
+                }
+                Err(redis_error(e, sent))
+            }
+            Err(_) => {
+                retire(conn);
+                let reason = format!("no answer from Redis within {:?}", self.timeout);
+                Err(match sent {
+                    Sent::No => StoreError::Unavailable(reason),
+                    Sent::Maybe => StoreError::OutcomeUnknown(reason),
+                })
+            }
         }
     }
 
@@ -458,16 +714,46 @@ fn encode<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("store records always serialize")
 }
 
-fn redis_error(e: redis::RedisError) -> StoreError {
-    if e.code() == Some("CLAIMLOST") || e.to_string().contains("CLAIMLOST") {
+/// Whether a failed command may have reached Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    No,
+    Maybe,
+}
+
+/// Error replies by which Redis refuses a command without running it, while it is starting
+/// (LOADING), after a failover (READONLY, MASTERDOWN), during resharding (TRYAGAIN,
+/// CLUSTERDOWN), when full (OOM: `#!lua` scripts are refused whole) or unable to persist
+/// (MISCONF), or busy with a script (BUSY). All pass with time: the store is unavailable.
+const REFUSALS: [&str; 9] = [
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "OOM",
+    "MISCONF",
+    "BUSY",
+    "NOREPLICAS",
+];
+
+fn redis_error(e: redis::RedisError, sent: Sent) -> StoreError {
+    let code = e.code().unwrap_or_default();
+    if code == "CLAIMLOST" || e.to_string().contains("CLAIMLOST") {
         StoreError::ClaimLost
+    } else if REFUSALS.contains(&code) {
+        StoreError::Unavailable(e.to_string())
+    } else if e.is_connection_refusal() {
+        StoreError::Unavailable(e.to_string())
     } else if e.is_io_error()
-        || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
     {
-        StoreError::Unavailable(e.to_string())
+        match sent {
+            Sent::No => StoreError::Unavailable(e.to_string()),
+            Sent::Maybe => StoreError::OutcomeUnknown(e.to_string()),
+        }
     } else {
         StoreError::Other(e.to_string())
     }
@@ -591,9 +877,11 @@ impl ReportStore for RedisStore {
         for batch in batches {
             invocation.arg(&batch.id);
         }
-        self.with_connection(async |c| invocation.invoke_async::<String>(c).await)
-            .await
-            .map(drop)
+        self.write(async |c| {
+            invocation.invoke_async::<String>(c).await?;
+            self.wait_for_aof(c).await
+        })
+        .await
     }
 
     async fn report(
@@ -795,40 +1083,41 @@ impl ReportStore for RedisStore {
         let keys = self.delivery_keys(partner, &claimed.batch_id, &report);
         let held = BatchResult::held_after_worker_stopped();
         let reply: Vec<String> = self
-            .with_connection(async |c| {
+            .write(async |c| {
                 let mut invocation = self.begin.prepare_invoke();
                 for key in &keys {
                     invocation.key(key);
                 }
-                invocation
+                let reply: Vec<String> = invocation
                     .arg(&claimed.entry_id)
                     .arg(now.timestamp_millis())
                     .arg(encode(&held))
                     .invoke_async(c)
-                    .await
+                    .await?;
+                // `sending` must be on disk before Kiva is called: a Redis that lost it would
+                // hand the batch out again as queued, and it would be uploaded twice.
+                if reply.first().map(String::as_str) == Some("send") {
+                    self.wait_for_aof(c).await?;
+                }
+                Ok(reply)
             })
             .await?;
         match reply.first().map(String::as_str) {
             Some("send") => {
-                let attempt: u32 = reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
-                let key = &keys[0];
-                let (doc, queued_at): (Option<String>, Option<i64>) = self
-                    .with_connection(async |c| {
-                        redis::cmd("HMGET")
-                            .arg(key)
-                            .arg("doc")
-                            .arg("queued_at")
-                            .query_async(c)
-                            .await
-                    })
-                    .await?;
-                let batch: BatchDoc =
-                    decode(&doc.ok_or_else(|| StoreError::Other("batch doc missing".into()))?)?;
+                let number = |i: usize| reply.get(i).and_then(|a| a.parse::<u32>().ok());
+                let attempt = number(1).unwrap_or(1);
+                let budget_from = number(2).unwrap_or(0).min(attempt.saturating_sub(1));
+                let batch: BatchDoc = decode(reply.get(3).map_or("", String::as_str))?;
+                let queued_at = reply
+                    .get(4)
+                    .and_then(|ms| ms.parse::<i64>().ok())
+                    .and_then(from_ms);
                 Ok(BeginAttempt::Send {
                     attempt,
+                    attempts_in_budget: attempt - budget_from,
                     batch,
                     column_format: report.column_format,
-                    queued_at: queued_at.and_then(from_ms).unwrap_or(report.created_at),
+                    queued_at: queued_at.unwrap_or(report.created_at),
                 })
             }
             Some("held") => Ok(BeginAttempt::Held),
@@ -836,6 +1125,27 @@ impl ReportStore for RedisStore {
                 parse_state(reply.get(1).map(String::as_str)).unwrap_or(BatchState::Failed),
             )),
         }
+    }
+
+    async fn release_attempt(&self, claimed: &ClaimedBatch) -> Result<(), StoreError> {
+        let partner = &claimed.partner_id;
+        let Some(report) = self.report_of(partner, &claimed.batch_id).await? else {
+            return Ok(());
+        };
+        let keys = self.delivery_keys(partner, &claimed.batch_id, &report);
+        self.write(async |c| {
+            let mut invocation = self.release_attempt.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            invocation
+                .arg(&claimed.entry_id)
+                .arg(&claimed.batch_id)
+                .invoke_async::<String>(c)
+                .await
+        })
+        .await
+        .map(drop)
     }
 
     async fn finish_attempt(
@@ -851,7 +1161,7 @@ impl ReportStore for RedisStore {
             .ok_or_else(|| StoreError::Other(format!("report of {} is gone", claimed.batch_id)))?;
         let keys = self.delivery_keys(partner, &claimed.batch_id, &report);
         let _: String = self
-            .with_connection(async |c| {
+            .write(async |c| {
                 let mut invocation = self.finish.prepare_invoke();
                 for key in &keys {
                     invocation.key(key);
@@ -866,6 +1176,7 @@ impl ReportStore for RedisStore {
                         end.retry_at
                             .map_or(String::new(), |t| t.timestamp_millis().to_string()),
                     )
+                    .arg(&claimed.batch_id)
                     .invoke_async(c)
                     .await
             })
@@ -899,7 +1210,7 @@ impl ReportStore for RedisStore {
             OperatorActionKind::MarkDelivered => "mark_delivered",
         };
         let reply: Vec<String> = self
-            .with_connection(async |c| {
+            .write(async |c| {
                 let mut invocation = self.operate.prepare_invoke();
                 for key in &keys {
                     invocation.key(key);
@@ -910,6 +1221,7 @@ impl ReportStore for RedisStore {
                     .arg(now.timestamp_millis())
                     .arg(encode(&result))
                     .arg(&allowed)
+                    .arg(batch_id)
                     .invoke_async(c)
                     .await
             })
@@ -956,5 +1268,72 @@ impl ReportStore for RedisStore {
         };
         let batch = self.batches_of_one(&report, batch_id).await?;
         Ok(batch.map(|b| (b, report.branch)))
+    }
+
+    async fn purge_settled(
+        &self,
+        partner: &PartnerId,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let index = self.key(partner, "reports");
+        // Ids are UUIDv7, so every report created before `before` sorts below this one.
+        let floor = super::oldest_id_at(before);
+        let mut lower = "-".to_owned();
+        let (mut purged, mut scanned) = (0, 0);
+        while purged < limit && scanned < MAX_SCANNED_PER_PAGE * 10 {
+            let ids: Vec<String> = self
+                .with_connection(async |c| {
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(&index)
+                        .arg(&lower)
+                        .arg(format!("({floor}"))
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(100)
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            let Some(last) = ids.last() else { break };
+            lower = format!("({last}");
+            for id in &ids {
+                scanned += 1;
+                let Ok(id) = Uuid::parse_str(id) else {
+                    continue;
+                };
+                let Some(report) = self.report_doc(partner, id).await? else {
+                    continue;
+                };
+                if report.status != super::ReportStatus::Delivered {
+                    continue;
+                }
+                let mut invocation = self.purge.prepare_invoke();
+                invocation
+                    .key(self.report_key(partner, id))
+                    .key(&index)
+                    .key(self.key(partner, &format!("reports:branch:{}", report.branch)));
+                for batch in report.batch_ids() {
+                    let key = self.batch_key(partner, &batch);
+                    invocation
+                        .key(format!("{key}:attempts"))
+                        .key(format!("{key}:actions"))
+                        .key(key);
+                }
+                invocation.arg(id.to_string());
+                let deleted: i64 = self
+                    .with_connection(async |c| invocation.invoke_async(c).await)
+                    .await?;
+                purged += deleted as usize;
+                if purged == limit {
+                    break;
+                }
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn durability(&self) -> Result<Durability, StoreError> {
+        Ok(self.check_persistence().await?.durability())
     }
 }

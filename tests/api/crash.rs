@@ -71,7 +71,7 @@ fn write_config(dir: &Path, store_url: &str, sandbox: &Sandbox) -> std::path::Pa
             "[delivery]\nenabled = false",
             // One batch at a time, so the batches after the stalled one are still queued
             // when the process dies.
-            "[delivery]\nenabled = true\nconcurrency = 1\npoll_interval_ms = 20\nclaim_deadline_secs = 6",
+            "[delivery]\nenabled = true\nconcurrency = 1\npoll_interval_ms = 20\nclaim_deadline_secs = 7",
         )
         .replace("[kiva]", "[kiva]\nrequest_timeout_secs = 1")
         .replace("http://127.0.0.1:9/oauth/token", &sandbox.token_url())

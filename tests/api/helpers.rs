@@ -191,6 +191,8 @@ max_repayments = 10000
 url = "{redis_url}"
 key_prefix = "{PREFIX}"
 timeout_secs = 5
+# Most test Redis servers keep nothing on disk; the start-up check has tests of its own.
+allow_unsafe_redis = true
 [kiva]
 token_url = "http://127.0.0.1:9/oauth/token"
 audience = "https://partner-api.test"
@@ -270,6 +272,22 @@ pub async fn spawn_app_on(redis: TestRedis, tweak: impl FnOnce(&mut Settings)) -
     tweak(&mut settings);
     let store: Arc<dyn ReportStore> = Arc::new(redis_store(&redis));
     build_app(&settings, store, Some(redis), None)
+}
+
+/// The gateway on `redis`, through `store` (e.g. one that reaches it through a fault proxy).
+pub async fn spawn_app_with_store(
+    redis: TestRedis,
+    store: Arc<dyn ReportStore>,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
+    tweak(&mut settings);
+    build_app(&settings, store, Some(redis), None)
+}
+
+/// A second gateway with these settings on a store another `TestApp` owns.
+pub fn spawn_app_with_settings(settings: &Settings, store: Arc<dyn ReportStore>) -> TestApp {
+    build_app(settings, store, None, None)
 }
 
 /// The gateway on `backend`, with `settings` as tweaked, and its store wrapped by `wrap`.
@@ -489,6 +507,8 @@ pub struct GatedStore {
     pub release: Notify,
     /// Signalled each time recording an attempt's outcome fails.
     pub finish_failed: Notify,
+    /// While set, `claim_batches` panics: a bug in the delivery loop, as the supervisor sees it.
+    pub panic_on_claim: AtomicBool,
 }
 
 impl GatedStore {
@@ -499,7 +519,15 @@ impl GatedStore {
             reached: Notify::new(),
             release: Notify::new(),
             finish_failed: Notify::new(),
+            panic_on_claim: AtomicBool::new(false),
         }
+    }
+
+    /// Passes everything through until `panic_on_claim` is set.
+    pub fn open(inner: Arc<dyn ReportStore>) -> Self {
+        let store = Self::new(inner);
+        store.armed.store(false, Ordering::SeqCst);
+        store
     }
 }
 
@@ -578,6 +606,10 @@ impl ReportStore for GatedStore {
         count: usize,
         reclaim_after: Duration,
     ) -> Result<Vec<ClaimedBatch>, StoreError> {
+        assert!(
+            !self.panic_on_claim.load(Ordering::SeqCst),
+            "injected bug in the delivery loop"
+        );
         self.inner
             .claim_batches(partner, consumer, count, reclaim_after)
             .await
@@ -604,6 +636,10 @@ impl ReportStore for GatedStore {
         result
     }
 
+    async fn release_attempt(&self, claimed: &ClaimedBatch) -> Result<(), StoreError> {
+        self.inner.release_attempt(claimed).await
+    }
+
     async fn operate_batch(
         &self,
         partner: &PartnerId,
@@ -615,6 +651,19 @@ impl ReportStore for GatedStore {
         self.inner
             .operate_batch(partner, batch_id, action, by, now)
             .await
+    }
+
+    async fn purge_settled(
+        &self,
+        partner: &PartnerId,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.inner.purge_settled(partner, before, limit).await
+    }
+
+    async fn durability(&self) -> Result<repayment_gateway::store::Durability, StoreError> {
+        self.inner.durability().await
     }
 
     async fn batch(
@@ -669,6 +718,12 @@ pub async fn spawn_delivery_rig_with(
     rig_on(settings, store, redis, data, tweak).await
 }
 
+/// A rig on `redis` through `store` (e.g. one with another key prefix).
+pub async fn spawn_delivery_rig_on(redis: TestRedis, store: Arc<dyn ReportStore>) -> DeliveryRig {
+    let settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
+    rig_on(settings, store, Some(redis), None, |_| {}).await
+}
+
 /// A rig on a Redis that keeps its data across `stop` + `restart` (AOF, fsync always).
 pub async fn spawn_delivery_rig_on_persistent_redis() -> DeliveryRig {
     let redis = TestRedis::start_persistent().await;
@@ -689,7 +744,7 @@ async fn rig_on(
     settings.kiva.audience = sandbox.audience();
     settings.kiva.api_base_url = sandbox.base_url();
     settings.kiva.request_timeout_secs = 2;
-    settings.delivery.claim_deadline_secs = 7;
+    settings.delivery.claim_deadline_secs = 8;
     settings.delivery.retry_base_ms = 100;
     settings.delivery.retry_max_secs = 1;
     settings.delivery.max_attempts = 5;
@@ -754,6 +809,7 @@ impl DeliveryRig {
             self.clock.clone(),
             &self.settings.partners,
             self.settings.delivery.clone(),
+            Duration::from_secs(self.settings.kiva.request_timeout_secs),
         )
     }
 

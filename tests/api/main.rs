@@ -5,6 +5,8 @@ mod helpers;
 mod binary;
 mod crash;
 mod delivery;
+mod fault_proxy;
+mod hardening;
 mod idempotency;
 mod openapi;
 mod outage;
