@@ -302,3 +302,57 @@ async fn check_config_online_reports_per_partner_what_works() {
     assert!(!stdout.contains("a-wrong-secret") && !stdout.contains(PARTNER_SECRET));
     assert_eq!(sandbox.tokens_issued(), 1);
 }
+
+#[tokio::test]
+async fn serve_refuses_a_redis_without_aof_unless_told_and_then_says_what_it_risks() {
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let strict = test_config(&redis.url()).replace("allow_unsafe_redis = true", "");
+    let config = dir.path().join("strict.toml");
+    std::fs::write(&config, strict).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("appendonly is off") && stderr.contains("store.allow_unsafe_redis"),
+        "{stderr}"
+    );
+
+    // With the override it starts, and readiness tells what an accepted report survives.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lenient = test_config(&redis.url()).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let config = dir.path().join("lenient.toml");
+    std::fs::write(&config, lenient).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let remote = Remote::ready(port).await;
+    let ready: serde_json::Value = reqwest::get(format!("{}/health/ready", remote.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["durability"]["may_lose_acknowledged_writes"], true);
+    assert!(
+        ready["durability"]["level"]
+            .as_str()
+            .unwrap()
+            .contains("no AOF")
+    );
+    child.kill().await.unwrap();
+}

@@ -572,3 +572,25 @@ on_both_stores!(
     a_repeated_finish_records_the_attempt_once,
     only_settled_reports_past_the_retention_period_are_purged,
 );
+
+#[tokio::test]
+async fn a_redis_still_loading_its_data_gets_503_not_500_and_takes_reports_once_loaded() {
+    let mut app = spawn_app_on(TestRedis::start().await, |_| {}).await;
+    let first = app.submit_raw(NAIROBI, &one_loan("L-before")).await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    app.redis_mut().restart_loading_slowly(20_000).await;
+
+    let refused = app.submit_raw(NAIROBI, &one_loan("L-during")).await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert_eq!(refused.body["type"], "/problems/store-unavailable");
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    assert_eq!(app.get("/health/ready", None).await.status, 503);
+
+    wait_until("Redis has loaded its data", async || {
+        app.get("/health/ready", None).await.status == 200
+    })
+    .await;
+    let accepted = app.submit_raw(NAIROBI, &one_loan("L-during")).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    assert_eq!(app.stream_entries(THREE_COL).await.len(), 2, "the first survived the restart");
+}

@@ -132,6 +132,43 @@ impl TestRedis {
         .await;
     }
 
+    /// Saves its data set as an RDB padded with `filler` keys, restarts, and loads it slowly
+    /// (`key-load-delay`): until the load ends, Redis answers every command with LOADING, as
+    /// a real Redis does for a while after a restart.
+    pub async fn restart_loading_slowly(&mut self, filler: usize) {
+        let mut c = self.connection().await;
+        let mut pipe = redis::pipe();
+        for i in 0..filler {
+            pipe.cmd("SET").arg(format!("filler:{i}")).arg(i).ignore();
+        }
+        let _: () = pipe.query_async(&mut c).await.unwrap();
+        let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--key-load-delay", "200", "--loading-process-events-interval-bytes", "1024"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        wait_until("redis-server answers LOADING", async || {
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut c) => redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_err_and(|e| e.code() == Some("LOADING")),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
