@@ -93,7 +93,8 @@ function report_body(string $period, array $repayments): string
 /** [status, lower-cased headers, body]; or a string: the network error. */
 function request(string $method, string $url, string $api_key, ?string $body = null, ?string $key = null): array|string
 {
-    $headers = ["X-Api-Key: $api_key", 'Accept: application/json'];
+    // `Expect:` stops curl from waiting for a `100 Continue` before sending a large body.
+    $headers = ["X-Api-Key: $api_key", 'Accept: application/json', 'Expect:'];
     if ($body !== null) {
         $headers[] = 'Content-Type: application/json';
     }
@@ -193,7 +194,7 @@ function follow(string $base, string $api_key, string $id, int $timeout): array
 
 function text_of(mixed $value): string
 {
-    return is_scalar($value) ? (string) $value : '';
+    return is_string($value) || is_int($value) || is_float($value) ? (string) $value : '';
 }
 
 if ($argc !== 2) {
