@@ -106,7 +106,12 @@ fn three_column_output(branch: &str, id: &str) -> String {
 
 /// Runs one example against its own gateway, through `proxy` when asked; the rig, the proxy
 /// and the run.
-async fn run_alone(lang: Lang, content: &str, two_column: bool, lose_answer: bool) -> (DeliveryRig, Option<LosingProxy>, Run) {
+async fn run_alone(
+    lang: Lang,
+    content: &str,
+    two_column: bool,
+    lose_answer: bool,
+) -> (DeliveryRig, Option<LosingProxy>, Run) {
     let rig = gateway().await;
     rig.sandbox
         .warn_on_loan(THREE_COL, "L-1", "Amount is twice the usual instalment");
@@ -118,7 +123,9 @@ async fn run_alone(lang: Lang, content: &str, two_column: bool, lose_answer: boo
     };
     let (_dir, csv) = csv_file(content);
     let key = plain_key(if two_column { TWO_COL_BRANCH } else { NAIROBI });
-    let url = proxy.as_ref().map_or(rig.app.address.clone(), |p| p.url.clone());
+    let url = proxy
+        .as_ref()
+        .map_or(rig.app.address.clone(), |p| p.url.clone());
     let result = run(
         lang,
         &Invocation {
@@ -198,7 +205,10 @@ async fn a_refused_report_prints_every_pointer_and_exits_3_storing_nothing() {
         let lines: Vec<&str> = run.stdout.lines().collect();
         assert_eq!(
             lines[0],
-            format!("idempotency-key: {}", idempotency_key("nairobi", MISTAKES_CSV)),
+            format!(
+                "idempotency-key: {}",
+                idempotency_key("nairobi", MISTAKES_CSV)
+            ),
             "{run}"
         );
         assert!(lines[1].starts_with("refused: HTTP 422: "), "{run}");
@@ -208,7 +218,11 @@ async fn a_refused_report_prints_every_pointer_and_exits_3_storing_nothing() {
             .collect();
         assert_eq!(
             pointers,
-            ["/repayments/0/amount", "/repayments/1/client_id", "/repayments/2/amount"],
+            [
+                "/repayments/0/amount",
+                "/repayments/1/client_id",
+                "/repayments/2/amount"
+            ],
             "{run}"
         );
         // The details are the gateway's; every example prints them the same way.
@@ -229,8 +243,7 @@ async fn a_lost_answer_is_retried_with_the_same_key_and_kiva_gets_each_loan_once
     for (rig, proxy, run) in &runs {
         assert_eq!(proxy.as_ref().unwrap().lost(), 1, "{run}");
         assert!(
-            run.stderr
-                .contains("try 1 of 8 failed (network error"),
+            run.stderr.contains("try 1 of 8 failed (network error"),
             "{run}"
         );
         let stored = reports(rig).await;
@@ -267,7 +280,12 @@ async fn the_same_file_gets_the_same_key_and_one_report_whichever_example_sends_
         );
     }
     let stored = reports(&rig).await;
-    assert_eq!(stored.len(), 1, "{}", runs.iter().map(Run::to_string).collect::<String>());
+    assert_eq!(
+        stored.len(),
+        1,
+        "{}",
+        runs.iter().map(Run::to_string).collect::<String>()
+    );
     for run in &runs {
         assert_output(run, 0, &three_column_output("head-office", &stored[0]));
     }

@@ -44,7 +44,12 @@ impl LosingProxy {
     }
 }
 
-async fn relay(client: TcpStream, upstream: String, armed: Arc<AtomicBool>, lost: Arc<AtomicUsize>) {
+async fn relay(
+    client: TcpStream,
+    upstream: String,
+    armed: Arc<AtomicBool>,
+    lost: Arc<AtomicUsize>,
+) {
     let Ok(server) = TcpStream::connect(&upstream).await else {
         return;
     };

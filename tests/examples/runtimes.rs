@@ -20,7 +20,13 @@ pub enum Lang {
     CSharp,
 }
 
-pub const ALL: [Lang; 5] = [Lang::Bash, Lang::Python, Lang::Php, Lang::Java, Lang::CSharp];
+pub const ALL: [Lang; 5] = [
+    Lang::Bash,
+    Lang::Python,
+    Lang::Php,
+    Lang::Java,
+    Lang::CSharp,
+];
 
 impl Lang {
     pub fn name(self) -> &'static str {
@@ -50,9 +56,8 @@ pub fn examples_dir() -> PathBuf {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// The languages to test: every one, less those `EXAMPLES_SKIP` names. Panics when a runtime
@@ -102,7 +107,9 @@ fn built() -> &'static Path {
         let languages = languages();
         if languages.contains(&Lang::Java) {
             compile("javac", |c| {
-                c.arg("-d").arg(&dir).arg(examples_dir().join("Submit.java"));
+                c.arg("-d")
+                    .arg(&dir)
+                    .arg(examples_dir().join("Submit.java"));
             });
         }
         if languages.contains(&Lang::CSharp) {
@@ -209,7 +216,12 @@ pub async fn run(lang: Lang, how: &Invocation<'_>) -> Run {
     let child = command.spawn().expect("the example starts");
     let output = tokio::time::timeout(RUN_DEADLINE, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("the {} example still runs after {RUN_DEADLINE:?}", lang.name()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the {} example still runs after {RUN_DEADLINE:?}",
+                lang.name()
+            )
+        })
         .expect("the example's output is readable");
     Run {
         lang,
