@@ -11,13 +11,14 @@ mod proxy;
 mod runtimes;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures_util::future::join_all;
 use helpers::{
-    Backend, DeliveryRig, NAIROBI, THREE_COL, TWO_COL, TWO_COL_BRANCH, plain_key,
-    spawn_delivery_rig_with,
+    Backend, DeliveryRig, GatedStore, NAIROBI, THREE_COL, TWO_COL, TWO_COL_BRANCH, plain_key,
+    spawn_app_for, spawn_delivery_rig_with,
 };
-use proxy::LosingProxy;
+use proxy::Proxy;
 use runtimes::{Invocation, JavaLaunch, Lang, PERIOD, Run, languages, run};
 use sha2::{Digest, Sha256};
 
@@ -111,13 +112,13 @@ async fn run_alone(
     content: &str,
     two_column: bool,
     lose_answer: bool,
-) -> (DeliveryRig, Option<LosingProxy>, Run) {
+) -> (DeliveryRig, Option<Proxy>, Run) {
     let rig = gateway().await;
     rig.sandbox
         .warn_on_loan(THREE_COL, "L-1", "Amount is twice the usual instalment");
     rig.sandbox.set_loan_status(TWO_COL, "L-6", "ended");
     let proxy = if lose_answer {
-        Some(LosingProxy::start(&rig.app.address).await)
+        Some(Proxy::start(&rig.app.address, true).await)
     } else {
         None
     };
@@ -134,6 +135,8 @@ async fn run_alone(
             branch: "nairobi",
             csv: &csv,
             java: JavaLaunch::Compiled,
+            poll_timeout_secs: 30,
+            path: None,
         },
     )
     .await;
@@ -274,6 +277,8 @@ async fn the_same_file_gets_the_same_key_and_one_report_whichever_example_sends_
                     csv: &csv,
                     // The command examples/README.md gives, once.
                     java: JavaLaunch::Source,
+                    poll_timeout_secs: 30,
+                    path: None,
                 },
             )
             .await,
@@ -290,4 +295,178 @@ async fn the_same_file_gets_the_same_key_and_one_report_whichever_example_sends_
         assert_output(run, 0, &three_column_output("head-office", &stored[0]));
     }
     assert_eq!(uploaded(&rig), THREE_COLUMN_UPLOADED);
+}
+
+/// A cron host may lack jq: the bash example then prints the gateway's JSON as it came, and
+/// its exit codes are the same.
+#[tokio::test]
+async fn the_bash_example_works_without_jq() {
+    if !languages().contains(&Lang::Bash) {
+        return;
+    }
+    // Only what submit.sh calls besides jq.
+    let bin = tempfile::tempdir().unwrap();
+    for tool in [
+        "bash",
+        "curl",
+        "sha256sum",
+        "iconv",
+        "tr",
+        "wc",
+        "mktemp",
+        "rm",
+        "head",
+        "seq",
+        "sed",
+        "tail",
+        "grep",
+        "cut",
+        "cp",
+        "cat",
+        "sleep",
+    ] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|dir| dir.join(tool))
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| panic!("{tool} is on the PATH"));
+        std::os::unix::fs::symlink(found, bin.path().join(tool)).unwrap();
+    }
+    let rig = gateway().await;
+    let key = plain_key(NAIROBI);
+    let mut outputs = Vec::new();
+    for content in [THREE_COLUMN_CSV, MISTAKES_CSV] {
+        let (_dir, csv) = csv_file(content);
+        let run = run(
+            Lang::Bash,
+            &Invocation {
+                gateway_url: &rig.app.address,
+                api_key: &key,
+                branch: "nairobi",
+                csv: &csv,
+                java: JavaLaunch::Compiled,
+                poll_timeout_secs: 30,
+                path: Some(bin.path()),
+            },
+        )
+        .await;
+        outputs.push(run);
+    }
+    let stored = reports(&rig).await;
+    assert_eq!(stored.len(), 1);
+    let delivered = &outputs[0];
+    assert_eq!(delivered.code, 0, "{delivered}");
+    let head = format!(
+        "idempotency-key: {}\naccepted {}: 4 repayments, total 1000065.625\nstatus: delivered\n{{\"id\":\"{}\"",
+        idempotency_key("nairobi", THREE_COLUMN_CSV),
+        stored[0],
+        stored[0]
+    );
+    assert!(delivered.stdout.starts_with(&head), "{delivered}");
+    let refused = &outputs[1];
+    assert_eq!(refused.code, 3, "{refused}");
+    assert!(
+        refused
+            .stdout
+            .contains("refused: HTTP 422:\n{\"type\":\"/problems/invalid-report\""),
+        "{refused}"
+    );
+    for pointer in [
+        "/repayments/0/amount",
+        "/repayments/1/client_id",
+        "/repayments/2/amount",
+    ] {
+        assert!(
+            refused
+                .stdout
+                .contains(&format!("\"pointer\":\"{pointer}\"")),
+            "{refused}"
+        );
+    }
+}
+
+/// What every example sends for `THREE_COLUMN_CSV`, byte for byte: amounts as the CSV's text.
+const THREE_COLUMN_BODY: &str = concat!(
+    r#"{"period":"2026-10","repayments":["#,
+    r#"{"loan_id":"L-0","client_id":"C-0","amount":"25.00"},"#,
+    r#"{"loan_id":"L-1","client_id":"C-1","amount":"40.5"},"#,
+    r#"{"loan_id":"L-2","client_id":"C-2","amount":"0.125"},"#,
+    r#"{"loan_id":"L-3","client_id":"C-3","amount":"1000000"}]}"#
+);
+
+/// The example's POST meets the same Idempotency-Key still in flight (held inside the store):
+/// it gets 409, waits as `Retry-After` says, and its retry gets the first request's report.
+/// No worker runs, so the report stays queued past `POLL_TIMEOUT_SECS`.
+async fn run_against_the_same_key_in_flight(lang: Lang) -> (Vec<String>, String, Run) {
+    let mut gate = None;
+    let app = spawn_app_for(
+        Backend::Embedded,
+        |_| {},
+        |store| {
+            let gated = Arc::new(GatedStore::new(store));
+            gate = Some(gated.clone());
+            gated
+        },
+    )
+    .await;
+    let gate = gate.unwrap();
+    let proxy = Proxy::start(&app.address, false).await;
+    let (_dir, csv) = csv_file(THREE_COLUMN_CSV);
+    let idempotency_key = idempotency_key("nairobi", THREE_COLUMN_CSV);
+    let api_key = plain_key(NAIROBI);
+    let first = app.submit_idempotent(NAIROBI, &idempotency_key, THREE_COLUMN_BODY);
+    let example = async {
+        gate.reached.notified().await;
+        let release = async {
+            proxy.conflict_answered.notified().await;
+            gate.release.notify_one();
+        };
+        let how = Invocation {
+            gateway_url: &proxy.url,
+            api_key: &api_key,
+            branch: "nairobi",
+            csv: &csv,
+            java: JavaLaunch::Compiled,
+            poll_timeout_secs: 1,
+            path: None,
+        };
+        tokio::join!(run(lang, &how), release).0
+    };
+    let (first, run) = tokio::join!(first, example);
+    assert_eq!(first.status, 202, "{}", first.text);
+    let stored = app
+        .stored()
+        .await
+        .into_iter()
+        .filter(|entry| entry.starts_with("report "))
+        .collect();
+    (stored, first.body["id"].as_str().unwrap().to_owned(), run)
+}
+
+#[tokio::test]
+async fn a_409_is_retried_after_retry_after_and_a_report_not_final_in_time_exits_7() {
+    let runs = join_all(
+        languages()
+            .into_iter()
+            .map(run_against_the_same_key_in_flight),
+    )
+    .await;
+    for (stored, first_id, run) in &runs {
+        assert!(
+            run.stderr
+                .contains("try 1 of 8 failed (HTTP 409); retrying in 1 s"),
+            "{run}"
+        );
+        assert_eq!(stored, &[format!("report {first_id}")], "{run}");
+        let expected = format!(
+            "idempotency-key: {}\n\
+             accepted {first_id}: 4 repayments, total 1000065.625\n\
+             status: queued (not final after 1 s)\n\
+             L-0: queued\n\
+             L-1: queued\n\
+             L-2: queued\n\
+             L-3: queued\n",
+            idempotency_key("nairobi", THREE_COLUMN_CSV)
+        );
+        assert_output(run, 7, &expected);
+    }
 }

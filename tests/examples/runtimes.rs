@@ -170,6 +170,10 @@ pub struct Invocation<'a> {
     pub branch: &'a str,
     pub csv: &'a Path,
     pub java: JavaLaunch,
+    /// `POLL_TIMEOUT_SECS`.
+    pub poll_timeout_secs: u32,
+    /// `PATH` for the example, when not the test's own.
+    pub path: Option<&'a Path>,
 }
 
 pub const PERIOD: &str = "2026-10";
@@ -208,8 +212,15 @@ pub async fn run(lang: Lang, how: &Invocation<'_>) -> Run {
         .env("GATEWAY_API_KEY", how.api_key)
         .env("REPORT_PERIOD", PERIOD)
         .env("GATEWAY_BRANCH", how.branch)
-        .env("POLL_TIMEOUT_SECS", "30")
+        .env("POLL_TIMEOUT_SECS", how.poll_timeout_secs.to_string())
         .stdin(Stdio::null())
+        .env(
+            "PATH",
+            how.path.map_or_else(
+                || std::env::var_os("PATH").unwrap_or_default(),
+                |p| p.as_os_str().to_owned(),
+            ),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
