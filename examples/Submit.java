@@ -35,6 +35,7 @@ public class Submit {
             .build();
 
     static class Failure extends RuntimeException {
+        private static final long serialVersionUID = 1L;
         final int code;
 
         Failure(int code, String message) {

@@ -13,7 +13,7 @@ const HTTP_TIMEOUT_SECS = 30;
 const RETRIED_STATUSES = [409, 429, 502, 503, 504];
 const PENDING_STATUSES = ['queued', 'delivering'];
 
-function fail(int $code, string $message): never
+function fail(int $code, string $message): void
 {
     fwrite(STDERR, $message . "\n");
     exit($code);
