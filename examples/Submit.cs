@@ -38,6 +38,8 @@ public static class Submit
 
     public static int Main(string[] args)
     {
+        // Ids and Kiva's messages may hold any character; the console's encoding may be ASCII.
+        Console.OutputEncoding = new UTF8Encoding(false);
         try
         {
             return Run(args);

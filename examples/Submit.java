@@ -3,7 +3,10 @@
 // README.md beside this file for the environment, the output and the exit codes (the same for
 // every example in this directory).
 
+import java.io.FileDescriptor;
+import java.io.FileOutputStream;
 import java.io.IOException;
+import java.io.PrintStream;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -45,6 +48,9 @@ public class Submit {
     }
 
     public static void main(String[] args) throws Exception {
+        // Ids and Kiva's messages may hold any character; the platform encoding may be ASCII.
+        System.setOut(new PrintStream(new FileOutputStream(FileDescriptor.out), true, StandardCharsets.UTF_8));
+        System.setErr(new PrintStream(new FileOutputStream(FileDescriptor.err), true, StandardCharsets.UTF_8));
         try {
             System.exit(run(args));
         } catch (Failure f) {

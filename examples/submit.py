@@ -170,6 +170,9 @@ def follow(base, api_key, report_id, timeout):
 
 
 def main():
+    # Ids and Kiva's messages may hold any character; the locale's encoding may be ASCII.
+    sys.stdout.reconfigure(encoding="utf-8")
+    sys.stderr.reconfigure(encoding="utf-8", errors="backslashreplace")
     if len(sys.argv) != 2:
         fail(2, "usage: submit.py REPAYMENTS.csv")
     env = {}

@@ -27,6 +27,10 @@ async fn gateway() -> DeliveryRig {
     spawn_delivery_rig_with(Backend::Embedded, |settings| {
         settings.delivery.enabled = true;
         settings.delivery.poll_interval_ms = 20;
+        // The rig's 2 s would hold a batch whenever this busy machine (five runtimes starting
+        // at once) answers late, and the example would rightly exit 5.
+        settings.kiva.request_timeout_secs = 20;
+        settings.delivery.claim_deadline_secs = 30;
     })
     .await
 }
@@ -98,7 +102,7 @@ fn three_column_output(branch: &str, id: &str) -> String {
          status: delivered\n\
          L-0: accepted\n\
          L-1: warning\n\
-         \x20 warning warning: Amount is twice the usual instalment\n\
+         \x20 warning warning: Montant élevé : vérifier l’échéance\n\
          L-2: accepted\n\
          L-3: accepted\n",
         idempotency_key(branch, THREE_COLUMN_CSV)
@@ -115,7 +119,7 @@ async fn run_alone(
 ) -> (DeliveryRig, Option<Proxy>, Run) {
     let rig = gateway().await;
     rig.sandbox
-        .warn_on_loan(THREE_COL, "L-1", "Amount is twice the usual instalment");
+        .warn_on_loan(THREE_COL, "L-1", "Montant élevé : vérifier l’échéance");
     rig.sandbox.set_loan_status(TWO_COL, "L-6", "ended");
     let proxy = if lose_answer {
         Some(Proxy::start(&rig.app.address, true).await)
@@ -262,7 +266,7 @@ async fn a_lost_answer_is_retried_with_the_same_key_and_kiva_gets_each_loan_once
 async fn the_same_file_gets_the_same_key_and_one_report_whichever_example_sends_it() {
     let rig = gateway().await;
     rig.sandbox
-        .warn_on_loan(THREE_COL, "L-1", "Amount is twice the usual instalment");
+        .warn_on_loan(THREE_COL, "L-1", "Montant élevé : vérifier l’échéance");
     let (_dir, csv) = csv_file(THREE_COLUMN_CSV);
     let key = plain_key(NAIROBI);
     let mut runs = Vec::new();
