@@ -62,10 +62,15 @@ fn on_path(program: &str) -> bool {
 
 /// The languages to test: every one, less those `EXAMPLES_SKIP` names. Panics when a runtime
 /// is missing and not skipped, so that a bare machine cannot pass by testing nothing.
+///
+/// Builds Java and C# the first time, so call it before starting a gateway: building blocks
+/// the thread, and with it the test's runtime, where the gateway, its worker and the sandbox
+/// run (a Kiva call stalled past its timeout would be held, and the example exit 5).
 pub fn languages() -> Vec<Lang> {
     let skip = std::env::var(SKIP_VAR).unwrap_or_default();
     let skipped: Vec<&str> = skip.split(',').map(str::trim).collect();
-    ALL.into_iter()
+    let languages: Vec<Lang> = ALL
+        .into_iter()
         .filter(|lang| !skipped.contains(&lang.name()))
         .inspect(|lang| {
             for program in lang.programs() {
@@ -81,7 +86,9 @@ pub fn languages() -> Vec<Lang> {
                 php_has_curl();
             }
         })
-        .collect()
+        .collect();
+    BUILT.get_or_init(|| build(&languages));
+    languages
 }
 
 fn php_has_curl() {
@@ -98,29 +105,31 @@ fn php_has_curl() {
     });
 }
 
-/// Java compiled and C# built once per test binary run, into the target directory.
+/// Where Java's classes and C#'s executable are, built once per test binary run.
+static BUILT: OnceLock<PathBuf> = OnceLock::new();
+
 fn built() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mis-examples");
-        std::fs::create_dir_all(&dir).unwrap();
-        let languages = languages();
-        if languages.contains(&Lang::Java) {
-            compile("javac", |c| {
-                c.arg("-d")
-                    .arg(&dir)
-                    .arg(examples_dir().join("Submit.java"));
-            });
-        }
-        if languages.contains(&Lang::CSharp) {
-            compile("mcs", |c| {
-                c.arg("-r:System.Net.Http")
-                    .arg(format!("-out:{}", dir.join("Submit.exe").display()))
-                    .arg(examples_dir().join("Submit.cs"));
-            });
-        }
-        dir
-    })
+    BUILT.get().expect("languages() builds the examples first")
+}
+
+fn build(languages: &[Lang]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mis-examples");
+    std::fs::create_dir_all(&dir).unwrap();
+    if languages.contains(&Lang::Java) {
+        compile("javac", |c| {
+            c.arg("-d")
+                .arg(&dir)
+                .arg(examples_dir().join("Submit.java"));
+        });
+    }
+    if languages.contains(&Lang::CSharp) {
+        compile("mcs", |c| {
+            c.arg("-r:System.Net.Http")
+                .arg(format!("-out:{}", dir.join("Submit.exe").display()))
+                .arg(examples_dir().join("Submit.cs"));
+        });
+    }
+    dir
 }
 
 fn compile(compiler: &str, args: impl FnOnce(&mut std::process::Command)) {
