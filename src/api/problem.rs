@@ -69,6 +69,11 @@ pub enum ApiError {
         "the report store did not confirm the write in time, so the report may have been stored: look at {location} before sending it again; a retry with the same Idempotency-Key is always safe"
     )]
     OutcomeUnknown { location: String },
+    /// As `OutcomeUnknown`, for a change other than a new report (an operator's action).
+    #[error(
+        "the report store did not confirm the change in time, so it may have been made: look at the batch again before repeating it"
+    )]
+    ChangeUnconfirmed,
     #[error(
         "an internal error occurred; nothing is known to be stored, retry with the same Idempotency-Key"
     )]
@@ -102,6 +107,7 @@ impl ApiError {
             ApiError::OutcomeUnknown { .. } => {
                 ("outcome-unknown", "The report may have been stored")
             }
+            ApiError::ChangeUnconfirmed => ("outcome-unknown", "The change may have been made"),
             ApiError::Internal => ("internal", "Internal error"),
         }
     }
@@ -135,9 +141,9 @@ impl ResponseError for ApiError {
             ApiError::InvalidReport(_) | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::StoreUnavailable | ApiError::OutcomeUnknown { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::StoreUnavailable
+            | ApiError::OutcomeUnknown { .. }
+            | ApiError::ChangeUnconfirmed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -147,6 +153,9 @@ impl ResponseError for ApiError {
         response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON)));
         match self {
             ApiError::StoreUnavailable => {
+                response.insert_header((header::RETRY_AFTER, STORE_RETRY_AFTER_SECS));
+            }
+            ApiError::ChangeUnconfirmed => {
                 response.insert_header((header::RETRY_AFTER, STORE_RETRY_AFTER_SECS));
             }
             ApiError::OutcomeUnknown { location } => {
@@ -181,11 +190,11 @@ impl From<StoreError> for ApiError {
                 ApiError::StoreUnavailable
             }
             StoreError::ClaimLost => ApiError::IdempotencyInProgress,
-            // Only the accept knows where its report would be; elsewhere (an operator action)
-            // the caller looks at the batch again.
+            // The accept handles its own (it knows where the report would be); elsewhere, an
+            // operator action, the caller is told to look at the batch again.
             StoreError::OutcomeUnknown(reason) => {
                 tracing::warn!(%reason, "store write not confirmed");
-                ApiError::StoreUnavailable
+                ApiError::ChangeUnconfirmed
             }
             StoreError::Other(reason) => {
                 tracing::error!(%reason, "store error");

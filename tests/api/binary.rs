@@ -310,12 +310,17 @@ async fn serve_refuses_a_redis_without_aof_unless_told_and_then_says_what_it_ris
     let strict = test_config(&redis.url()).replace("allow_unsafe_redis = true", "");
     let config = dir.path().join("strict.toml");
     std::fs::write(&config, strict).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
+    let out = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("serve refuses to start rather than serving on an unsafe Redis")
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(

@@ -68,6 +68,20 @@ async fn an_accept_answered_after_500_ms_is_a_202_not_a_503() {
 }
 
 #[tokio::test]
+async fn a_reply_slower_than_500_ms_but_within_store_timeout_is_waited_for() {
+    let (app, proxy) = app_behind_proxy(5).await;
+    let first = app.get("/v1/reports", Some(NAIROBI)).await;
+    let id = first.body["reports"][0]["id"].as_str().unwrap().to_owned();
+    proxy.arm(fault_proxy::Fault::DelayReply {
+        pattern: format!("report:{id}").into_bytes(),
+        delay: Duration::from_millis(1200),
+    });
+    let answer = app.report(NAIROBI, &id).await;
+    assert!(!proxy.is_armed(), "the read went through the proxy");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+}
+
+#[tokio::test]
 async fn an_accept_whose_reply_never_comes_is_found_and_answered_202() {
     let (app, proxy) = app_behind_proxy(1).await;
     proxy.arm(fault_proxy::Fault::DelayReply {
@@ -592,5 +606,9 @@ async fn a_redis_still_loading_its_data_gets_503_not_500_and_takes_reports_once_
     .await;
     let accepted = app.submit_raw(NAIROBI, &one_loan("L-during")).await;
     assert_eq!(accepted.status, 202, "{}", accepted.text);
-    assert_eq!(app.stream_entries(THREE_COL).await.len(), 2, "the first survived the restart");
+    assert_eq!(
+        app.stream_entries(THREE_COL).await.len(),
+        2,
+        "the first survived the restart"
+    );
 }
