@@ -81,6 +81,7 @@ pub async fn submit(
         submitted_by: caller.key_name.clone(),
         created_at: Utc::now(),
         period: report.period(),
+        correction: false,
         column_format: report.column_format(),
         status: ReportStatus::Queued,
         repayment_count: report.repayments().len(),

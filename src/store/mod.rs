@@ -6,7 +6,10 @@
 //!   lost, so two requests with one key can never both store a report.
 
 pub mod embedded;
+pub mod expected;
 pub mod redis;
+
+pub use expected::{EXPECTED_STATUSES, ExpectedLoan, ExpectedLoansSnapshot, RefreshStatus};
 
 use std::time::Duration;
 
@@ -75,7 +78,9 @@ pub enum BatchState {
     Failed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RepaymentState {
     /// Its batch waits to be sent (or to be sent again).
@@ -110,6 +115,9 @@ pub struct Report {
     pub created_at: DateTime<Utc>,
     #[schema(value_type = Option<String>, example = "2026-10")]
     pub period: Option<Period>,
+    /// Sent with `"correction": true`: it may repeat loans of earlier reports of the period.
+    #[serde(default)]
+    pub correction: bool,
     pub column_format: ColumnFormat,
     pub status: ReportStatus,
     pub repayment_count: usize,

@@ -147,10 +147,22 @@ impl TestRedis {
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
-            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
-            .args(["--key-load-delay", "200", "--loading-process-events-interval-bytes", "1024"])
+            .args([
+                "--key-load-delay",
+                "200",
+                "--loading-process-events-interval-bytes",
+                "1024",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
