@@ -5,6 +5,7 @@ mod helpers;
 mod binary;
 mod crash;
 mod delivery;
+mod hostile;
 mod idempotency;
 mod openapi;
 mod outage;
