@@ -165,7 +165,10 @@ fn defaults() -> Defaults {
     Defaults {
         server: ServerSettings {
             bind: "127.0.0.1:8080".into(),
-            max_body_bytes: 8 * 1024 * 1024,
+            // A 10,000-repayment three-column report with 100-character ids (the schema's
+            // longest), written with two-space indents, is 2.95 MB; 4 MiB leaves room for
+            // more white space and no more: every byte allowed is a byte a hostile body may use.
+            max_body_bytes: 4 * 1024 * 1024,
             max_repayments: 10_000,
         },
         store: StoreSettings {
@@ -493,6 +496,22 @@ mod tests {
         role = "branch"
         key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
     "#;
+
+    #[test]
+    fn the_default_body_limit_fits_the_largest_report_with_room_and_not_much_more() {
+        let s = load(MINIMAL).unwrap();
+        let long = |prefix: &str, i: usize| format!("{prefix}-{i:0>98}");
+        let repayments: Vec<_> = (0..s.server.max_repayments)
+            .map(|i| {
+                serde_json::json!({"loan_id": long("L", i), "client_id": long("C", i),
+                                   "amount": "999999999999999.999"})
+            })
+            .collect();
+        let report = serde_json::json!({"period": "2026-10", "repayments": repayments});
+        let size = serde_json::to_string_pretty(&report).unwrap().len();
+        let limit = s.server.max_body_bytes;
+        assert!(size < limit && limit < size * 3 / 2, "{size} vs {limit}");
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {
