@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{ColumnFormat, PartnerId};
 
+mod redact;
+pub use redact::redact_url;
+
 /// `store.url` prefix of the embedded store: `embedded:PATH` (a directory).
 pub const EMBEDDED_PREFIX: &str = "embedded:";
 
@@ -290,7 +293,7 @@ impl Settings {
             format!(
                 "store.url: {:?} is not supported: use embedded:DIRECTORY, redis://host:port, \
                  rediss://, or redis+unix:///path",
-                self.store.url
+                redact_url(&self.store.url)
             ),
         );
         check(
@@ -317,7 +320,7 @@ impl Settings {
         ] {
             check(
                 url.starts_with("https://") || url.starts_with("http://"),
-                format!("{key}: {url:?} is not an http(s) URL"),
+                format!("{key}: {:?} is not an http(s) URL", redact_url(url)),
             );
         }
         check(
@@ -511,6 +514,17 @@ mod tests {
         let size = serde_json::to_string_pretty(&report).unwrap().len();
         let limit = s.server.max_body_bytes;
         assert!(size < limit && limit < size * 3 / 2, "{size} vs {limit}");
+    }
+
+    #[test]
+    fn an_unsupported_store_scheme_is_refused_without_showing_its_password() {
+        let toml = MINIMAL.replace(
+            "[kiva]",
+            "[store]\nurl = \"redis-sentinel://:PASSWORD@sentinel:26379/mymaster\"\n[kiva]",
+        );
+        let message = load(&toml).unwrap_err().to_string();
+        assert!(message.contains("redis-sentinel://:***@sentinel"), "{message}");
+        assert!(!message.contains("PASSWORD"), "{message}");
     }
 
     #[test]

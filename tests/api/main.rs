@@ -10,4 +10,5 @@ mod idempotency;
 mod openapi;
 mod outage;
 mod reports;
+mod secrets;
 mod submit;
