@@ -523,7 +523,10 @@ mod tests {
             "[store]\nurl = \"redis-sentinel://:PASSWORD@sentinel:26379/mymaster\"\n[kiva]",
         );
         let message = load(&toml).unwrap_err().to_string();
-        assert!(message.contains("redis-sentinel://:***@sentinel"), "{message}");
+        assert!(
+            message.contains("redis-sentinel://:***@sentinel"),
+            "{message}"
+        );
         assert!(!message.contains("PASSWORD"), "{message}");
     }
 

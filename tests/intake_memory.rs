@@ -68,7 +68,10 @@ fn measured(intake: &Intake, body: &[u8]) -> (Result<usize, IntakeError>, usize)
     PEAK.store(before, Ordering::Relaxed);
     let result = intake.read(body, &scope).map(|r| r.repayments().len());
     let extra = PEAK.load(Ordering::Relaxed) - before;
-    eprintln!("{} bytes of body: {extra} bytes allocated at most", body.len());
+    eprintln!(
+        "{} bytes of body: {extra} bytes allocated at most",
+        body.len()
+    );
     (result, extra)
 }
 
@@ -81,7 +84,10 @@ fn hostile_8_mib_bodies_cost_a_bounded_amount_of_memory() {
     let (result, extra) = measured(&intake, &zeros);
     assert!(extra <= MAX_EXTRA_BYTES, "bare zeros: {extra} bytes");
     assert!(
-        matches!(result, Err(IntakeError::TooManyRepayments { max: 10_000, .. })),
+        matches!(
+            result,
+            Err(IntakeError::TooManyRepayments { max: 10_000, .. })
+        ),
         "{result:?}"
     );
 
@@ -91,7 +97,10 @@ fn hostile_8_mib_bodies_cost_a_bounded_amount_of_memory() {
         "}]}",
     );
     let (result, extra) = measured(&intake, &unknown_in_a_repayment);
-    assert!(extra <= MAX_EXTRA_BYTES, "unknown properties: {extra} bytes");
+    assert!(
+        extra <= MAX_EXTRA_BYTES,
+        "unknown properties: {extra} bytes"
+    );
     match result {
         Err(IntakeError::Invalid { listed, total }) => {
             assert_eq!(listed.len(), MAX_LISTED_VIOLATIONS);
@@ -103,7 +112,10 @@ fn hostile_8_mib_bodies_cost_a_bounded_amount_of_memory() {
 
     let unknown_at_the_top = hostile("{", |i| format!(r#""p{i}":[0]"#), "}");
     let (result, extra) = measured(&intake, &unknown_at_the_top);
-    assert!(extra <= MAX_EXTRA_BYTES, "top-level properties: {extra} bytes");
+    assert!(
+        extra <= MAX_EXTRA_BYTES,
+        "top-level properties: {extra} bytes"
+    );
     assert!(matches!(result, Err(IntakeError::Invalid { .. })));
 
     let array_for_an_id = hostile(
@@ -112,7 +124,10 @@ fn hostile_8_mib_bodies_cost_a_bounded_amount_of_memory() {
         "]}]}",
     );
     let (result, extra) = measured(&intake, &array_for_an_id);
-    assert!(extra <= MAX_EXTRA_BYTES, "an array for an id: {extra} bytes");
+    assert!(
+        extra <= MAX_EXTRA_BYTES,
+        "an array for an id: {extra} bytes"
+    );
     assert!(matches!(result, Err(IntakeError::Invalid { total: 1, .. })));
 
     let bad_lines = hostile(

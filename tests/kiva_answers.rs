@@ -43,7 +43,10 @@ fn client(sandbox: &Sandbox, timeout_secs: u64) -> KivaClient {
 
 async fn send(client: &KivaClient) -> SendOutcome {
     client
-        .send_repayments(&PartnerId::parse("101").unwrap(), Bytes::from_static(BODY.as_bytes()))
+        .send_repayments(
+            &PartnerId::parse("101").unwrap(),
+            Bytes::from_static(BODY.as_bytes()),
+        )
         .await
 }
 
@@ -107,7 +110,11 @@ async fn a_200_cut_short_is_an_answer_with_what_arrived_not_an_unknown_outcome()
     let answer = answered(send(&client).await);
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body_excerpt.len(), 12, "{}", answer.body_excerpt);
-    assert!(answer.body_excerpt.starts_with('{'), "{}", answer.body_excerpt);
+    assert!(
+        answer.body_excerpt.starts_with('{'),
+        "{}",
+        answer.body_excerpt
+    );
     assert_eq!(answer.result, UploadResult::default());
     assert_eq!(sandbox.uploads().len(), 1);
 }

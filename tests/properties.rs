@@ -68,7 +68,10 @@ fn repayment() -> impl Strategy<Value = Value> {
 /// Report-shaped JSON: the right top-level names most of the time, with anything inside.
 fn report() -> impl Strategy<Value = Value> {
     (
-        prop::option::of(prop_oneof!["20[0-9]{2}-[0-9]{2}".prop_map(Value::String), any_json()]),
+        prop::option::of(prop_oneof![
+            "20[0-9]{2}-[0-9]{2}".prop_map(Value::String),
+            any_json()
+        ]),
         prop::option::of(prop_oneof![Just(json!("p1")), any_json()]),
         prop::collection::vec(repayment(), 0..MAX_REPAYMENTS + 5),
         prop::collection::vec(("[a-z]{1,5}", any_json()), 0..3),

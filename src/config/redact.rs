@@ -4,8 +4,15 @@
 use url::Url;
 
 /// Query parameters whose value is replaced: any name containing one of these.
-const SECRET_PARAMETER_PARTS: [&str; 7] =
-    ["pass", "pwd", "token", "secret", "key", "auth", "credential"];
+const SECRET_PARAMETER_PARTS: [&str; 7] = [
+    "pass",
+    "pwd",
+    "token",
+    "secret",
+    "key",
+    "auth",
+    "credential",
+];
 const HIDDEN: &str = "***";
 
 /// `url` with its password, a lone user name (which may be a token) and every secret-looking
@@ -45,7 +52,10 @@ mod tests {
 
     #[test]
     fn passwords_in_the_user_info_are_not_shown() {
-        assert_eq!(redact_url("redis://:hunter2@db:6379"), "redis://:***@db:6379");
+        assert_eq!(
+            redact_url("redis://:hunter2@db:6379"),
+            "redis://:***@db:6379"
+        );
         assert_eq!(
             redact_url("rediss://gateway:hunter2@db:6380/0"),
             "rediss://gateway:***@db:6380/0"
@@ -54,7 +64,10 @@ mod tests {
             redact_url("redis-sentinel://:hunter2@sentinel:26379/mymaster"),
             "redis-sentinel://:***@sentinel:26379/mymaster"
         );
-        assert_eq!(redact_url("https://tok3n@kiva.example/x"), "https://***@kiva.example/x");
+        assert_eq!(
+            redact_url("https://tok3n@kiva.example/x"),
+            "https://***@kiva.example/x"
+        );
     }
 
     #[test]
@@ -75,7 +88,10 @@ mod tests {
 
     #[test]
     fn urls_without_credentials_and_non_urls() {
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
         assert_eq!(redact_url("embedded:data"), "embedded:data");
         assert!(!redact_url("://:hunter2@x").contains("hunter2"));
     }

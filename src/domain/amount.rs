@@ -156,10 +156,16 @@ mod tests {
     #[test]
     fn exponent_forms_are_refused_with_the_plain_digits_to_write() {
         let message = Amount::parse("2.5e1").unwrap_err();
-        assert!(message.contains("exponent") && message.ends_with("e.g. 25"), "{message}");
+        assert!(
+            message.contains("exponent") && message.ends_with("e.g. 25"),
+            "{message}"
+        );
         assert!(Amount::parse("1E3").unwrap_err().ends_with("e.g. 1000"));
         let tiny = Amount::parse("1e-5").unwrap_err();
-        assert!(tiny.contains("exponent") && !tiny.contains("e.g."), "{tiny}");
+        assert!(
+            tiny.contains("exponent") && !tiny.contains("e.g."),
+            "{tiny}"
+        );
         assert!(Amount::parse("1e999999999").is_err());
     }
 

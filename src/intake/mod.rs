@@ -28,9 +28,7 @@ pub struct Violation {
     #[schema(example = "/repayments/3/amount")]
     pub pointer: String,
     /// What is wrong, in plain words.
-    #[schema(
-        example = "\"1.2345\" has 4 decimal places; at most 3 are allowed"
-    )]
+    #[schema(example = "\"1.2345\" has 4 decimal places; at most 3 are allowed")]
     pub detail: String,
 }
 

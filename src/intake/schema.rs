@@ -173,7 +173,14 @@ mod tests {
     fn a_wrong_type_is_named_by_kind() {
         let v = json!({"repayments":[{"loan_id":[], "amount": "1"}], "period": {}});
         let found = violations(&v);
-        let detail = |p: &str| found.iter().find(|v| v.pointer == p).unwrap().detail.clone();
+        let detail = |p: &str| {
+            found
+                .iter()
+                .find(|v| v.pointer == p)
+                .unwrap()
+                .detail
+                .clone()
+        };
         assert_eq!(
             detail("/repayments/0/loan_id"),
             "must be a string or a whole number, not an array"

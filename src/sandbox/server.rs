@@ -277,7 +277,11 @@ fn method_not_allowed(allow: &'static str) -> Reply {
 }
 
 pub(super) fn answer(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
-    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    let mut response = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -287,7 +291,12 @@ pub(super) fn answer(status: StatusCode, content_type: &'static str, body: Bytes
 
 /// An answer whose body stops after `sent` of `full`'s bytes: the headers announce all of it;
 /// what is sent is flushed, then the body fails and hyper closes the connection mid-body.
-pub(super) fn cut_short(status: StatusCode, content_type: &'static str, full: Bytes, sent: usize) -> Reply {
+pub(super) fn cut_short(
+    status: StatusCode,
+    content_type: &'static str,
+    full: Bytes,
+    sent: usize,
+) -> Reply {
     let declared = full.len();
     let part = futures_util::stream::iter([Ok(hyper::body::Frame::data(
         full.slice(..sent.min(declared)),
@@ -295,7 +304,9 @@ pub(super) fn cut_short(status: StatusCode, content_type: &'static str, full: By
     // Failing at once would abort the connection before hyper wrote the headers out.
     let failure = futures_util::stream::once(async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        Err(io::Error::other("the sandbox cuts this answer short on purpose"))
+        Err(io::Error::other(
+            "the sandbox cuts this answer short on purpose",
+        ))
     });
     let mut response = Response::new(StreamBody::new(part.chain(failure)).boxed_unsync());
     *response.status_mut() = status;

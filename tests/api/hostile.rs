@@ -51,12 +51,7 @@ async fn thousands_of_unknown_properties_get_a_small_422() {
 
 #[tokio::test]
 async fn a_body_of_bare_zeros_is_413_too_many_repayments() {
-    let app = spawn_app_for(
-        Backend::Embedded,
-        |s| s.server.max_repayments = 100,
-        |s| s,
-    )
-    .await;
+    let app = spawn_app_for(Backend::Embedded, |s| s.server.max_repayments = 100, |s| s).await;
     let body = format!(r#"{{"repayments":[{}]}}"#, vec!["0"; 50_000].join(","));
     let answer = app.submit_raw(NAIROBI, &body).await;
     assert_eq!(answer.status, 413, "{}", answer.text);
@@ -70,7 +65,9 @@ async fn a_body_of_bare_zeros_is_413_too_many_repayments() {
 #[tokio::test]
 async fn an_amount_as_number_or_string_gets_the_same_answer() {
     let app = spawn(Backend::Embedded).await;
-    let number = app.submit_raw(NAIROBI, &repayments_with_amounts(&["1.5000"])).await;
+    let number = app
+        .submit_raw(NAIROBI, &repayments_with_amounts(&["1.5000"]))
+        .await;
     let string = app
         .submit_raw(NAIROBI, &repayments_with_amounts(&["\"1.5000\""]))
         .await;
@@ -90,7 +87,9 @@ async fn a_30_decimal_number_is_refused_not_rounded() {
     // A multiple of 0.001, so the schema's `multipleOf` lets it through; `Decimal` would
     // round it to 28 places and forward digits the MIS never sent.
     let thirty = format!("0.1{}", "0".repeat(29));
-    let answer = app.submit_raw(NAIROBI, &repayments_with_amounts(&[&thirty])).await;
+    let answer = app
+        .submit_raw(NAIROBI, &repayments_with_amounts(&[&thirty]))
+        .await;
     assert_eq!(answer.status, 422, "{}", answer.text);
     assert_eq!(answer.pointers(), ["/repayments/0/amount"]);
     let detail = answer.body["errors"][0]["detail"].as_str().unwrap();
@@ -101,7 +100,9 @@ async fn a_30_decimal_number_is_refused_not_rounded() {
 #[tokio::test]
 async fn an_exponent_is_refused_with_the_digits_to_write() {
     let app = spawn(Backend::Embedded).await;
-    let answer = app.submit_raw(NAIROBI, &repayments_with_amounts(&["2.5e1"])).await;
+    let answer = app
+        .submit_raw(NAIROBI, &repayments_with_amounts(&["2.5e1"]))
+        .await;
     assert_eq!(answer.status, 422, "{}", answer.text);
     let detail = answer.body["errors"][0]["detail"].as_str().unwrap();
     assert!(
@@ -114,11 +115,9 @@ async fn an_exponent_is_refused_with_the_digits_to_write() {
 async fn accepted_digits_are_forwarded_exactly() {
     let app = spawn(Backend::Embedded).await;
     let answer = app
-        .send(
-            app.post("/v1/repayments/validate", NAIROBI, {
-                repayments_with_amounts(&["25.000", "\"0.10\"", "999999999999999.999"])
-            }),
-        )
+        .send(app.post("/v1/repayments/validate", NAIROBI, {
+            repayments_with_amounts(&["25.000", "\"0.10\"", "999999999999999.999"])
+        }))
         .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert!(
@@ -133,7 +132,8 @@ async fn accepted_digits_are_forwarded_exactly() {
 #[tokio::test]
 async fn an_array_where_a_value_belongs_is_named_by_kind() {
     let app = spawn(Backend::Embedded).await;
-    let body = json!({"repayments": [{"loan_id": [1, 2], "client_id": "C1", "amount": {"value": 1}}]});
+    let body =
+        json!({"repayments": [{"loan_id": [1, 2], "client_id": "C1", "amount": {"value": 1}}]});
     let answer = app.submit(NAIROBI, &body).await;
     assert_eq!(answer.status, 422, "{}", answer.text);
     let details: Vec<&Value> = answer.body["errors"]

@@ -14,8 +14,8 @@ async fn run_binary(args: &[&str], config_text: &str) -> (bool, String) {
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -27,7 +27,10 @@ async fn check_config_does_not_print_a_password_given_as_a_query_parameter() {
     )
     .await;
     assert!(ok, "{out}");
-    assert!(out.contains("store redis://127.0.0.1:6379/?pass=***&db=0"), "{out}");
+    assert!(
+        out.contains("store redis://127.0.0.1:6379/?pass=***&db=0"),
+        "{out}"
+    );
     assert!(!out.contains("PASSWORD-IN-QUERY"), "{out}");
 }
 
@@ -39,6 +42,9 @@ async fn an_unsupported_store_scheme_stops_the_start_without_printing_its_passwo
     )
     .await;
     assert!(!ok, "{out}");
-    assert!(out.contains("redis-sentinel://:***@sentinel:26379"), "{out}");
+    assert!(
+        out.contains("redis-sentinel://:***@sentinel:26379"),
+        "{out}"
+    );
     assert!(!out.contains("PASSWORD-IN-USERINFO"), "{out}");
 }
