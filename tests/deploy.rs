@@ -38,6 +38,7 @@ fn gateway_service() -> serde_norway::Value {
 }
 
 /// The configuration compose mounts is a copy of the example.
+#[allow(clippy::result_large_err)] // figment::Jail's signature
 fn example_settings(env: &[(&str, &str)]) -> Result<Settings, String> {
     let example = read("config/gateway.example.toml");
     let mut result = Err(String::new());
