@@ -179,6 +179,10 @@ impl From<IntakeError> for ApiError {
             IntakeError::TooManyRepayments { .. } => ApiError::PayloadTooLarge(e.to_string()),
             IntakeError::PartnerNotAllowed(_) => ApiError::Forbidden(e.to_string()),
             IntakeError::Invalid { listed, total } => ApiError::InvalidReport { listed, total },
+            IntakeError::ParserFailed => {
+                tracing::error!("a report parser thread failed");
+                ApiError::Internal
+            }
         }
     }
 }

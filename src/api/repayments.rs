@@ -276,7 +276,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Reads the body and the report in it. A body larger than `LARGE_BODY_BYTES` is read and
-/// parsed only with one of the intake's few permits, and parsed on the blocking pool, so a
+/// parsed only with one of the intake's few permits, and parsed on its parser threads, so a
 /// crowd of large (or hostile) bodies queues for the permits, bounded in memory, while small
 /// reports are read at once and the HTTP workers stay free to answer them.
 async fn read_report(
@@ -289,17 +289,12 @@ async fn read_report(
     let report = match permit {
         None => state.intake.read(&body, &caller.scope)?,
         Some(permit) => {
-            let (state, body, scope) = (state.clone(), body.clone(), caller.scope.clone());
-            web::block(move || {
-                let report = state.intake.read(&body, &scope);
-                drop(permit);
-                report
-            })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "the report parser stopped");
-                ApiError::Internal
-            })??
+            let report = state
+                .intake
+                .read_large(body.clone(), caller.scope.clone())
+                .await;
+            drop(permit);
+            report?
         }
     };
     Ok((body, report))

@@ -26,6 +26,13 @@ static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
 /// a missing or unexpected property is pointed at by its own path, not its parent's. Only the
 /// first problem of each value is kept (`""` breaks both `minLength` and `pattern`).
 pub fn violations(instance: &Value) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for_each_violation(instance, |v| found.push(v));
+    found
+}
+
+/// `violations`, one at a time, without collecting them.
+pub fn for_each_violation(instance: &Value, mut each: impl FnMut(Violation)) {
     let mut seen = std::collections::HashSet::new();
     VALIDATOR
         .iter_errors(instance)
@@ -93,7 +100,7 @@ pub fn violations(instance: &Value) -> Vec<Violation> {
             }
         })
         .filter(|v| seen.insert(v.pointer.clone()))
-        .collect()
+        .for_each(&mut each);
 }
 
 fn a_type(name: &str) -> &'static str {
