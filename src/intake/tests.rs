@@ -110,3 +110,41 @@ fn numeric_ids_must_be_whole_numbers() {
         "12"
     );
 }
+
+#[test]
+fn the_violation_list_keeps_the_first_100_in_document_order_and_counts_all() {
+    let mut found = Violations::default();
+    for i in (0..1_000).rev() {
+        found.push(Violation::new(format!("/repayments/{i}/amount"), "bad"));
+    }
+    found.push(Violation::new("/period", "bad"));
+    let (listed, total) = found.into_listed();
+    assert_eq!(total, 1_001);
+    assert_eq!(listed.len(), MAX_LISTED_VIOLATIONS);
+    assert_eq!(listed[0].pointer, "/period");
+    assert_eq!(listed[1].pointer, "/repayments/0/amount");
+    assert_eq!(listed[99].pointer, "/repayments/98/amount");
+}
+
+#[tokio::test]
+async fn large_bodies_wait_for_one_of_a_few_permits_and_parse_on_the_parser_threads() {
+    use futures_util::FutureExt;
+    let (intake, scope) = intake(ColumnFormat::TwoColumn);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut held = Vec::new();
+    for _ in 0..cores {
+        held.push(intake.large_body_permit().await);
+    }
+    assert!(intake.large_body_permit().now_or_never().is_none());
+    held.pop();
+    assert!(intake.large_body_permit().now_or_never().is_some());
+
+    let body = bytes::Bytes::from_static(br#"{"repayments":[{"loan_id":"L1","amount":"1.5"}]}"#);
+    let report = intake.read_large(body, scope.clone()).await.unwrap();
+    assert_eq!(report.total_amount().to_string(), "1.5");
+    let bad = bytes::Bytes::from_static(br#"{"repayments":[{"loan_id":"L1","amount":"1.5000"}]}"#);
+    assert_eq!(
+        pointers(intake.read_large(bad, scope).await.unwrap_err()),
+        ["/repayments/0/amount"]
+    );
+}

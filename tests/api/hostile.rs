@@ -34,6 +34,19 @@ async fn a_422_lists_the_first_100_violations_in_document_order_and_counts_them_
 }
 
 #[tokio::test]
+async fn a_large_invalid_report_is_capped_the_same_way() {
+    let app = spawn(Backend::Embedded).await;
+    // Over 256 KiB: read with a large-body permit and parsed on the intake's parser threads.
+    let body = repayments_with_amounts(&["\"1.5000\""; 6_000]);
+    assert!(body.len() > 256 * 1024);
+    let answer = app.submit_raw(NAIROBI, &body).await;
+    assert_eq!(answer.status, 422, "{}", answer.text);
+    assert_eq!(answer.body["error_count"], 6_000);
+    assert_eq!(answer.pointers().len(), 100);
+    assert!(app.stored().await.is_empty());
+}
+
+#[tokio::test]
 async fn thousands_of_unknown_properties_get_a_small_422() {
     let app = spawn(Backend::Embedded).await;
     let unknown: Vec<String> = (0..20_000).map(|i| format!(r#""x{i}":0"#)).collect();
