@@ -1,4 +1,4 @@
-//! What operators deploy beside the binary agrees with the binary.
+//! What operators deploy beside the binary (compose, the defaults) agrees with the binary.
 
 use std::path::Path;
 
@@ -99,4 +99,43 @@ fn every_gateway_variable_compose_sets_is_a_setting_the_gateway_reads() {
         );
     }
     assert!(checked >= 4, "compose sets {checked} GATEWAY_ variables");
+}
+
+const MINIMAL: &str = r#"
+[kiva]
+token_url = "https://auth.example/oauth/token"
+audience = "https://partner-api.example"
+api_base_url = "https://partnerapi.example"
+[[partners]]
+id = "p1"
+name = "Demo MFI"
+column_format = "three_column"
+client_id = "cid"
+client_secret = "s3cret"
+"#;
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's signature
+fn the_default_body_limit_fits_the_largest_report_with_room_and_not_much_more() {
+    let mut settings = None;
+    figment::Jail::expect_with(|_| {
+        settings = Some(Settings::from_toml_str(MINIMAL).map_err(|e| e.to_string())?);
+        Ok(())
+    });
+    let server = settings.unwrap().server;
+    // The schema's longest ids (100 characters), written with two-space indents.
+    let long = |prefix: &str, i: usize| format!("{prefix}-{i:0>98}");
+    let repayments: Vec<_> = (0..server.max_repayments)
+        .map(|i| {
+            serde_json::json!({"loan_id": long("L", i), "client_id": long("C", i),
+                               "amount": "999999999999999.999"})
+        })
+        .collect();
+    let report = serde_json::json!({"period": "2026-10", "repayments": repayments});
+    let size = serde_json::to_string_pretty(&report).unwrap().len();
+    let limit = server.max_body_bytes;
+    assert!(
+        size < limit && limit < size * 3 / 2,
+        "{size} bytes for the largest report vs a {limit}-byte limit"
+    );
 }

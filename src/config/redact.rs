@@ -95,4 +95,30 @@ mod tests {
         assert_eq!(redact_url("embedded:data"), "embedded:data");
         assert!(!redact_url("://:hunter2@x").contains("hunter2"));
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn an_unsupported_store_scheme_is_refused_without_showing_its_password() {
+        let toml = r#"
+            [store]
+            url = "redis-sentinel://:PASSWORD@sentinel:26379/mymaster"
+            [kiva]
+            token_url = "https://auth.example/oauth/token"
+            audience = "https://partner-api.example"
+            api_base_url = "https://partnerapi.example"
+        "#;
+        let mut message = String::new();
+        // In a jail: no GATEWAY_ variable of another test leaks in.
+        figment::Jail::expect_with(|_| {
+            message = crate::config::Settings::from_toml_str(toml)
+                .unwrap_err()
+                .to_string();
+            Ok(())
+        });
+        assert!(
+            message.contains("redis-sentinel://:***@sentinel"),
+            "{message}"
+        );
+        assert!(!message.contains("PASSWORD"), "{message}");
+    }
 }
