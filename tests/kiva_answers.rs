@@ -152,3 +152,35 @@ async fn headers_later_than_the_timeout_are_an_unknown_outcome() {
     }
     sandbox.wait_for_uploads(1, DEADLINE).await;
 }
+
+/// A credential an operator put in a Kiva URL's query stays out of the reasons the client
+/// gives (they are logged and recorded with each attempt).
+#[tokio::test]
+async fn a_secret_in_a_kiva_url_is_not_repeated_in_a_reason() {
+    let sandbox = sandbox().await;
+    let settings = KivaSettings {
+        // Port 9 (discard) refuses: the token request fails, naming its URL.
+        token_url: "http://127.0.0.1:9/oauth/token?api_key=SECRET-IN-QUERY".into(),
+        audience: sandbox.audience(),
+        api_base_url: sandbox.base_url(),
+        batch_size: 200,
+        request_timeout_secs: 5,
+    };
+    let partner = PartnerSettings {
+        id: PartnerId::parse("101").unwrap(),
+        name: "Demo two-column".into(),
+        column_format: ColumnFormat::TwoColumn,
+        client_id: "demo-two-column".into(),
+        client_secret: Some(SecretString::from("demo-secret-101")),
+        resend_on_unknown_outcome: false,
+    };
+    let client = KivaClient::new(&settings, &[partner]).unwrap();
+    assert!(!format!("{client:?}").contains("SECRET-IN-QUERY"));
+    match send(&client).await {
+        SendOutcome::TokenUnavailable { reason } => {
+            assert!(reason.contains("api_key=***"), "{reason}");
+            assert!(!reason.contains("SECRET-IN-QUERY"), "{reason}");
+        }
+        other => panic!("expected no token, got {other:?}"),
+    }
+}
