@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Settings;
+use crate::config::{Settings, redact_url};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -172,29 +172,4 @@ async fn check_online(settings: &Settings) -> anyhow::Result<()> {
         anyhow::bail!("{failed} partner(s) could not get a token from Kiva");
     }
     Ok(())
-}
-
-/// A store URL without its password, for printing.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_not_printed() {
-        assert_eq!(
-            super::redact_url("redis://:hunter2@db:6379"),
-            "redis://***@db:6379"
-        );
-        assert_eq!(
-            super::redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-    }
 }

@@ -22,7 +22,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 
 /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C.
-const SHUTDOWN_GRACE_SECS: u64 = 10;
+pub const SHUTDOWN_GRACE_SECS: u64 = 10;
 
 pub struct Application {
     server: Server,

@@ -21,7 +21,8 @@ pub const STORE_RETRY_AFTER_SECS: u32 = 5;
     "title": "The report is invalid",
     "status": 422,
     "detail": "the report has 1 problem(s); nothing was stored",
-    "errors": [{"pointer": "/repayments/0/amount", "detail": "\"1.2345\" must be a non-negative decimal with at most 3 decimal places, e.g. \"25.00\""}]
+    "errors": [{"pointer": "/repayments/0/amount", "detail": "\"1.2345\" has 4 decimal places; at most 3 are allowed"}],
+    "error_count": 1
 }))]
 pub struct Problem {
     #[serde(rename = "type")]
@@ -29,8 +30,14 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// Violations of a refused report, in document order: the first 100 at most.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<Violation>,
+    /// How many violations the report has in all; more than `errors` lists when the list was
+    /// cut (then `detail` says so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 1)]
+    pub error_count: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +62,11 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("send the report as application/json")]
     UnsupportedMediaType,
-    #[error("the report has {} problem(s); nothing was stored", .0.len())]
-    InvalidReport(Vec<Violation>),
+    #[error("the report has {total} problem(s); nothing was stored{}", cut_note(listed.len(), *total))]
+    InvalidReport {
+        listed: Vec<Violation>,
+        total: usize,
+    },
     #[error(
         "this Idempotency-Key was already used with a different body; use a new key for a new report"
     )]
@@ -80,6 +90,17 @@ pub enum ApiError {
     Internal,
 }
 
+fn cut_note(listed: usize, total: usize) -> String {
+    if listed < total {
+        format!(
+            ". Only the first {listed} are listed, in document order; fix them and send the \
+             report again to see the rest"
+        )
+    } else {
+        String::new()
+    }
+}
+
 impl ApiError {
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
@@ -98,7 +119,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => {
                 ("unsupported-media-type", "Unsupported content type")
             }
-            ApiError::InvalidReport(_) => ("invalid-report", "The report is invalid"),
+            ApiError::InvalidReport { .. } => ("invalid-report", "The report is invalid"),
             ApiError::IdempotencyKeyReused => (
                 "idempotency-key-reused",
                 "Idempotency-Key reused with another body",
@@ -120,8 +141,12 @@ impl ApiError {
             status: self.status_code().as_u16(),
             detail: self.to_string(),
             errors: match self {
-                ApiError::InvalidReport(v) => v.clone(),
+                ApiError::InvalidReport { listed, .. } => listed.clone(),
                 _ => Vec::new(),
+            },
+            error_count: match self {
+                ApiError::InvalidReport { total, .. } => Some(*total),
+                _ => None,
             },
         }
     }
@@ -138,7 +163,7 @@ impl ResponseError for ApiError {
             ApiError::IdempotencyInProgress | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidReport(_) | ApiError::IdempotencyKeyReused => {
+            ApiError::InvalidReport { .. } | ApiError::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::StoreUnavailable
@@ -177,7 +202,11 @@ impl From<IntakeError> for ApiError {
             IntakeError::MalformedJson { .. } => ApiError::MalformedJson(e.to_string()),
             IntakeError::TooManyRepayments { .. } => ApiError::PayloadTooLarge(e.to_string()),
             IntakeError::PartnerNotAllowed(_) => ApiError::Forbidden(e.to_string()),
-            IntakeError::Invalid(violations) => ApiError::InvalidReport(violations),
+            IntakeError::Invalid { listed, total } => ApiError::InvalidReport { listed, total },
+            IntakeError::ParserFailed => {
+                tracing::error!("a report parser thread failed");
+                ApiError::Internal
+            }
         }
     }
 }

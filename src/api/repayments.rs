@@ -6,6 +6,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -13,7 +14,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 use crate::domain::{ColumnFormat, RepaymentReport};
-use crate::intake::PartnerScope;
+use crate::intake::{Intake, LARGE_BODY_BYTES, PartnerScope};
 use crate::store::{
     IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
     Report, ReportStatus, StoreError, batches_of,
@@ -66,8 +67,7 @@ pub async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     require_json(request.headers())?;
     let idempotency_key = idempotency_key(request.headers())?;
-    let body = read_body(payload, request.headers(), state.max_body_bytes).await?;
-    let report = state.intake.read(&body, &caller.scope)?;
+    let (body, report) = read_report(&state, &caller, request.headers(), payload).await?;
     if caller.scope == PartnerScope::All {
         tracing::Span::current().record("partner", report.partner_id().as_str());
     }
@@ -250,8 +250,7 @@ pub async fn validate(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_json(request.headers())?;
-    let body = read_body(payload, request.headers(), state.max_body_bytes).await?;
-    let report = state.intake.read(&body, &caller.scope)?;
+    let (_, report) = read_report(&state, &caller, request.headers(), payload).await?;
     Ok(HttpResponse::Ok().json(NormalizedReport::of(&report, state.batch_size)))
 }
 
@@ -309,12 +308,40 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// Reads the body and the report in it. A body larger than `LARGE_BODY_BYTES` is read and
+/// parsed only with one of the intake's few permits, and parsed on its parser threads, so a
+/// crowd of large (or hostile) bodies queues for the permits, bounded in memory, while small
+/// reports are read at once and the HTTP workers stay free to answer them.
+async fn read_report(
+    state: &web::Data<AppState>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    payload: web::Payload,
+) -> Result<(web::Bytes, RepaymentReport), ApiError> {
+    let (body, permit) = read_body(payload, headers, state.max_body_bytes, &state.intake).await?;
+    let report = match permit {
+        None => state.intake.read(&body, &caller.scope)?,
+        Some(permit) => {
+            let report = state
+                .intake
+                .read_large(body.clone(), caller.scope.clone())
+                .await;
+            drop(permit);
+            report?
+        }
+    };
+    Ok((body, report))
+}
+
 /// Reads the body up to `max` bytes; a larger one is refused as soon as it is known to be.
+/// Past `LARGE_BODY_BYTES` (declared or read), waits for a large-body permit first and
+/// returns it, to be held until the body is parsed.
 async fn read_body(
     mut payload: web::Payload,
     headers: &HeaderMap,
     max: usize,
-) -> Result<web::Bytes, ApiError> {
+    intake: &Intake,
+) -> Result<(web::Bytes, Option<OwnedSemaphorePermit>), ApiError> {
     let too_large =
         || ApiError::PayloadTooLarge(format!("the body is larger than the {max}-byte limit"));
     let declared = headers
@@ -324,6 +351,11 @@ async fn read_body(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
+    let mut permit = None;
+    if declared.is_some_and(|n| n > LARGE_BODY_BYTES) {
+        permit = Some(intake.large_body_permit().await);
+    }
+    // Only after the permit: a declared length is the client's word, not yet a body.
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(max));
     while let Some(chunk) = payload.next().await {
         let chunk =
@@ -331,7 +363,10 @@ async fn read_body(
         if body.len() + chunk.len() > max {
             return Err(too_large());
         }
+        if permit.is_none() && body.len() + chunk.len() > LARGE_BODY_BYTES {
+            permit = Some(intake.large_body_permit().await);
+        }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    Ok((body.freeze(), permit))
 }

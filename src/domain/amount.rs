@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 
 /// Most integer digits an amount may have: far beyond any loan, well inside `Decimal`'s range.
 const MAX_INTEGER_DIGITS: usize = 15;
-const MAX_DECIMAL_PLACES: u32 = 3;
+const MAX_DECIMAL_PLACES: usize = 3;
 
 /// A repayment amount in the loan's local currency: non-negative, at most three decimal
 /// places, kept with exactly the digits the MIS sent (`25.00` stays `25.00`), never a float.
@@ -13,54 +13,54 @@ const MAX_DECIMAL_PLACES: u32 = 3;
 pub struct Amount(Decimal);
 
 impl Amount {
-    /// Parses the textual form of a JSON number or string. Accepts plain decimals
-    /// (`25`, `25.5`, `25.000`) and, for JSON numbers, exponent forms (`2.5e1`).
+    /// Parses the literal text of a JSON number or the content of a JSON string, with one
+    /// rule for both: `^[0-9]{1,15}(\.[0-9]{1,3})?$`. The text is checked before `Decimal`
+    /// sees it, so nothing is ever rounded (`Decimal` rounds past 28 decimal places), and
+    /// `1.5000` is refused as a number exactly as `"1.5000"` is as a string: trailing zeros
+    /// would be forwarded to Kiva as digits the rule does not allow. Exponent forms (`2.5e1`)
+    /// are refused with the plain digits to write instead. Leading zeros of a string
+    /// (`"007.50"`) are the one thing not forwarded: a JSON number cannot carry them.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let invalid = || {
-            format!(
-                "{text:?} is not a valid amount: use a non-negative decimal with at most \
-                 {MAX_DECIMAL_PLACES} decimal places, e.g. \"25.00\""
-            )
-        };
-        // "-0" and "-0.00" are zero, and JSON Schema's `minimum: 0` lets them through.
-        let unsigned = text.strip_prefix('-').unwrap_or(text);
-        let plain = unsigned.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-        let decimal = if plain {
-            let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
-            if int.is_empty() || (unsigned.contains('.') && frac.is_empty()) {
-                return Err(invalid());
-            }
+        let shown = quoted(text);
+        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if digits(int) && ((frac.is_empty() && !text.contains('.')) || digits(frac)) {
             if int.len() > MAX_INTEGER_DIGITS {
                 return Err(format!(
-                    "{text:?} is too large: at most {MAX_INTEGER_DIGITS} digits before the decimal point"
+                    "{shown} is too large: at most {MAX_INTEGER_DIGITS} digits before the decimal point"
                 ));
             }
-            Decimal::from_str(text).map_err(|_| invalid())?
-        } else if text.contains(['e', 'E']) {
-            Decimal::from_scientific(text).map_err(|_| invalid())?
-        } else {
-            return Err(invalid());
-        };
-        if decimal.is_sign_negative() && !decimal.is_zero() {
-            return Err(format!(
-                "{text:?} is negative: amounts must be zero or more"
-            ));
-        }
-        if decimal.scale() > MAX_DECIMAL_PLACES {
-            // Trailing zeros beyond the third place carry no value; anything else would be lost.
-            let trimmed = decimal.normalize();
-            if trimmed.scale() > MAX_DECIMAL_PLACES {
+            if frac.len() > MAX_DECIMAL_PLACES {
+                let trimmed = frac.trim_end_matches('0');
+                let hint = if trimmed.len() <= MAX_DECIMAL_PLACES {
+                    format!(": write {int}.{}", &frac[..MAX_DECIMAL_PLACES])
+                } else {
+                    String::new()
+                };
                 return Err(format!(
-                    "{text:?} has more than {MAX_DECIMAL_PLACES} decimal places"
+                    "{shown} has {} decimal places; at most {MAX_DECIMAL_PLACES} are allowed{hint}",
+                    frac.len()
                 ));
             }
+            // At most 18 digits: always exact in a `Decimal`.
+            return Decimal::from_str(text)
+                .map(Self)
+                .map_err(|_| invalid(&shown));
         }
-        if decimal.trunc().abs().to_string().len() > MAX_INTEGER_DIGITS {
+        if let Some(rest) = text.strip_prefix('-')
+            && rest.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(format!("{shown} is negative: amounts must be zero or more"));
+        }
+        if text.contains(['e', 'E']) && text.starts_with(|c: char| c.is_ascii_digit()) {
             return Err(format!(
-                "{text:?} is too large: at most {MAX_INTEGER_DIGITS} digits before the decimal point"
+                "{shown} is written with an exponent: write the amount as plain digits{}",
+                plain_form(text)
+                    .map(|plain| format!(", e.g. {plain}"))
+                    .unwrap_or_default()
             ));
         }
-        Ok(Self(decimal.abs()))
+        Err(invalid(&shown))
     }
 
     pub fn zero() -> Self {
@@ -82,6 +82,32 @@ impl Amount {
         serde_json::Number::from_str(&self.0.to_string())
             .expect("a Decimal always prints as a valid JSON number")
     }
+}
+
+fn invalid(shown: &str) -> String {
+    format!(
+        "{shown} is not a valid amount: use a non-negative decimal with at most \
+         {MAX_DECIMAL_PLACES} decimal places, e.g. \"25.00\""
+    )
+}
+
+/// The text as echoed in a message: quoted, and cut short, as an MIS may send megabytes.
+fn quoted(text: &str) -> String {
+    const MAX_SHOWN_CHARS: usize = 40;
+    match text.char_indices().nth(MAX_SHOWN_CHARS) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// `2.5e1` as `25`, when that plain form itself follows the rule.
+fn plain_form(text: &str) -> Option<String> {
+    if text.len() > 40 {
+        return None;
+    }
+    let decimal = Decimal::from_scientific(text).ok()?.normalize();
+    let plain = decimal.to_string();
+    Amount::parse(&plain).is_ok().then_some(plain)
 }
 
 impl fmt::Display for Amount {
@@ -128,9 +154,28 @@ mod tests {
     }
 
     #[test]
-    fn exponent_forms_of_json_numbers_are_read_exactly() {
-        assert_eq!(Amount::parse("2.5e1").unwrap().to_string(), "25");
-        assert_eq!(Amount::parse("1E3").unwrap().to_string(), "1000");
+    fn exponent_forms_are_refused_with_the_plain_digits_to_write() {
+        let message = Amount::parse("2.5e1").unwrap_err();
+        assert!(
+            message.contains("exponent") && message.ends_with("e.g. 25"),
+            "{message}"
+        );
+        assert!(Amount::parse("1E3").unwrap_err().ends_with("e.g. 1000"));
+        let tiny = Amount::parse("1e-5").unwrap_err();
+        assert!(
+            tiny.contains("exponent") && !tiny.contains("e.g."),
+            "{tiny}"
+        );
+        assert!(Amount::parse("1e999999999").is_err());
+    }
+
+    #[test]
+    fn nothing_is_rounded_past_28_decimal_places() {
+        let text = format!("0.{}", "1".repeat(30));
+        let message = Amount::parse(&text).unwrap_err();
+        assert!(message.contains("30 decimal places"), "{message}");
+        let zeros = format!("1.{}", "0".repeat(30));
+        assert!(Amount::parse(&zeros).is_err());
     }
 
     #[test]
@@ -151,23 +196,37 @@ mod tests {
             "0x10",
             "1e-5",
             "1234567890123456",
+            "1.5000",
+            "-0",
+            "0.",
+            "1..2",
+            "1.2.3",
         ] {
             assert!(Amount::parse(text).is_err(), "{text:?} should be rejected");
         }
     }
 
     #[test]
-    fn negative_zero_is_zero() {
-        assert_eq!(Amount::parse("-0.00").unwrap().to_string(), "0.00");
-        assert!(Amount::parse("-0.01").is_err());
+    fn negative_amounts_even_zero_are_refused_as_negative() {
+        for text in ["-0.00", "-0.01", "-5"] {
+            let message = Amount::parse(text).unwrap_err();
+            assert!(message.contains("negative"), "{text}: {message}");
+        }
     }
 
     #[test]
-    fn trailing_zeros_beyond_three_places_are_harmless() {
+    fn trailing_zeros_beyond_three_places_are_refused_with_what_to_write() {
         assert_eq!(
-            Amount::parse("1.5000").unwrap().as_decimal(),
-            Decimal::new(15, 1)
+            Amount::parse("1.5000").unwrap_err(),
+            "\"1.5000\" has 4 decimal places; at most 3 are allowed: write 1.500"
         );
+        assert!(!Amount::parse("1.2345").unwrap_err().contains("write"));
+    }
+
+    #[test]
+    fn long_text_is_cut_short_in_messages() {
+        let message = Amount::parse(&"x".repeat(10_000)).unwrap_err();
+        assert!(message.len() < 200, "{message}");
     }
 
     #[test]

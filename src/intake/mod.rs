@@ -1,9 +1,17 @@
 //! Request body → `RepaymentReport`: JSON syntax, the published JSON Schema, then the partner's
-//! column rules; every problem is collected so one answer lists them all.
+//! column rules; every problem is collected so one answer lists them all (the first
+//! `MAX_LISTED_VIOLATIONS` of them, with the total).
+//!
+//! The work and memory per body are bounded whatever it holds: see `bounded`, and
+//! `Intake::large_body_permit`, which limits how many large bodies are read and parsed at once.
 
+mod bounded;
 pub mod schema;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use serde_json::Value;
 
@@ -20,9 +28,7 @@ pub struct Violation {
     #[schema(example = "/repayments/3/amount")]
     pub pointer: String,
     /// What is wrong, in plain words.
-    #[schema(
-        example = "\"1.2345\" must be a non-negative decimal with at most 3 decimal places, e.g. \"25.00\""
-    )]
+    #[schema(example = "\"1.2345\" has 4 decimal places; at most 3 are allowed")]
     pub detail: String,
 }
 
@@ -35,6 +41,47 @@ impl Violation {
     }
 }
 
+/// Most violations listed in one answer; the total is always given. A report of 10,000 bad
+/// lines, or a body of a million unknown properties, would otherwise get a 422 of megabytes.
+pub const MAX_LISTED_VIOLATIONS: usize = 100;
+
+/// Violations in document order, keeping only the first `MAX_LISTED_VIOLATIONS` (and never
+/// more than twice that in memory) while counting them all.
+#[derive(Debug, Default)]
+pub struct Violations {
+    kept: Vec<Violation>,
+    total: usize,
+}
+
+impl Violations {
+    pub fn push(&mut self, violation: Violation) {
+        self.push_with(|| violation);
+    }
+
+    pub fn push_with(&mut self, violation: impl FnOnce() -> Violation) {
+        self.total += 1;
+        self.kept.push(violation());
+        if self.kept.len() >= 2 * MAX_LISTED_VIOLATIONS {
+            self.trim();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    fn trim(&mut self) {
+        sort_in_document_order(&mut self.kept);
+        self.kept.truncate(MAX_LISTED_VIOLATIONS);
+    }
+
+    /// The first violations in document order, and how many there are in all.
+    pub fn into_listed(mut self) -> (Vec<Violation>, usize) {
+        self.trim();
+        (self.kept, self.total)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     #[error("the body is not valid JSON: {message} (line {line}, column {column})")]
@@ -43,12 +90,21 @@ pub enum IntakeError {
         line: usize,
         column: usize,
     },
-    #[error("the report has {count} repayments; at most {max} are accepted in one report")]
-    TooManyRepayments { count: usize, max: usize },
+    #[error(
+        "the report has more than {max} repayments (at least {at_least}); at most {max} are \
+         accepted in one report: split it"
+    )]
+    TooManyRepayments { at_least: usize, max: usize },
     #[error("this API key may not submit reports for partner {0:?}")]
     PartnerNotAllowed(String),
-    #[error("the report has {} problem(s)", .0.len())]
-    Invalid(Vec<Violation>),
+    #[error("the report could not be read: the parser failed")]
+    ParserFailed,
+    #[error("the report has {total} problem(s)")]
+    Invalid {
+        /// The first `MAX_LISTED_VIOLATIONS`, in document order.
+        listed: Vec<Violation>,
+        total: usize,
+    },
 }
 
 /// Which partners an API key may act for.
@@ -67,64 +123,85 @@ impl PartnerScope {
     }
 }
 
+/// Bodies larger than this are read and parsed only with a permit from
+/// `Intake::large_body_permit`, and parsed by `Intake::read_large`: small reports never wait,
+/// large ones queue.
+pub const LARGE_BODY_BYTES: usize = 256 * 1024;
+
+type ParseJob = Box<dyn FnOnce() + Send>;
+
 /// Reads reports for the partners this gateway is configured for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Intake {
     column_formats: HashMap<PartnerId, ColumnFormat>,
     max_repayments: usize,
+    large_bodies: Arc<Semaphore>,
+    parsers: std::sync::mpsc::Sender<ParseJob>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake")
+            .field("column_formats", &self.column_formats)
+            .field("max_repayments", &self.max_repayments)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Intake {
     pub fn new(column_formats: HashMap<PartnerId, ColumnFormat>, max_repayments: usize) -> Self {
+        // One large body per core: parsing is CPU-bound, so more at once only adds memory.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             column_formats,
             max_repayments,
+            large_bodies: Arc::new(Semaphore::new(cores)),
+            parsers: spawn_parsers(cores),
         }
     }
 
-    pub fn read(&self, body: &[u8], scope: &PartnerScope) -> Result<RepaymentReport, IntakeError> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| IntakeError::MalformedJson {
-                message: e.to_string(),
-                line: e.line(),
-                column: e.column(),
-            })?;
-        // Counted before the schema runs, so an oversized report costs no validation work.
-        if let Some(count) = value
-            .get("repayments")
-            .and_then(Value::as_array)
-            .map(Vec::len)
-            && count > self.max_repayments
-        {
-            return Err(IntakeError::TooManyRepayments {
-                count,
-                max: self.max_repayments,
-            });
+    /// Waits for a turn to read and parse a body larger than `LARGE_BODY_BYTES`; hold the
+    /// permit until `read_large` has returned.
+    pub async fn large_body_permit(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.large_bodies)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// `read` on one of the intake's own parser threads, one per core, so that parsing a large
+    /// body never blocks an HTTP worker. Always the same few threads: with glibc's malloc, each
+    /// new thread that parses a large body gets an arena of its own that keeps its peak size,
+    /// and a general blocking pool took the process from 100 to 240 MB under hostile bodies.
+    pub async fn read_large(
+        &self,
+        body: bytes::Bytes,
+        scope: PartnerScope,
+    ) -> Result<RepaymentReport, IntakeError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let intake = self.clone();
+        let job: ParseJob = Box::new(move || {
+            // A panic (a bug) must not take a parser thread away: the caller sees `done`
+            // dropped and answers with an internal error.
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                intake.read(&body, &scope)
+            }));
+            if let Ok(read) = read {
+                let _ = done.send(read);
+            }
+        });
+        if self.parsers.send(job).is_err() {
+            return Err(IntakeError::ParserFailed);
         }
+        result.await.unwrap_or(Err(IntakeError::ParserFailed))
+    }
 
-        let mut violations = schema::violations(&value);
-        let flagged = |violations: &[Violation], pointer: &str| {
-            violations.iter().any(|v| {
-                pointer.starts_with(&v.pointer)
-                    && (pointer.len() == v.pointer.len()
-                        || pointer.as_bytes()[v.pointer.len()] == b'/')
-            })
-        };
+    pub fn read(&self, body: &[u8], scope: &PartnerScope) -> Result<RepaymentReport, IntakeError> {
+        let parsed = bounded::parse(body, self.max_repayments)?;
+        let value = parsed.value;
+        let mut found = parsed.unknown;
 
-        let partner = self.partner(&value, scope, &mut violations)?;
-        let period = match value.get("period").and_then(Value::as_str) {
-            Some(text) => match Period::parse(text) {
-                Ok(period) => Some(period),
-                Err(message) => {
-                    if !flagged(&violations, "/period") {
-                        violations.push(Violation::new("/period", message));
-                    }
-                    None
-                }
-            },
-            None => None,
-        };
-
+        let partner = self.partner(&value, scope, &mut found)?;
         let items = value
             .get("repayments")
             .and_then(Value::as_array)
@@ -134,11 +211,50 @@ impl Intake {
             .enumerate()
             .map(|(i, item)| read_entry(i, item))
             .collect();
-        for entry in &entries {
-            for problem in &entry.problems {
-                if !flagged(&violations, &problem.pointer) {
-                    violations.push(problem.clone());
+
+        // Schema violations go straight to the capped list; only their pointers are kept
+        // (bounded by the tree, itself bounded by `max_repayments`), to tell which of the
+        // entries' own problems the schema already reported.
+        let mut at_schema = HashSet::new();
+        schema::for_each_violation(&value, |mut violation| {
+            // An amount's digits are judged on its literal text by `Amount::parse`, for
+            // numbers and strings alike; its message replaces the schema's, so `1.5000` and
+            // `"1.5000"` get the same answer.
+            if let Some(entry) = amount_position(&violation.pointer).and_then(|i| entries.get(i))
+                && entry.amount_is_text
+                && let Some(problem) = entry
+                    .problems
+                    .iter()
+                    .find(|p| p.pointer == violation.pointer)
+            {
+                violation.detail.clone_from(&problem.detail);
+            }
+            at_schema.insert(violation.pointer.clone());
+            found.push(violation);
+        });
+        // A problem at a pointer the schema already reported, or inside it, is the same one.
+        let flagged = |pointer: &str| {
+            at_schema.contains(pointer)
+                || pointer
+                    .match_indices('/')
+                    .any(|(i, _)| at_schema.contains(&pointer[..i]))
+        };
+
+        let period = match value.get("period").and_then(Value::as_str) {
+            Some(text) => match Period::parse(text) {
+                Ok(period) => Some(period),
+                Err(message) => {
+                    if !flagged("/period") {
+                        found.push(Violation::new("/period", message));
+                    }
+                    None
                 }
+            },
+            None => None,
+        };
+        for problem in entries.iter().flat_map(|e| &e.problems) {
+            if !flagged(&problem.pointer) {
+                found.push(problem.clone());
             }
         }
         if let Some((_, format)) = &partner {
@@ -157,13 +273,13 @@ impl Intake {
                     Some(field) => format!("/repayments/{}/{field}", rule.position),
                     None => format!("/repayments/{}", rule.position),
                 };
-                violations.push(Violation::new(pointer, rule.message));
+                found.push(Violation::new(pointer, rule.message));
             }
         }
 
-        if !violations.is_empty() {
-            sort_in_document_order(&mut violations);
-            return Err(IntakeError::Invalid(violations));
+        if !found.is_empty() {
+            let (listed, total) = found.into_listed();
+            return Err(IntakeError::Invalid { listed, total });
         }
         let (partner_id, format) = partner.expect("a missing partner is a violation");
         let repayments = entries
@@ -187,7 +303,7 @@ impl Intake {
         &self,
         value: &Value,
         scope: &PartnerScope,
-        violations: &mut Vec<Violation>,
+        violations: &mut Violations,
     ) -> Result<Option<(PartnerId, ColumnFormat)>, IntakeError> {
         let named = match value.get("partner_id") {
             None => None,
@@ -228,11 +344,48 @@ impl Intake {
     }
 }
 
+/// `count` threads that run parse jobs until the last `Intake` clone is dropped.
+fn spawn_parsers(count: usize) -> std::sync::mpsc::Sender<ParseJob> {
+    let (jobs, queue) = std::sync::mpsc::channel::<ParseJob>();
+    let queue = Arc::new(std::sync::Mutex::new(queue));
+    for n in 0..count {
+        let queue = Arc::clone(&queue);
+        std::thread::Builder::new()
+            .name(format!("intake-parser-{n}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for a job, not while running it.
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })
+            .expect("a parser thread starts");
+    }
+    jobs
+}
+
+/// `Some(3)` for `/repayments/3/amount`.
+fn amount_position(pointer: &str) -> Option<usize> {
+    pointer
+        .strip_prefix("/repayments/")?
+        .strip_suffix("/amount")?
+        .parse()
+        .ok()
+}
+
 /// What could be read of one entry of `repayments`, and what could not.
 struct Entry {
     loan_id: Option<LoanId>,
     client_id: Option<ClientId>,
     amount: Option<Amount>,
+    /// The amount was a JSON number or string, judged on its text by `Amount::parse`.
+    amount_is_text: bool,
     problems: Vec<Violation>,
 }
 
@@ -244,6 +397,7 @@ fn read_entry(position: usize, item: &Value) -> Entry {
             loan_id: None,
             client_id: None,
             amount: None,
+            amount_is_text: false,
             problems: vec![Violation::new(
                 format!("/repayments/{position}"),
                 "must be an object",
@@ -266,9 +420,13 @@ fn read_entry(position: usize, item: &Value) -> Entry {
         ClientId::from_json,
         &mut problems,
     );
+    let amount_is_text = matches!(
+        object.get("amount"),
+        Some(Value::Number(_) | Value::String(_))
+    );
     let amount = match object.get("amount") {
         // With `arbitrary_precision`, a JSON number's text is exactly what the MIS wrote.
-        Some(Value::Number(n)) => Amount::parse(&n.to_string()),
+        Some(Value::Number(n)) => Amount::parse(n.as_str()),
         Some(Value::String(s)) => Amount::parse(s),
         Some(_) => Err("amount must be a number or a string".to_owned()),
         None => Err("amount is required".to_owned()),
@@ -280,6 +438,7 @@ fn read_entry(position: usize, item: &Value) -> Entry {
         loan_id,
         client_id,
         amount,
+        amount_is_text,
         problems,
     }
 }
@@ -316,114 +475,4 @@ fn sort_in_document_order(violations: &mut [Violation]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn intake(format: ColumnFormat) -> (Intake, PartnerScope) {
-        let p = PartnerId::parse("p1").unwrap();
-        (
-            Intake::new([(p.clone(), format)].into(), 10),
-            PartnerScope::One(p),
-        )
-    }
-
-    fn pointers(err: IntakeError) -> Vec<String> {
-        match err {
-            IntakeError::Invalid(v) => v.into_iter().map(|v| v.pointer).collect(),
-            other => panic!("expected violations, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn reads_a_valid_report_with_exact_amounts() {
-        let (intake, scope) = intake(ColumnFormat::ThreeColumn);
-        let body = br#"{"period":"2026-10","repayments":[
-            {"loan_id":"L1","client_id":"C1","amount":"1234567.891"},
-            {"loan_id":1042970,"client_id":7,"amount":1234567.891}]}"#;
-        let report = intake.read(body, &scope).unwrap();
-        assert_eq!(report.repayments()[1].loan_id.as_str(), "1042970");
-        assert_eq!(report.total_amount().to_string(), "2469135.782");
-        assert_eq!(report.period().unwrap().to_string(), "2026-10");
-    }
-
-    #[test]
-    fn malformed_json_reports_line_and_column() {
-        let (intake, scope) = intake(ColumnFormat::TwoColumn);
-        match intake.read(b"{\n \"repayments\": [,]}", &scope) {
-            Err(IntakeError::MalformedJson { line, column, .. }) => {
-                assert_eq!((line, column), (2, 17))
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn every_problem_is_listed_in_document_order() {
-        let (intake, scope) = intake(ColumnFormat::ThreeColumn);
-        let body = br#"{"period":"2026-13","repayments":[
-            {"loan_id":"L1","client_id":"C1","amount":"-1"},
-            {"loan_id":"","client_id":"C2","amount":"1"},
-            {"loan_id":"L3","amount":"1"},
-            {"loan_id":"L1","client_id":"C1","amount":"1"}]}"#;
-        assert_eq!(
-            pointers(intake.read(body, &scope).unwrap_err()),
-            [
-                "/period",
-                "/repayments/0/amount",
-                "/repayments/1/loan_id",
-                "/repayments/2/client_id",
-                "/repayments/3"
-            ]
-        );
-    }
-
-    #[test]
-    fn another_partner_is_forbidden_and_an_admin_must_name_one() {
-        let (intake, scope) = intake(ColumnFormat::TwoColumn);
-        let body = br#"{"partner_id":"p2","repayments":[{"loan_id":"L1","amount":1}]}"#;
-        assert!(matches!(
-            intake.read(body, &scope),
-            Err(IntakeError::PartnerNotAllowed(_))
-        ));
-        let body = br#"{"repayments":[{"loan_id":"L1","amount":1}]}"#;
-        assert_eq!(
-            pointers(intake.read(body, &PartnerScope::All).unwrap_err()),
-            ["/partner_id"]
-        );
-        let body = br#"{"partner_id":"p9","repayments":[{"loan_id":"L1","amount":1}]}"#;
-        assert_eq!(
-            pointers(intake.read(body, &PartnerScope::All).unwrap_err()),
-            ["/partner_id"]
-        );
-    }
-
-    #[test]
-    fn too_many_repayments_is_its_own_error() {
-        let (intake, scope) = intake(ColumnFormat::TwoColumn);
-        let items: Vec<_> = (0..11)
-            .map(|i| format!(r#"{{"loan_id":"L{i}","amount":1}}"#))
-            .collect();
-        let body = format!(r#"{{"repayments":[{}]}}"#, items.join(","));
-        assert!(matches!(
-            intake.read(body.as_bytes(), &scope),
-            Err(IntakeError::TooManyRepayments { count: 11, max: 10 })
-        ));
-    }
-
-    #[test]
-    fn numeric_ids_must_be_whole_numbers() {
-        let (intake, scope) = intake(ColumnFormat::TwoColumn);
-        let body = br#"{"repayments":[{"loan_id":12.5,"amount":1}]}"#;
-        assert_eq!(
-            pointers(intake.read(body, &scope).unwrap_err()),
-            ["/repayments/0/loan_id"]
-        );
-        let body = br#"{"repayments":[{"loan_id":12.0,"amount":1}]}"#;
-        assert_eq!(
-            intake.read(body, &scope).unwrap().repayments()[0]
-                .loan_id
-                .as_str(),
-            "12"
-        );
-    }
-}
+mod tests;

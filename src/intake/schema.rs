@@ -26,6 +26,13 @@ static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
 /// a missing or unexpected property is pointed at by its own path, not its parent's. Only the
 /// first problem of each value is kept (`""` breaks both `minLength` and `pattern`).
 pub fn violations(instance: &Value) -> Vec<Violation> {
+    let mut found = Vec::new();
+    for_each_violation(instance, |v| found.push(v));
+    found
+}
+
+/// `violations`, one at a time, without collecting them.
+pub fn for_each_violation(instance: &Value, mut each: impl FnMut(Violation)) {
     let mut seen = std::collections::HashSet::new();
     VALIDATOR
         .iter_errors(instance)
@@ -69,18 +76,61 @@ pub fn violations(instance: &Value) -> Vec<Violation> {
                         describe(error.instance())
                     ),
                 )],
+                // Arrays and objects in place of a scalar reach the schema as empty ones (see
+                // `bounded`), so the message names the kind, never the value.
+                ValidationErrorKind::Type { .. } => {
+                    let expected = SCHEMA_DOCUMENT
+                        .pointer(error.schema_path().as_str())
+                        .map(|types| match types {
+                            Value::Array(names) => names
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .map(a_type)
+                                .collect::<Vec<_>>()
+                                .join(" or "),
+                            other => other.as_str().map(a_type).unwrap_or_default().to_owned(),
+                        })
+                        .unwrap_or_default();
+                    vec![Violation::new(
+                        at,
+                        format!("must be {expected}, not {}", kind_of(error.instance())),
+                    )]
+                }
                 _ => vec![Violation::new(at, truncate(error.to_string()))],
             }
         })
         .filter(|v| seen.insert(v.pointer.clone()))
-        .collect()
+        .for_each(&mut each);
+}
+
+fn a_type(name: &str) -> &'static str {
+    match name {
+        "string" => "a string",
+        "integer" => "a whole number",
+        "number" => "a number",
+        "object" => "an object",
+        "array" => "an array",
+        "boolean" => "true or false",
+        _ => "null",
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "true or false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn describe(value: &Value) -> String {
     truncate(value.to_string())
 }
 
-fn truncate(mut text: String) -> String {
+pub(super) fn truncate(mut text: String) -> String {
     if let Some((cut, _)) = text.char_indices().nth(MAX_MESSAGE_CHARS) {
         text.truncate(cut);
         text.push('…');
@@ -124,6 +174,25 @@ mod tests {
         let mut p = pointers(&v);
         p.sort();
         assert_eq!(p, ["/repayments/0/ammount", "/repayments/0/amount"]);
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_by_kind() {
+        let v = json!({"repayments":[{"loan_id":[], "amount": "1"}], "period": {}});
+        let found = violations(&v);
+        let detail = |p: &str| {
+            found
+                .iter()
+                .find(|v| v.pointer == p)
+                .unwrap()
+                .detail
+                .clone()
+        };
+        assert_eq!(
+            detail("/repayments/0/loan_id"),
+            "must be a string or a whole number, not an array"
+        );
+        assert_eq!(detail("/period"), "must be a string, not an object");
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub enum SendOutcome {
     /// connect timeout — every failure before the request was written.
     NotSent { reason: String },
     /// The request may have reached Kiva and may have been processed: a timeout after it was
-    /// sent, a connection reset mid-request or mid-response, an unreadable response.
+    /// sent, a connection reset, anything that leaves no status line. Once a status line has
+    /// arrived the outcome is `Answered`, even if the body then fails (see `body_excerpt`).
     Unknown { reason: String },
 }
 
@@ -34,7 +35,8 @@ pub struct KivaAnswer {
     pub status: u16,
     /// From a `Retry-After` header (delta-seconds or HTTP-date), if any.
     pub retry_after: Option<Duration>,
-    /// The raw body, cut to `MAX_BODY_EXCERPT` bytes (on a char boundary).
+    /// The raw body, cut to `MAX_BODY_EXCERPT` bytes (on a char boundary): only the part that
+    /// arrived when the connection failed mid-body.
     pub body_excerpt: String,
     /// What could be read of the body; empty when it is not the documented shape.
     pub result: wire::UploadResult,

@@ -77,6 +77,17 @@ pub enum Fault {
     /// Read the whole request, then close the connection without any response. Nothing is
     /// recorded but the count.
     DropConnection,
+    /// Handle the request normally (a valid batch is recorded as an upload), then answer 200
+    /// with this HTML instead of Kiva's JSON: a proxy's or maintenance page in front of a Kiva
+    /// that did process the call.
+    HtmlAfterUpload(String),
+    /// Handle the request normally, then send the answer's status line and headers, with the
+    /// full `Content-Length`, but only the first `sent_bytes` bytes of its body, and close the
+    /// connection: Kiva processed the call and the answer was cut short on the way.
+    TruncatedAfterUpload { sent_bytes: usize },
+    /// Handle the request normally and add an `error` problem for each of these loan ids,
+    /// which the batch did not name.
+    ProblemsForOtherLoans(Vec<String>),
 }
 
 impl Fault {
@@ -87,6 +98,16 @@ impl Fault {
             retry_after: None,
             body: body.into(),
         }
+    }
+
+    /// Faults that change the answer to a request that was handled normally.
+    fn after_handling(&self) -> bool {
+        matches!(
+            self,
+            Fault::HtmlAfterUpload(_)
+                | Fault::TruncatedAfterUpload { .. }
+                | Fault::ProblemsForOtherLoans(_)
+        )
     }
 
     // A bad fault is a bug in the test that pushed it: refuse it there, not mid-request.
@@ -272,6 +293,10 @@ impl Sandbox {
     /// Queues a fault for the token route, taken like `push_fault`'s.
     pub fn push_token_fault(&self, fault: Fault) {
         fault.check();
+        assert!(
+            !fault.after_handling(),
+            "{fault:?} is a fault of the repayments route only"
+        );
         self.shared().lock().token_faults.push_back(fault);
     }
 

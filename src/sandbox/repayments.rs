@@ -6,10 +6,11 @@ use hyper::http::request::Parts;
 use serde_json::{Map, Value, json};
 
 use super::server::{
-    Answer, Reply, apply_fault, authorize, error_answer, has_media_type, json_answer,
+    Answer, Reply, answer, apply_fault, authorize, cut_short, error_answer, has_media_type,
+    json_answer,
 };
 use super::token::CREATE_REPAYMENT;
-use super::{ResponseShape, Shared, State, Upload};
+use super::{Fault, ResponseShape, Shared, State, Upload};
 
 /// Kiva asks for at most 200–300 loans per call; the sandbox refuses more than 300.
 pub const MAX_REPAYMENTS_PER_CALL: usize = 300;
@@ -28,9 +29,15 @@ pub(super) async fn handle(
 ) -> Answer {
     shared.repayment_requests.send_modify(|count| *count += 1);
     let fault = shared.lock().faults.pop_front();
-    if let Some(answer) = apply_fault(shared, fault).await {
-        return answer;
-    }
+    let after = match fault {
+        Some(fault) if fault.after_handling() => Some(fault),
+        fault => {
+            if let Some(answer) = apply_fault(shared, fault).await {
+                return answer;
+            }
+            None
+        }
+    };
     let checked = check(shared, partner_id, parts, &body);
     let latency = shared.lock().latency;
     if !shared.pause(latency).await {
@@ -40,10 +47,20 @@ pub(super) async fn handle(
         Ok(accepted) => accepted,
         Err(refusal) => return Ok(*refusal),
     };
-    let (problems, shape) = {
+    let (mut problems, shape) = {
         let state = shared.lock();
         (problems(&state, partner_id, &lines), state.shape)
     };
+    if let Some(Fault::ProblemsForOtherLoans(others)) = &after {
+        problems.extend(others.iter().map(|loan_id| {
+            loan_problem(
+                loan_id,
+                "this loan was not in the batch",
+                "loan_not_found",
+                "error",
+            )
+        }));
+    }
     let mut upload_id = 0;
     shared.uploads.send_modify(|uploads| {
         upload_id = uploads.len() as u64 + 1;
@@ -66,7 +83,16 @@ pub(super) async fn handle(
         ResponseShape::Object => result,
         ResponseShape::Array => json!([result]),
     };
-    Ok(json_answer(StatusCode::OK, &body))
+    Ok(match after {
+        Some(Fault::HtmlAfterUpload(html)) => {
+            answer(StatusCode::OK, "text/html; charset=utf-8", html.into())
+        }
+        Some(Fault::TruncatedAfterUpload { sent_bytes }) => {
+            let full = Bytes::from(body.to_string());
+            cut_short(StatusCode::OK, "application/json", full, sent_bytes)
+        }
+        _ => json_answer(StatusCode::OK, &body),
+    })
 }
 
 type Accepted = (String, Value, Vec<Line>);

@@ -9,7 +9,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use futures_util::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
@@ -25,7 +27,7 @@ use super::{Fault, Shared};
 /// Far above 300 repayments; a bigger body is a client bug, answered 413.
 const MAX_BODY_BYTES: usize = 1 << 20;
 
-pub(super) type Reply = Response<Full<Bytes>>;
+pub(super) type Reply = Response<UnsyncBoxBody<Bytes, io::Error>>;
 pub(super) type Answer = Result<Reply, DroppedOnPurpose>;
 
 /// Returned from the service so that hyper closes the connection without answering.
@@ -191,6 +193,10 @@ pub(super) async fn apply_fault(shared: &Shared, fault: Option<Fault>) -> Option
             }
         }
         Fault::DropConnection => Some(Err(DroppedOnPurpose)),
+        // Applied by the repayments route to its normal answer.
+        Fault::HtmlAfterUpload(_)
+        | Fault::TruncatedAfterUpload { .. }
+        | Fault::ProblemsForOtherLoans(_) => None,
     }
 }
 
@@ -270,11 +276,42 @@ fn method_not_allowed(allow: &'static str) -> Reply {
     response
 }
 
-fn answer(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
-    let mut response = Response::new(Full::new(body));
+pub(super) fn answer(status: StatusCode, content_type: &'static str, body: Bytes) -> Reply {
+    let mut response = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// An answer whose body stops after `sent` of `full`'s bytes: the headers announce all of it;
+/// what is sent is flushed, then the body fails and hyper closes the connection mid-body.
+pub(super) fn cut_short(
+    status: StatusCode,
+    content_type: &'static str,
+    full: Bytes,
+    sent: usize,
+) -> Reply {
+    let declared = full.len();
+    let part = futures_util::stream::iter([Ok(hyper::body::Frame::data(
+        full.slice(..sent.min(declared)),
+    ))]);
+    // Failing at once would abort the connection before hyper wrote the headers out.
+    let failure = futures_util::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(io::Error::other(
+            "the sandbox cuts this answer short on purpose",
+        ))
+    });
+    let mut response = Response::new(StreamBody::new(part.chain(failure)).boxed_unsync());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
     response
 }

@@ -1,0 +1,150 @@
+use super::*;
+
+fn intake(format: ColumnFormat) -> (Intake, PartnerScope) {
+    let p = PartnerId::parse("p1").unwrap();
+    (
+        Intake::new([(p.clone(), format)].into(), 10),
+        PartnerScope::One(p),
+    )
+}
+
+fn pointers(err: IntakeError) -> Vec<String> {
+    match err {
+        IntakeError::Invalid { listed, .. } => listed.into_iter().map(|v| v.pointer).collect(),
+        other => panic!("expected violations, got {other:?}"),
+    }
+}
+
+#[test]
+fn reads_a_valid_report_with_exact_amounts() {
+    let (intake, scope) = intake(ColumnFormat::ThreeColumn);
+    let body = br#"{"period":"2026-10","repayments":[
+        {"loan_id":"L1","client_id":"C1","amount":"1234567.891"},
+        {"loan_id":1042970,"client_id":7,"amount":1234567.891}]}"#;
+    let report = intake.read(body, &scope).unwrap();
+    assert_eq!(report.repayments()[1].loan_id.as_str(), "1042970");
+    assert_eq!(report.total_amount().to_string(), "2469135.782");
+    assert_eq!(report.period().unwrap().to_string(), "2026-10");
+}
+
+#[test]
+fn malformed_json_reports_line_and_column() {
+    let (intake, scope) = intake(ColumnFormat::TwoColumn);
+    match intake.read(b"{\n \"repayments\": [,]}", &scope) {
+        Err(IntakeError::MalformedJson { line, column, .. }) => {
+            assert_eq!((line, column), (2, 17))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_problem_is_listed_in_document_order() {
+    let (intake, scope) = intake(ColumnFormat::ThreeColumn);
+    let body = br#"{"period":"2026-13","repayments":[
+        {"loan_id":"L1","client_id":"C1","amount":"-1"},
+        {"loan_id":"","client_id":"C2","amount":"1"},
+        {"loan_id":"L3","amount":"1"},
+        {"loan_id":"L1","client_id":"C1","amount":"1"}]}"#;
+    assert_eq!(
+        pointers(intake.read(body, &scope).unwrap_err()),
+        [
+            "/period",
+            "/repayments/0/amount",
+            "/repayments/1/loan_id",
+            "/repayments/2/client_id",
+            "/repayments/3"
+        ]
+    );
+}
+
+#[test]
+fn another_partner_is_forbidden_and_an_admin_must_name_one() {
+    let (intake, scope) = intake(ColumnFormat::TwoColumn);
+    let body = br#"{"partner_id":"p2","repayments":[{"loan_id":"L1","amount":1}]}"#;
+    assert!(matches!(
+        intake.read(body, &scope),
+        Err(IntakeError::PartnerNotAllowed(_))
+    ));
+    let body = br#"{"repayments":[{"loan_id":"L1","amount":1}]}"#;
+    assert_eq!(
+        pointers(intake.read(body, &PartnerScope::All).unwrap_err()),
+        ["/partner_id"]
+    );
+    let body = br#"{"partner_id":"p9","repayments":[{"loan_id":"L1","amount":1}]}"#;
+    assert_eq!(
+        pointers(intake.read(body, &PartnerScope::All).unwrap_err()),
+        ["/partner_id"]
+    );
+}
+
+#[test]
+fn too_many_repayments_is_its_own_error() {
+    let (intake, scope) = intake(ColumnFormat::TwoColumn);
+    let items: Vec<_> = (0..11)
+        .map(|i| format!(r#"{{"loan_id":"L{i}","amount":1}}"#))
+        .collect();
+    let body = format!(r#"{{"repayments":[{}]}}"#, items.join(","));
+    assert!(matches!(
+        intake.read(body.as_bytes(), &scope),
+        Err(IntakeError::TooManyRepayments {
+            at_least: 11,
+            max: 10
+        })
+    ));
+}
+
+#[test]
+fn numeric_ids_must_be_whole_numbers() {
+    let (intake, scope) = intake(ColumnFormat::TwoColumn);
+    let body = br#"{"repayments":[{"loan_id":12.5,"amount":1}]}"#;
+    assert_eq!(
+        pointers(intake.read(body, &scope).unwrap_err()),
+        ["/repayments/0/loan_id"]
+    );
+    let body = br#"{"repayments":[{"loan_id":12.0,"amount":1}]}"#;
+    assert_eq!(
+        intake.read(body, &scope).unwrap().repayments()[0]
+            .loan_id
+            .as_str(),
+        "12"
+    );
+}
+
+#[test]
+fn the_violation_list_keeps_the_first_100_in_document_order_and_counts_all() {
+    let mut found = Violations::default();
+    for i in (0..1_000).rev() {
+        found.push(Violation::new(format!("/repayments/{i}/amount"), "bad"));
+    }
+    found.push(Violation::new("/period", "bad"));
+    let (listed, total) = found.into_listed();
+    assert_eq!(total, 1_001);
+    assert_eq!(listed.len(), MAX_LISTED_VIOLATIONS);
+    assert_eq!(listed[0].pointer, "/period");
+    assert_eq!(listed[1].pointer, "/repayments/0/amount");
+    assert_eq!(listed[99].pointer, "/repayments/98/amount");
+}
+
+#[tokio::test]
+async fn large_bodies_wait_for_one_of_a_few_permits_and_parse_on_the_parser_threads() {
+    use futures_util::FutureExt;
+    let (intake, scope) = intake(ColumnFormat::TwoColumn);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut held = Vec::new();
+    for _ in 0..cores {
+        held.push(intake.large_body_permit().await);
+    }
+    assert!(intake.large_body_permit().now_or_never().is_none());
+    held.pop();
+    assert!(intake.large_body_permit().now_or_never().is_some());
+
+    let body = bytes::Bytes::from_static(br#"{"repayments":[{"loan_id":"L1","amount":"1.5"}]}"#);
+    let report = intake.read_large(body, scope.clone()).await.unwrap();
+    assert_eq!(report.total_amount().to_string(), "1.5");
+    let bad = bytes::Bytes::from_static(br#"{"repayments":[{"loan_id":"L1","amount":"1.5000"}]}"#);
+    assert_eq!(
+        pointers(intake.read_large(bad, scope).await.unwrap_err()),
+        ["/repayments/0/amount"]
+    );
+}

@@ -1,0 +1,141 @@
+//! What operators deploy beside the binary (compose, the defaults) agrees with the binary.
+
+use std::path::Path;
+
+use repayment_gateway::config::{Settings, partner_secret_env_var};
+use repayment_gateway::domain::PartnerId;
+use repayment_gateway::startup::SHUTDOWN_GRACE_SECS;
+use secrecy::ExposeSecret;
+
+fn read(file: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap()
+}
+
+/// A compose duration such as `60s`, `1m30s` or `2m`, in seconds.
+fn seconds(duration: &str) -> u64 {
+    let (mut total, mut number) = (0, String::new());
+    for c in duration.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            other => panic!("unexpected unit {other:?} in {duration:?}"),
+        };
+        total += number.parse::<u64>().unwrap() * unit;
+        number.clear();
+    }
+    assert!(number.is_empty(), "{duration:?} lacks a unit");
+    total
+}
+
+fn gateway_service() -> serde_norway::Value {
+    let compose: serde_norway::Value = serde_norway::from_str(&read("docker-compose.yml")).unwrap();
+    compose["services"]["gateway"].clone()
+}
+
+/// The configuration compose mounts is a copy of the example.
+#[allow(clippy::result_large_err)] // figment::Jail's signature
+fn example_settings(env: &[(&str, &str)]) -> Result<Settings, String> {
+    let example = read("config/gateway.example.toml");
+    let mut result = Err(String::new());
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("gateway.toml", &example)?;
+        for (name, value) in env {
+            jail.set_env(name, value);
+        }
+        result = Settings::load(Some(Path::new("gateway.toml"))).map_err(|e| e.to_string());
+        Ok(())
+    });
+    result
+}
+
+#[test]
+fn compose_gives_sigterm_time_for_the_http_drain_and_the_delivery_grace() {
+    let gateway = gateway_service();
+    let grace = seconds(gateway["stop_grace_period"].as_str().unwrap());
+    let secret = partner_secret_env_var(&PartnerId::parse("123").unwrap());
+    let settings = example_settings(&[(&secret, "test-secret")]).unwrap();
+    let needed = SHUTDOWN_GRACE_SECS + settings.delivery.shutdown_grace_secs;
+    assert!(
+        grace >= needed + 10,
+        "stop_grace_period {grace}s: SIGKILL would cut short the {SHUTDOWN_GRACE_SECS}s HTTP \
+         drain plus the {}s delivery grace (and a 10 s margin)",
+        settings.delivery.shutdown_grace_secs
+    );
+}
+
+#[test]
+fn every_gateway_variable_compose_sets_is_a_setting_the_gateway_reads() {
+    let gateway = gateway_service();
+    let environment = gateway["environment"].as_mapping().unwrap();
+    let partner = PartnerId::parse("123").unwrap();
+    let secret_var = partner_secret_env_var(&partner);
+    let base_env = [(secret_var.as_str(), "test-secret")];
+    let base = format!("{:?}", example_settings(&base_env).unwrap());
+    let mut checked = 0;
+    for (name, value) in environment {
+        let name = name.as_str().unwrap();
+        if !name.starts_with("GATEWAY_") {
+            continue;
+        }
+        checked += 1;
+        if name == secret_var {
+            let settings = example_settings(&[(name, "from-compose")]).unwrap();
+            let read = settings.partner(&partner).unwrap().client_secret.as_ref();
+            assert_eq!(read.unwrap().expose_secret(), "from-compose", "{name}");
+            continue;
+        }
+        let value = value.as_str().unwrap();
+        let with = example_settings(&[base_env[0], (name, value)])
+            .unwrap_or_else(|e| panic!("{name}={value}: {e}"));
+        assert_ne!(
+            format!("{with:?}"),
+            base,
+            "{name}={value} changes nothing: it is not a settings key the gateway reads"
+        );
+    }
+    assert!(checked >= 4, "compose sets {checked} GATEWAY_ variables");
+}
+
+const MINIMAL: &str = r#"
+[kiva]
+token_url = "https://auth.example/oauth/token"
+audience = "https://partner-api.example"
+api_base_url = "https://partnerapi.example"
+[[partners]]
+id = "p1"
+name = "Demo MFI"
+column_format = "three_column"
+client_id = "cid"
+client_secret = "s3cret"
+"#;
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's signature
+fn the_default_body_limit_fits_the_largest_report_with_room_and_not_much_more() {
+    let mut settings = None;
+    figment::Jail::expect_with(|_| {
+        settings = Some(Settings::from_toml_str(MINIMAL).map_err(|e| e.to_string())?);
+        Ok(())
+    });
+    let server = settings.unwrap().server;
+    // The schema's longest ids (100 characters), written with two-space indents.
+    let long = |prefix: &str, i: usize| format!("{prefix}-{i:0>98}");
+    let repayments: Vec<_> = (0..server.max_repayments)
+        .map(|i| {
+            serde_json::json!({"loan_id": long("L", i), "client_id": long("C", i),
+                               "amount": "999999999999999.999"})
+        })
+        .collect();
+    let report = serde_json::json!({"period": "2026-10", "repayments": repayments});
+    let size = serde_json::to_string_pretty(&report).unwrap().len();
+    let limit = server.max_body_bytes;
+    assert!(
+        size < limit && limit < size * 3 / 2,
+        "{size} bytes for the largest report vs a {limit}-byte limit"
+    );
+}
