@@ -154,7 +154,7 @@ proptest! {
                 json!({"loan_id": format!("L-{i}"), "client_id": "C-1", "amount": amount})
             })
             .collect();
-        let body = json!({"repayments": repayments}).to_string();
+        let body = json!({"period": "2026-10", "repayments": repayments}).to_string();
         let (intake, scope) = intake();
         let report = intake.read(body.as_bytes(), &scope).unwrap();
         let forwarded: Vec<String> =

@@ -225,6 +225,22 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%reason, "store write not confirmed");
                 ApiError::ChangeUnconfirmed
             }
+            StoreError::AlreadyReported(earlier) => {
+                let mut listed = crate::intake::Violations::default();
+                for e in &earlier {
+                    listed.push(Violation::new(
+                        format!("/repayments/{}/loan_id", e.position),
+                        format!(
+                            "this loan was already reported in this period, in report {} (its \
+                             /repayments/{}): PA2 would count it twice. Leave it out, or send \
+                             \"correction\": true if this report corrects that one",
+                            e.report_id, e.earlier_position
+                        ),
+                    ));
+                }
+                let (listed, total) = listed.into_listed();
+                ApiError::InvalidReport { listed, total }
+            }
             StoreError::Other(reason) => {
                 tracing::error!(%reason, "store error");
                 ApiError::Internal

@@ -54,7 +54,9 @@ pub struct RuleViolation {
 pub struct RepaymentReport {
     partner_id: PartnerId,
     column_format: ColumnFormat,
-    period: Option<Period>,
+    period: Period,
+    /// It may repeat loans of earlier reports of its period.
+    correction: bool,
     repayments: Vec<Repayment>,
 }
 
@@ -62,7 +64,7 @@ impl RepaymentReport {
     pub fn new(
         partner_id: PartnerId,
         column_format: ColumnFormat,
-        period: Option<Period>,
+        period: Period,
         repayments: Vec<Repayment>,
     ) -> Result<Self, Vec<RuleViolation>> {
         let violations = column_rule_violations(
@@ -82,6 +84,7 @@ impl RepaymentReport {
             partner_id,
             column_format,
             period,
+            correction: false,
             repayments,
         })
     }
@@ -91,7 +94,7 @@ impl RepaymentReport {
     pub(crate) fn from_checked(
         partner_id: PartnerId,
         column_format: ColumnFormat,
-        period: Option<Period>,
+        period: Period,
         repayments: Vec<Repayment>,
     ) -> Self {
         debug_assert!(!repayments.is_empty());
@@ -99,8 +102,19 @@ impl RepaymentReport {
             partner_id,
             column_format,
             period,
+            correction: false,
             repayments,
         }
+    }
+
+    /// Marks the report as a correction of earlier reports of its period.
+    pub fn with_correction(mut self, correction: bool) -> Self {
+        self.correction = correction;
+        self
+    }
+
+    pub fn correction(&self) -> bool {
+        self.correction
     }
 
     pub fn partner_id(&self) -> &PartnerId {
@@ -111,7 +125,7 @@ impl RepaymentReport {
         self.column_format
     }
 
-    pub fn period(&self) -> Option<Period> {
+    pub fn period(&self) -> Period {
         self.period
     }
 
@@ -297,7 +311,7 @@ mod tests {
         let report = RepaymentReport::new(
             PartnerId::parse("1").unwrap(),
             ColumnFormat::ThreeColumn,
-            None,
+            crate::domain::Period::parse("2026-10").unwrap(),
             rows,
         )
         .unwrap();

@@ -240,6 +240,7 @@ impl Intake {
                     .any(|(i, _)| at_schema.contains(&pointer[..i]))
         };
 
+        // Required: a missing period is the schema's violation.
         let period = match value.get("period").and_then(Value::as_str) {
             Some(text) => match Period::parse(text) {
                 Ok(period) => Some(period),
@@ -252,6 +253,10 @@ impl Intake {
             },
             None => None,
         };
+        let correction = value
+            .get("correction")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         for problem in entries.iter().flat_map(|e| &e.problems) {
             if !flagged(&problem.pointer) {
                 found.push(problem.clone());
@@ -294,8 +299,12 @@ impl Intake {
             })
             .collect();
         Ok(RepaymentReport::from_checked(
-            partner_id, format, period, repayments,
-        ))
+            partner_id,
+            format,
+            period.expect("a missing period is a violation"),
+            repayments,
+        )
+        .with_correction(correction))
     }
 
     /// The partner the report is for: named by `partner_id`, or implied by a single-partner key.

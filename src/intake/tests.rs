@@ -24,7 +24,7 @@ fn reads_a_valid_report_with_exact_amounts() {
     let report = intake.read(body, &scope).unwrap();
     assert_eq!(report.repayments()[1].loan_id.as_str(), "1042970");
     assert_eq!(report.total_amount().to_string(), "2469135.782");
-    assert_eq!(report.period().unwrap().to_string(), "2026-10");
+    assert_eq!(report.period().to_string(), "2026-10");
 }
 
 #[test]

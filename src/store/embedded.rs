@@ -24,7 +24,7 @@ use super::{
     OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStatus, ReportStore,
     StoreError, report_of_batch,
 };
-use crate::domain::PartnerId;
+use crate::domain::{PartnerId, Period};
 
 /// Retries promoted per call at most, as in the Redis backend.
 const PROMOTE_LIMIT: i64 = 500;
@@ -40,6 +40,17 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_by_partner ON reports (partner, id);
 CREATE INDEX IF NOT EXISTS reports_by_branch ON reports (partner, branch, id);
+CREATE INDEX IF NOT EXISTS reports_by_period ON reports (partner, period, id);
+-- One loan, one report per period: the report (and position) that has each loan of a period.
+CREATE TABLE IF NOT EXISTS period_loans (
+    partner TEXT NOT NULL,
+    period TEXT NOT NULL,
+    loan TEXT NOT NULL,
+    report_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (partner, period, loan)
+);
+CREATE INDEX IF NOT EXISTS period_loans_by_report ON period_loans (report_id);
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     partner TEXT NOT NULL,
@@ -431,6 +442,50 @@ impl ReportStore for EmbeddedStore {
             }
             let partner = report.partner_id.as_str();
             let id = report.id.to_string();
+            let period = report.period.map(|p| p.to_string()).unwrap_or_default();
+            let loans: Vec<String> = batches
+                .iter()
+                .flat_map(|b| &b.repayments)
+                .map(|r| super::loan_key(report.column_format, r))
+                .collect();
+            // Checked inside the same IMMEDIATE transaction that writes the report: two
+            // reports with one loan can't both get in.
+            if !report.correction {
+                let mut earlier_of = tx
+                    .prepare_cached(
+                        "SELECT report_id, position FROM period_loans WHERE partner = ?1 AND period = ?2 AND loan = ?3",
+                    )
+                    .map_err(other)?;
+                let mut earlier = Vec::new();
+                for (position, loan) in loans.iter().enumerate() {
+                    let found: Option<(String, i64)> = earlier_of
+                        .query_row(params![partner, period, loan], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                        .map_err(other)?;
+                    if let Some((report_id, earlier_position)) = found {
+                        earlier.push(super::EarlierReport {
+                            position,
+                            report_id: Uuid::parse_str(&report_id).map_err(other)?,
+                            earlier_position: earlier_position as usize,
+                        });
+                    }
+                }
+                if !earlier.is_empty() {
+                    return Err(StoreError::AlreadyReported(earlier));
+                }
+            }
+            {
+                let mut remember = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO period_loans (partner, period, loan, report_id, position) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(other)?;
+                for (position, loan) in loans.iter().enumerate() {
+                    remember
+                        .execute(params![partner, period, loan, id, position as i64])
+                        .map_err(other)?;
+                }
+            }
             tx.execute(
                 "INSERT INTO reports (id, partner, branch, period, doc, status) VALUES (?1, ?2, ?3, ?4, ?5, 'queued')",
                 params![id, partner, report.branch, report.period.map(|p| p.to_string()), encode(&report)],
@@ -888,6 +943,7 @@ impl ReportStore for EmbeddedStore {
                     "DELETE FROM attempts WHERE batch_id IN (SELECT id FROM batches WHERE report_id = ?1)",
                     "DELETE FROM actions WHERE batch_id IN (SELECT id FROM batches WHERE report_id = ?1)",
                     "DELETE FROM batches WHERE report_id = ?1",
+                    "DELETE FROM period_loans WHERE report_id = ?1",
                     "DELETE FROM reports WHERE id = ?1",
                 ] {
                     tx.execute(sql, params![id]).map_err(other)?;
@@ -904,6 +960,61 @@ impl ReportStore for EmbeddedStore {
             level: "SQLite WAL, synchronous=FULL: on disk before each 202 and each send".into(),
             may_lose_acknowledged_writes: false,
         })
+    }
+
+    async fn period_reports(
+        &self,
+        partner: &PartnerId,
+        period: Period,
+        branch: Option<&str>,
+    ) -> Result<Vec<(Report, Vec<Batch>)>, StoreError> {
+        let partner = partner.to_string();
+        let branch = branch.map(str::to_owned);
+        self.transaction(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT doc, status FROM reports WHERE partner = ?1 AND period = ?2
+                       AND (?3 IS NULL OR branch = ?3) ORDER BY id",
+                )
+                .map_err(other)?;
+            let rows: Vec<(String, String)> = stmt
+                .query_map(params![partner, period.to_string(), branch], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)?;
+            rows.iter()
+                .map(|(doc, status)| {
+                    let report = with_status(doc, status)?;
+                    let batches = batches_of_report(tx, &report)?;
+                    Ok((report, batches))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn periods(&self, partner: &PartnerId) -> Result<Vec<Period>, StoreError> {
+        let partner = partner.to_string();
+        self.transaction(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT DISTINCT period FROM reports WHERE partner = ?1 AND period IS NOT NULL
+                     ORDER BY period DESC",
+                )
+                .map_err(other)?;
+            let periods: Vec<String> = stmt
+                .query_map(params![partner], |row| row.get(0))
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)?;
+            Ok(periods
+                .iter()
+                .filter_map(|p| Period::parse(p).ok())
+                .collect())
+        })
+        .await
     }
 
     async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {

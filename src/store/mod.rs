@@ -32,6 +32,10 @@ pub enum StoreError {
     /// Another request took over this idempotency key (the claim expired); nothing was written.
     #[error("the idempotency key was claimed by another request")]
     ClaimLost,
+    /// Loans of the report are in other accepted reports of the same period (and the report
+    /// is not a correction); nothing was written.
+    #[error("{} loan(s) of the report were already reported in this period", .0.len())]
+    AlreadyReported(Vec<EarlierReport>),
     /// A write was sent but no answer came back (a timeout, a connection cut after the
     /// request was written): it may or may not have been applied. Never to be reported as
     /// "nothing was stored".
@@ -588,6 +592,18 @@ pub trait ReportStore: Send + Sync + 'static {
 
     /// How durable an accepted report is on this store, for readiness and the start-up log.
     async fn durability(&self) -> Result<Durability, StoreError>;
+
+    /// Every report of the period (of one branch, when given), each with its batches, oldest
+    /// first.
+    async fn period_reports(
+        &self,
+        partner: &PartnerId,
+        period: Period,
+        branch: Option<&str>,
+    ) -> Result<Vec<(Report, Vec<Batch>)>, StoreError>;
+
+    /// The periods the partner has reports for, newest first.
+    async fn periods(&self, partner: &PartnerId) -> Result<Vec<Period>, StoreError>;
 }
 
 /// What a 202 (or `sending`) survives on this store.
@@ -637,6 +653,49 @@ pub fn batches_of(
             }
         })
         .collect()
+}
+
+/// Where a loan of a refused report was reported before in the same period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierReport {
+    /// Index of the repayment in the refused report.
+    pub position: usize,
+    pub report_id: Uuid,
+    /// Its index in the earlier report.
+    pub earlier_position: usize,
+}
+
+impl EarlierReport {
+    /// From `position=report:position`, as the stores keep it.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (position, earlier) = text.split_once('=')?;
+        let (report, earlier_position) = earlier.rsplit_once(':')?;
+        Some(Self {
+            position: position.parse().ok()?,
+            report_id: Uuid::parse_str(report).ok()?,
+            earlier_position: earlier_position.parse().ok()?,
+        })
+    }
+}
+
+/// A loan as PA2 tells loans apart in a period: by loan id, with the client id for three-column
+/// partners (whose loan ids alone need not be unique). The separator can't be in an id.
+pub fn loan_key(format: ColumnFormat, repayment: &StoredRepayment) -> String {
+    match (format, &repayment.client_id) {
+        (ColumnFormat::ThreeColumn, Some(client)) => {
+            format!("{}\u{1f}{}", repayment.loan_id.as_str(), client.as_str())
+        }
+        _ => repayment.loan_id.as_str().to_owned(),
+    }
+}
+
+/// `store.retention_days` by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// A period's loan index must outlive every report of the period that could still be
+/// corrected: the retention, plus two months for the period itself to close.
+pub fn period_index_ttl(retention: Duration) -> Duration {
+    retention.saturating_add(Duration::from_secs(62 * 24 * 3600))
 }
 
 /// The smallest UUIDv7 of the millisecond `at`: report ids (UUIDv7) below it were made

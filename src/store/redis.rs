@@ -43,7 +43,7 @@ use super::{
     OperatorActionKind, OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery,
     ReportStore, StoreError, report_of_batch,
 };
-use crate::domain::PartnerId;
+use crate::domain::{PartnerId, Period};
 
 /// Reports examined per listing call at most, so a filter that matches little can't make one
 /// request scan a partner's whole history; the caller gets a cursor to go on.
@@ -86,31 +86,64 @@ end
 return 'OK'
 "#;
 
-// KEYS: idempotency, report, reports index, branch index, stream, then one key per batch.
+// KEYS: idempotency, report, reports index, branch index, stream, the period's loans, the
+// period's reports, the periods, then one key per batch.
 // ARGV: idempotent ('1'|'0'), claim token, record TTL (s), record JSON, report id, report
-// JSON, now (ms), then the batch JSONs, then the batch ids.
+// JSON, now (ms), correction ('1'|'0'), period index TTL (s), period, then the batch JSONs,
+// then the batch ids, then the report's loan keys in order (see `loan_key`).
+//
+// One loan, one report per period: the period's loans hash maps each loan key to the report
+// (and position) that has it. Checked and written in this one script, so two reports with the
+// same loan can never both be accepted, whichever process takes them. Answers {'ok'}, or
+// {'reported', 'position=report:position', ...} and writes nothing.
 const ACCEPT: &str = r#"#!lua
-local batches = #KEYS - 5
+local batches = #KEYS - 8
+local first_loan = 11 + 2 * batches
 if ARGV[1] == '1' then
   if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2]
      or redis.call('HGET', KEYS[1], 'state') ~= 'in_progress' then
     return redis.error_reply('CLAIMLOST the idempotency claim is gone')
   end
 end
+if ARGV[8] ~= '1' then
+  local earlier = {}
+  -- In chunks: Lua's unpack has a limit on how many values it passes.
+  for i = first_loan, #ARGV, 1000 do
+    local last = math.min(i + 999, #ARGV)
+    local found = redis.call('HMGET', KEYS[6], unpack(ARGV, i, last))
+    for j = 1, #found do
+      if found[j] then
+        table.insert(earlier, tostring(i + j - 1 - first_loan) .. '=' .. found[j])
+      end
+    end
+  end
+  if #earlier > 0 then
+    table.insert(earlier, 1, 'reported')
+    return earlier
+  end
+end
 redis.call('HSET', KEYS[2], 'doc', ARGV[6], 'status', 'queued')
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
 redis.call('ZADD', KEYS[4], 0, ARGV[5])
+redis.call('ZADD', KEYS[7], 0, ARGV[5])
+redis.call('ZADD', KEYS[8], 0, ARGV[10])
 for i = 1, batches do
-  redis.call('HSET', KEYS[5 + i], 'doc', ARGV[7 + i], 'state', 'queued', 'attempt', 0,
+  redis.call('HSET', KEYS[8 + i], 'doc', ARGV[10 + i], 'state', 'queued', 'attempt', 0,
              'queued_at', ARGV[7])
-  redis.call('XADD', KEYS[5], '*', 'batch', ARGV[7 + batches + i])
+  redis.call('XADD', KEYS[5], '*', 'batch', ARGV[10 + batches + i])
 end
+for i = first_loan, #ARGV do
+  redis.call('HSET', KEYS[6], ARGV[i], ARGV[5] .. ':' .. tostring(i - first_loan))
+end
+-- The period's loans are needed while its reports are; a new report extends that.
+redis.call('EXPIRE', KEYS[6], ARGV[9])
+redis.call('EXPIRE', KEYS[7], ARGV[9])
 if ARGV[1] == '1' then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'state', 'done', 'record', ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-return 'OK'
+return {'ok'}
 "#;
 
 // Delivery scripts share one key layout: KEYS[1] the batch, [2] its report, [3] the stream,
@@ -240,14 +273,16 @@ rollup()
 return {'done', state}
 "#;
 
-// KEYS: report, reports index, branch index, then every key of its batches. ARGV: report id.
-// Deletes a report only when it is settled: `delivered` is rolled up from every batch.
+// KEYS: report, reports index, branch index, period index, then every key of its batches.
+// ARGV: report id. Deletes a report only when it is settled: `delivered` is rolled up from
+// every batch.
 const PURGE: &str = r#"#!lua
 if redis.call('HGET', KEYS[1], 'status') ~= 'delivered' then return 0 end
-for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 "#;
 
@@ -265,6 +300,8 @@ pub struct RedisStore {
     pool: Pool,
     prefix: String,
     timeout: Duration,
+    /// How long a period's loan index outlives the period's last accept.
+    period_index_ttl: Duration,
     /// Set by `check_persistence`: the server can confirm that a write reached its AOF.
     waitaof: std::sync::atomic::AtomicBool,
     claim: Script,
@@ -404,7 +441,14 @@ impl RedisStore {
             promote: Script::new(PROMOTE),
             purge: Script::new(PURGE),
             waitaof: std::sync::atomic::AtomicBool::new(false),
+            period_index_ttl: super::period_index_ttl(super::DEFAULT_RETENTION),
         })
+    }
+
+    /// Settled reports are kept `retention`; a period's loan index as long, and a bit more.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.period_index_ttl = super::period_index_ttl(retention);
+        self
     }
 
     /// Reads the server's persistence settings; from here on, writes that must survive a
@@ -599,10 +643,23 @@ impl RedisStore {
     }
 
     async fn batches(&self, report: &Report) -> Result<Vec<Batch>, StoreError> {
-        let partner = &report.partner_id;
-        let ids: Vec<String> = report.batch_ids().collect();
+        Ok(self
+            .batches_of_many(std::slice::from_ref(report))
+            .await?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// The batches of each report, in one round trip.
+    async fn batches_of_many(&self, reports: &[Report]) -> Result<Vec<Vec<Batch>>, StoreError> {
+        let ids: Vec<(usize, String)> = reports
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.batch_ids().map(move |id| (i, id)))
+            .collect();
         let mut pipe = redis::pipe();
-        for id in &ids {
+        for (i, id) in &ids {
+            let partner = &reports[*i].partner_id;
             let key = self.batch_key(partner, id);
             pipe.cmd("HMGET")
                 .arg(&key)
@@ -617,12 +674,15 @@ impl RedisStore {
                 .arg(-1);
         }
         type Row = (Vec<Option<String>>, Vec<String>, Vec<String>);
-        let rows: Vec<Row> = self
-            .with_connection(async |c| pipe.query_async(c).await)
-            .await?;
-        rows.into_iter()
-            .zip(&ids)
-            .map(|((fields, attempts, actions), id)| {
+        let rows: Vec<Row> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.with_connection(async |c| pipe.query_async(c).await)
+                .await?
+        };
+        let mut grouped: Vec<Vec<Batch>> = reports.iter().map(|_| Vec::new()).collect();
+        for ((fields, attempts, actions), (i, id)) in rows.into_iter().zip(&ids) {
+            grouped[*i].push({
                 let [doc, state, next, result] = <[Option<String>; 4]>::try_from(fields)
                     .map_err(|_| StoreError::Other("unexpected HMGET reply".into()))?;
                 let doc: BatchDoc = decode(
@@ -641,9 +701,10 @@ impl RedisStore {
                         .map(|a| decode(a))
                         .collect::<Result<_, _>>()?,
                 };
-                Ok(Batch::assemble(doc, progress))
-            })
-            .collect()
+                Batch::assemble(doc, progress)
+            });
+        }
+        Ok(grouped)
     }
 
     async fn ensure_group(&self, stream: &str) -> Result<(), StoreError> {
@@ -847,6 +908,7 @@ impl ReportStore for RedisStore {
         idempotency_ttl: Duration,
     ) -> Result<(), StoreError> {
         let partner = &report.partner_id;
+        let period = report.period.map(|p| p.to_string()).unwrap_or_default();
         let mut invocation = self.accept.prepare_invoke();
         invocation
             .key(match idempotency {
@@ -857,7 +919,10 @@ impl ReportStore for RedisStore {
             .key(self.report_key(partner, report.id))
             .key(self.key(partner, "reports"))
             .key(self.key(partner, &format!("reports:branch:{}", report.branch)))
-            .key(self.stream_key(partner));
+            .key(self.stream_key(partner))
+            .key(self.key(partner, &format!("period:{period}:loans")))
+            .key(self.key(partner, &format!("period:{period}:reports")))
+            .key(self.key(partner, "periods"));
         for batch in batches {
             invocation.key(self.batch_key(partner, &batch.id));
         }
@@ -868,18 +933,35 @@ impl ReportStore for RedisStore {
             .arg(idempotency.map_or(String::new(), |i| encode(&i.response)))
             .arg(report.id.to_string())
             .arg(encode(report))
-            .arg(report.created_at.timestamp_millis());
+            .arg(report.created_at.timestamp_millis())
+            .arg(if report.correction { "1" } else { "0" })
+            .arg(self.period_index_ttl.as_secs())
+            .arg(&period);
         for batch in batches {
             invocation.arg(encode(batch));
         }
         for batch in batches {
             invocation.arg(&batch.id);
         }
-        self.write(async |c| {
-            invocation.invoke_async::<String>(c).await?;
-            self.wait_for_aof(c).await
-        })
-        .await
+        for repayment in batches.iter().flat_map(|b| &b.repayments) {
+            invocation.arg(super::loan_key(report.column_format, repayment));
+        }
+        let reply: Vec<String> = self
+            .write(async |c| {
+                let reply = invocation.invoke_async(c).await?;
+                self.wait_for_aof(c).await?;
+                Ok(reply)
+            })
+            .await?;
+        match reply.split_first() {
+            Some((first, earlier)) if first == "reported" => Err(StoreError::AlreadyReported(
+                earlier
+                    .iter()
+                    .filter_map(|e| super::EarlierReport::parse(e))
+                    .collect(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     async fn report(
@@ -1310,7 +1392,14 @@ impl ReportStore for RedisStore {
                 invocation
                     .key(self.report_key(partner, id))
                     .key(&index)
-                    .key(self.key(partner, &format!("reports:branch:{}", report.branch)));
+                    .key(self.key(partner, &format!("reports:branch:{}", report.branch)))
+                    .key(self.key(
+                        partner,
+                        &format!(
+                            "period:{}:reports",
+                            report.period.map(|p| p.to_string()).unwrap_or_default()
+                        ),
+                    ));
                 for batch in report.batch_ids() {
                     let key = self.batch_key(partner, &batch);
                     invocation
@@ -1333,5 +1422,66 @@ impl ReportStore for RedisStore {
 
     async fn durability(&self) -> Result<Durability, StoreError> {
         Ok(self.check_persistence().await?.durability())
+    }
+
+    async fn period_reports(
+        &self,
+        partner: &PartnerId,
+        period: Period,
+        branch: Option<&str>,
+    ) -> Result<Vec<(Report, Vec<Batch>)>, StoreError> {
+        let index = self.key(partner, &format!("period:{period}:reports"));
+        let ids: Vec<String> = self
+            .with_connection(async |c| {
+                redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.key(partner, &format!("report:{id}")))
+                .arg("doc")
+                .arg("status");
+        }
+        let docs: Vec<(Option<String>, Option<String>)> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.with_connection(async |c| pipe.query_async(c).await)
+                .await?
+        };
+        let reports: Vec<Report> = docs
+            .into_iter()
+            .filter_map(|(doc, status)| Some(report_with_status(&doc?, status.as_deref())))
+            .filter(|r| {
+                r.as_ref()
+                    .map_or(true, |r| branch.is_none_or(|b| r.branch == b))
+            })
+            .collect::<Result<_, _>>()?;
+        let batches = self.batches_of_many(&reports).await?;
+        Ok(reports.into_iter().zip(batches).collect())
+    }
+
+    async fn periods(&self, partner: &PartnerId) -> Result<Vec<Period>, StoreError> {
+        let index = self.key(partner, "periods");
+        let periods: Vec<String> = self
+            .with_connection(async |c| {
+                redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("REV")
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(periods
+            .iter()
+            .filter_map(|p| Period::parse(p).ok())
+            .collect())
     }
 }

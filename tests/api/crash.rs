@@ -36,7 +36,7 @@ impl Gateway {
     }
 
     async fn submit(&self, loan: usize) -> String {
-        let body = serde_json::json!({"repayments": [{"loan_id": format!("L-{loan}"), "client_id": format!("C-{loan}"), "amount": "7.50"}]});
+        let body = serde_json::json!({"period": "2026-10", "repayments": [{"loan_id": format!("L-{loan}"), "client_id": format!("C-{loan}"), "amount": "7.50"}]});
         let answer: Value = self
             .remote
             .post_report(&plain_key(NAIROBI), &body.to_string())

@@ -69,7 +69,7 @@ async fn a_450_repayment_report_becomes_exactly_three_uploads_with_the_exact_jso
 
 async fn a_two_column_partners_uploads_carry_no_client_id(backend: Backend) {
     let rig = spawn_delivery_rig(backend).await;
-    let body = json!({"repayments": [
+    let body = json!({"period": "2026-10", "repayments": [
         {"loan_id": "L-0", "client_id": "C-0", "amount": "25.00"},
         {"loan_id": "L-1", "amount": 1234567.891}
     ]});
@@ -406,7 +406,7 @@ async fn two_thousand_reports_drained_by_four_workers_are_each_uploaded_exactly_
     let mut ids = Vec::with_capacity(2_000);
     for chunk in (0..2_000).collect::<Vec<usize>>().chunks(50) {
         let answers = futures_util::future::join_all(chunk.iter().map(|i| {
-            let body = json!({"repayments": [{"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": "1"}]});
+            let body = json!({"period": "2026-10", "repayments": [{"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": "1"}]});
             let app = &rig.app;
             async move { app.submit(NAIROBI, &body).await }
         }))
@@ -462,7 +462,7 @@ async fn a_redis_restart_mid_run_delivers_every_report_exactly_once() {
     let mut rig = spawn_delivery_rig_on_persistent_redis().await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        let body = json!({"repayments": [{"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": "1"}]});
+        let body = json!({"period": "2026-10", "repayments": [{"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": "1"}]});
         ids.push(rig.submit(NAIROBI, &body).await);
     }
     let worker = rig.worker();

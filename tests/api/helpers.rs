@@ -544,7 +544,9 @@ pub fn three_column_report(count: usize, amount: &str) -> Value {
     let repayments: Vec<Value> = (0..count)
         .map(|i| serde_json::json!({"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": amount}))
         .collect();
-    serde_json::json!({"period": "2026-10", "repayments": repayments})
+    // These fixtures send the same loans in many reports of one period: that is a correction
+    // as far as the one-loan-per-period rule goes (tests/api/periods.rs tests the rule).
+    serde_json::json!({"period": "2026-10", "correction": true, "repayments": repayments})
 }
 
 /// Wraps a store and, once armed, holds the next `accept` until released: a request can be
@@ -713,6 +715,22 @@ impl ReportStore for GatedStore {
 
     async fn durability(&self) -> Result<repayment_gateway::store::Durability, StoreError> {
         self.inner.durability().await
+    }
+
+    async fn period_reports(
+        &self,
+        partner: &PartnerId,
+        period: repayment_gateway::domain::Period,
+        branch: Option<&str>,
+    ) -> Result<Vec<(Report, Vec<Batch>)>, StoreError> {
+        self.inner.period_reports(partner, period, branch).await
+    }
+
+    async fn periods(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Vec<repayment_gateway::domain::Period>, StoreError> {
+        self.inner.periods(partner).await
     }
 
     async fn batch(

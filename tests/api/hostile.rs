@@ -11,7 +11,10 @@ fn repayments_with_amounts(amounts: &[&str]) -> String {
         .enumerate()
         .map(|(i, amount)| format!(r#"{{"loan_id":"L{i}","client_id":"C{i}","amount":{amount}}}"#))
         .collect();
-    format!(r#"{{"repayments":[{}]}}"#, items.join(","))
+    format!(
+        r#"{{"period":"2026-10","repayments":[{}]}}"#,
+        items.join(",")
+    )
 }
 
 #[tokio::test]
@@ -51,7 +54,7 @@ async fn thousands_of_unknown_properties_get_a_small_422() {
     let app = spawn(Backend::Embedded).await;
     let unknown: Vec<String> = (0..20_000).map(|i| format!(r#""x{i}":0"#)).collect();
     let body = format!(
-        r#"{{"repayments":[{{"loan_id":"L1","client_id":"C1","amount":1,{}}}]}}"#,
+        r#"{{"period":"2026-10","repayments":[{{"loan_id":"L1","client_id":"C1","amount":1,{}}}]}}"#,
         unknown.join(",")
     );
     let answer = app.submit_raw(NAIROBI, &body).await;
@@ -145,8 +148,7 @@ async fn accepted_digits_are_forwarded_exactly() {
 #[tokio::test]
 async fn an_array_where_a_value_belongs_is_named_by_kind() {
     let app = spawn(Backend::Embedded).await;
-    let body =
-        json!({"repayments": [{"loan_id": [1, 2], "client_id": "C1", "amount": {"value": 1}}]});
+    let body = json!({"period": "2026-10", "repayments": [{"loan_id": [1, 2], "client_id": "C1", "amount": {"value": 1}}]});
     let answer = app.submit(NAIROBI, &body).await;
     assert_eq!(answer.status, 422, "{}", answer.text);
     let details: Vec<&Value> = answer.body["errors"]

@@ -41,7 +41,10 @@ async fn keys_are_scoped_to_the_api_key(backend: Backend) {
         app.submit_idempotent(NAIROBI, "shared", BODY).await.status,
         202
     );
-    let other = app.submit_idempotent(MOMBASA, "shared", BODY).await;
+    // Another branch's report (its own loan: a loan is reported once per period).
+    let other = app
+        .submit_idempotent(MOMBASA, "shared", &BODY.replace("L1", "L9"))
+        .await;
     assert_eq!(other.status, 202);
     assert_eq!(other.header("idempotent-replayed"), None);
     assert_eq!(app.stream_entries(THREE_COL).await.len(), 2);
@@ -88,7 +91,7 @@ async fn a_second_request_while_the_first_is_in_progress_is_409_and_one_report_i
 
 async fn a_refused_report_does_not_use_up_its_key(backend: Backend) {
     let app = spawn(backend).await;
-    let invalid = r#"{"repayments":[{"loan_id":"L1","amount":"25.00"}]}"#;
+    let invalid = r#"{"period":"2026-10","repayments":[{"loan_id":"L1","amount":"25.00"}]}"#;
     assert_eq!(
         app.submit_idempotent(NAIROBI, "fixme", invalid)
             .await

@@ -11,6 +11,7 @@ mod hostile;
 mod idempotency;
 mod openapi;
 mod outage;
+mod periods;
 mod reports;
 mod secrets;
 mod submit;

@@ -1,6 +1,6 @@
 use crate::helpers::*;
 
-const BODY: &str = r#"{"repayments":[{"loan_id":"L1","client_id":"C1","amount":"25.00"}]}"#;
+const BODY: &str = r#"{"period":"2026-10","correction":true,"repayments":[{"loan_id":"L1","client_id":"C1","amount":"25.00"}]}"#;
 
 #[tokio::test]
 async fn while_redis_is_down_reports_are_refused_with_503_and_after_it_returns_the_same_request_is_accepted()

@@ -78,7 +78,7 @@ async fn a_three_column_partner_needs_client_id_and_a_two_column_partner_may_sen
     backend: Backend,
 ) {
     let app = spawn(backend).await;
-    let body = json!({"repayments": [
+    let body = json!({"period": "2026-10", "repayments": [
         {"loan_id": "L1", "client_id": "C1", "amount": 1},
         {"loan_id": "L2", "amount": 2}
     ]});
@@ -98,7 +98,7 @@ async fn a_three_column_partner_needs_client_id_and_a_two_column_partner_may_sen
 
 async fn two_column_duplicates_are_by_loan_alone(backend: Backend) {
     let app = spawn(backend).await;
-    let body = json!({"repayments": [
+    let body = json!({"period": "2026-10", "repayments": [
         {"loan_id": "L1", "client_id": "C1", "amount": 1},
         {"loan_id": "L1", "client_id": "C2", "amount": 2}
     ]});
@@ -114,7 +114,7 @@ async fn two_column_duplicates_are_by_loan_alone(backend: Backend) {
 
 async fn amounts_are_stored_with_exactly_the_digits_sent(backend: Backend) {
     let app = spawn(backend).await;
-    let body = r#"{"repayments": [
+    let body = r#"{"period": "2026-10", "repayments": [
         {"loan_id": "L1", "client_id": "C1", "amount": "1234567.891"},
         {"loan_id": "L2", "client_id": "C2", "amount": 1234567.891},
         {"loan_id": "L3", "client_id": "C3", "amount": 25.00},
@@ -152,8 +152,9 @@ async fn negative_too_precise_and_non_numeric_amounts_are_refused(backend: Backe
         "null",
         "true",
     ] {
-        let body =
-            format!(r#"{{"repayments":[{{"loan_id":"L1","client_id":"C1","amount":{amount}}}]}}"#);
+        let body = format!(
+            r#"{{"period":"2026-10","repayments":[{{"loan_id":"L1","client_id":"C1","amount":{amount}}}]}}"#
+        );
         let answer = app.submit_raw(NAIROBI, &body).await;
         assert_eq!(answer.status, 422, "amount {amount}: {}", answer.text);
         assert_eq!(
@@ -190,7 +191,11 @@ async fn validate_answers_with_what_would_be_sent_and_stores_nothing(backend: Ba
         two.text
     );
     let invalid = app
-        .send(app.post("/v1/repayments/validate", NAIROBI, r#"{"repayments":[]}"#))
+        .send(app.post(
+            "/v1/repayments/validate",
+            NAIROBI,
+            r#"{"period":"2026-10","repayments":[]}"#,
+        ))
         .await;
     assert_eq!(invalid.status, 422);
     assert_eq!(invalid.pointers(), ["/repayments"]);
@@ -236,7 +241,7 @@ async fn missing_or_unknown_keys_are_401_and_another_partner_is_403(backend: Bac
 
 async fn an_admin_key_for_every_partner_must_name_one(backend: Backend) {
     let app = spawn(backend).await;
-    let mut body = json!({"repayments": [{"loan_id": "L1", "amount": "5"}]});
+    let mut body = json!({"period": "2026-10", "repayments": [{"loan_id": "L1", "amount": "5"}]});
     let unnamed = app.submit(NETWORK_ADMIN, &body).await;
     assert_eq!(unnamed.status, 422);
     assert_eq!(unnamed.pointers(), ["/partner_id"]);
@@ -264,7 +269,7 @@ async fn oversized_bodies_and_reports_are_413(backend: Backend) {
     assert!(too_many.body["detail"].as_str().unwrap().contains("101"));
 
     let big = format!(
-        r#"{{"repayments":[{{"loan_id":"{}","amount":1}}]}}"#,
+        r#"{{"period":"2026-10","repayments":[{{"loan_id":"{}","amount":1}}]}}"#,
         "x".repeat(70 * 1024)
     );
     let too_big = app.submit_raw(NAIROBI, &big).await;
