@@ -23,7 +23,7 @@ pub const MAX_BATCH_SIZE: usize = 300;
 const ENV_PREFIX: &str = "GATEWAY_";
 /// Sections the environment may override; anything else under `GATEWAY_` (such as
 /// `GATEWAY_CONFIG` or a partner secret) is not a settings key.
-const ENV_SECTIONS: [&str; 5] = ["server", "store", "kiva", "delivery", "log"];
+const ENV_SECTIONS: [&str; 6] = ["server", "store", "kiva", "delivery", "log", "reconcile"];
 /// Time a worker keeps, after Kiva's answer is due, to record the outcome before another
 /// worker may take the batch over (and, finding it in `sending`, hold it).
 pub const CLAIM_MARGIN_SECS: u64 = 5;
@@ -38,6 +38,7 @@ pub struct Settings {
     pub kiva: KivaSettings,
     pub delivery: DeliverySettings,
     pub log: LogSettings,
+    pub reconcile: ReconcileSettings,
     #[serde(default)]
     pub partners: Vec<PartnerSettings>,
     #[serde(default)]
@@ -102,6 +103,29 @@ pub struct DeliverySettings {
     pub shutdown_grace_secs: u64,
 }
 
+/// Kiva's expected loans (the loans list), read per partner to reconcile the month.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Minutes between two refreshes of each partner's expected loans, in `serve` and
+    /// `worker`; 0 turns the schedule off (an admin can still refresh on demand).
+    pub refresh_minutes: u64,
+    /// A snapshot older than this is called stale by the period view.
+    pub stale_after_hours: u64,
+}
+
+/// What intake does with a repayment whose loan Kiva does not expect (not in the snapshot,
+/// or in a status PA2 ignores).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnexpectedLoans {
+    /// Accept the report and list those repayments as warnings.
+    #[default]
+    Warn,
+    /// Refuse the report (422), naming those repayments.
+    Reject,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -132,6 +156,9 @@ pub struct PartnerSettings {
     /// Kiva may then count an upload twice.
     #[serde(default)]
     pub resend_on_unknown_outcome: bool,
+    /// `warn` (default) or `reject`: see [`UnexpectedLoans`].
+    #[serde(default)]
+    pub unexpected_loans: UnexpectedLoans,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -164,6 +191,7 @@ struct Defaults {
     kiva: KivaDefaults,
     delivery: DeliverySettings,
     log: LogSettings,
+    reconcile: ReconcileSettings,
 }
 
 #[derive(Serialize)]
@@ -209,6 +237,10 @@ fn defaults() -> Defaults {
         log: LogSettings {
             format: LogFormat::Human,
             level: "info".into(),
+        },
+        reconcile: ReconcileSettings {
+            refresh_minutes: 60,
+            stale_after_hours: 24,
         },
     }
 }
@@ -396,6 +428,15 @@ impl Settings {
         check(
             d.poll_interval_ms >= 1,
             "delivery.poll_interval_ms: must be at least 1".into(),
+        );
+        check(
+            self.reconcile.refresh_minutes <= 7 * 24 * 60,
+            "reconcile.refresh_minutes: must be at most a week (10080); 0 turns the schedule off"
+                .into(),
+        );
+        check(
+            self.reconcile.stale_after_hours >= 1,
+            "reconcile.stale_after_hours: must be at least 1".into(),
         );
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),

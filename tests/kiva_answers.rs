@@ -37,6 +37,7 @@ fn client(sandbox: &Sandbox, timeout_secs: u64) -> KivaClient {
         client_id: "demo-two-column".into(),
         client_secret: Some(SecretString::from("demo-secret-101")),
         resend_on_unknown_outcome: false,
+        unexpected_loans: Default::default(),
     };
     KivaClient::new(&settings, &[partner]).unwrap()
 }
@@ -173,6 +174,7 @@ async fn a_secret_in_a_kiva_url_is_not_repeated_in_a_reason() {
         client_id: "demo-two-column".into(),
         client_secret: Some(SecretString::from("demo-secret-101")),
         resend_on_unknown_outcome: false,
+        unexpected_loans: Default::default(),
     };
     let client = KivaClient::new(&settings, &[partner]).unwrap();
     assert!(!format!("{client:?}").contains("SECRET-IN-QUERY"));

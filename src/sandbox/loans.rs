@@ -4,22 +4,45 @@ use hyper::StatusCode;
 use hyper::http::request::Parts;
 use serde_json::{Value, json};
 
-use super::Shared;
-use super::server::{Reply, authorize, error_answer, json_answer};
+use super::server::{Answer, apply_fault, authorize, error_answer, json_answer};
 use super::token::READ_LOANS;
+use super::{LoansRequest, Shared, TotalRecordsField};
 
 /// Kiva's largest page.
 const MAX_LIMIT: usize = 300;
 /// When the request names no limit. Kiva's default is undocumented.
 const DEFAULT_LIMIT: usize = 20;
 
-pub(super) fn handle(shared: &Shared, partner_id: &str, parts: &Parts) -> Reply {
-    if let Err(refusal) = authorize(shared, &parts.headers, partner_id, READ_LOANS) {
-        return *refusal;
+pub(super) async fn handle(shared: &Shared, partner_id: &str, parts: &Parts) -> Answer {
+    let parsed = Query::parse(parts.uri.query().unwrap_or_default());
+    let fault = {
+        let mut state = shared.lock();
+        state.loans_requests.push(LoansRequest {
+            partner_id: partner_id.to_owned(),
+            statuses: parsed
+                .as_ref()
+                .map(|q| q.statuses.clone())
+                .unwrap_or_default(),
+            offset: parsed.as_ref().map_or(0, |q| q.offset),
+            limit: parsed.as_ref().map_or(0, |q| q.limit),
+        });
+        state.loans_faults.pop_front()
+    };
+    if let Some(answer) = apply_fault(shared, fault).await {
+        return answer;
     }
-    let query = match Query::parse(parts.uri.query().unwrap_or_default()) {
+    if let Err(refusal) = authorize(shared, &parts.headers, partner_id, READ_LOANS) {
+        return Ok(*refusal);
+    }
+    let query = match parsed {
         Ok(query) => query,
-        Err(message) => return error_answer(StatusCode::BAD_REQUEST, "bad_request", &message),
+        Err(message) => {
+            return Ok(error_answer(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &message,
+            ));
+        }
     };
     let state = shared.lock();
     let matching: Vec<Value> = state
@@ -45,6 +68,10 @@ pub(super) fn handle(shared: &Shared, partner_id: &str, parts: &Parts) -> Reply 
             })
         })
         .collect();
+    let field = match state.total_records_field {
+        TotalRecordsField::Snake => "total_records",
+        TotalRecordsField::Camel => "totalRecords",
+    };
     drop(state);
     let total_records = matching.len();
     let data: Vec<Value> = matching
@@ -52,10 +79,10 @@ pub(super) fn handle(shared: &Shared, partner_id: &str, parts: &Parts) -> Reply 
         .skip(query.offset)
         .take(query.limit)
         .collect();
-    json_answer(
+    Ok(json_answer(
         StatusCode::OK,
-        &json!({"total_records": total_records, "data": data}),
-    )
+        &json!({field: total_records, "data": data}),
+    ))
 }
 
 struct Query {

@@ -60,6 +60,24 @@ impl fmt::Debug for Upload {
     }
 }
 
+/// One request to the loans list, as the sandbox read it (whatever it answered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoansRequest {
+    pub partner_id: String,
+    pub statuses: Vec<String>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// How the loans list spells its count: `total_records` in the integration that runs against
+/// Kiva, `totalRecords` in Kiva's own typed client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TotalRecordsField {
+    #[default]
+    Snake,
+    Camel,
+}
+
 /// How the sandbox answers one request instead of answering normally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -333,6 +351,30 @@ impl Sandbox {
         );
     }
 
+    /// Every GET of the loans list so far, in order (faults and refusals included).
+    pub fn loans_requests(&self) -> Vec<LoansRequest> {
+        self.shared().lock().loans_requests.clone()
+    }
+
+    /// Queues a fault for the loans list, taken like `push_fault`'s (status, stall or drop).
+    pub fn push_loans_fault(&self, fault: Fault) {
+        fault.check();
+        assert!(
+            !fault.after_handling(),
+            "{fault:?} is a fault of the repayments route only"
+        );
+        self.shared().lock().loans_faults.push_back(fault);
+    }
+
+    pub fn set_total_records_field(&self, field: TotalRecordsField) {
+        self.shared().lock().total_records_field = field;
+    }
+
+    /// Adds loans to the list (after those the sandbox has).
+    pub fn add_loans(&self, loans: impl IntoIterator<Item = SandboxLoan>) {
+        self.shared().lock().loans.extend(loans);
+    }
+
     /// Every later upload naming this loan carries a `warning` problem with these details.
     pub fn warn_on_loan(&self, partner_id: &str, internal_loan_id: &str, details: &str) {
         self.shared().lock().warnings.insert(
@@ -372,6 +414,9 @@ struct State {
     loans: Vec<SandboxLoan>,
     /// (partner id, internal loan id) → details.
     warnings: HashMap<(String, String), String>,
+    loans_requests: Vec<LoansRequest>,
+    loans_faults: VecDeque<Fault>,
+    total_records_field: TotalRecordsField,
 }
 
 struct Grant {

@@ -149,7 +149,7 @@ async fn route(shared: Arc<Shared>, parts: Parts, body: Bytes) -> Answer {
             super::repayments::handle(&shared, partner_id, &parts, body).await
         }
         (["v3", "partner", partner_id, "loans"], &Method::GET) if !partner_id.is_empty() => {
-            Ok(super::loans::handle(&shared, partner_id, &parts))
+            super::loans::handle(&shared, partner_id, &parts).await
         }
         (["oauth", "token"] | ["v3", "partner", _, "repayments"], _) => {
             Ok(method_not_allowed("POST"))

@@ -8,6 +8,8 @@
 //! same queue entries without knowing of the first, so opening takes an exclusive lock on
 //! `<dir>/lock` for the life of the store.
 
+mod expected;
+
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use super::{
     OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStatus, ReportStore,
     StoreError, report_of_batch,
 };
+use super::{ExpectedLoansSnapshot, RefreshStatus};
 use crate::domain::{PartnerId, Period};
 
 /// Retries promoted per call at most, as in the Redis backend.
@@ -197,6 +200,7 @@ impl EmbeddedStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(other)?;
         conn.execute_batch(SCHEMA).map_err(other)?;
+        conn.execute_batch(expected::SCHEMA).map_err(other)?;
         migrate(&conn)?;
         Ok(Self {
             db: Arc::new(Mutex::new(conn)),
@@ -1015,6 +1019,54 @@ impl ReportStore for EmbeddedStore {
                 .collect())
         })
         .await
+    }
+
+    // Kiva's expected loans: see `expected`.
+
+    async fn replace_expected_loans(
+        &self,
+        snapshot: &ExpectedLoansSnapshot,
+    ) -> Result<(), StoreError> {
+        self.put_expected_loans(snapshot).await
+    }
+
+    async fn expected_loans(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Option<ExpectedLoansSnapshot>, StoreError> {
+        self.get_expected_loans(partner).await
+    }
+
+    async fn expected_loans_taken_at(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.get_expected_loans_taken_at(partner).await
+    }
+
+    async fn lock_refresh(
+        &self,
+        partner: &PartnerId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.take_refresh_lock(partner, holder, ttl).await
+    }
+
+    async fn unlock_refresh(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError> {
+        self.give_back_refresh_lock(partner, holder).await
+    }
+
+    async fn record_refresh(
+        &self,
+        partner: &PartnerId,
+        status: &RefreshStatus,
+    ) -> Result<(), StoreError> {
+        self.put_refresh_status(partner, status).await
+    }
+
+    async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
+        self.get_refresh_status(partner).await
     }
 
     async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {

@@ -604,6 +604,48 @@ pub trait ReportStore: Send + Sync + 'static {
 
     /// The periods the partner has reports for, newest first.
     async fn periods(&self, partner: &PartnerId) -> Result<Vec<Period>, StoreError>;
+
+    // Kiva's expected loans (see `expected`): a snapshot per partner, and the refresh lock.
+
+    /// Replaces the partner's snapshot atomically (readers see the old one or the new one,
+    /// never a mix).
+    async fn replace_expected_loans(
+        &self,
+        snapshot: &ExpectedLoansSnapshot,
+    ) -> Result<(), StoreError>;
+
+    async fn expected_loans(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Option<ExpectedLoansSnapshot>, StoreError>;
+
+    /// Just `taken_at` (cheap: lets a process cache the snapshot and reload it only when it
+    /// changed).
+    async fn expected_loans_taken_at(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Takes the partner's refresh lock for `ttl` if nobody holds it; true when taken.
+    /// `holder` is unique.
+    async fn lock_refresh(
+        &self,
+        partner: &PartnerId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lock back, only if `holder` still holds it.
+    async fn unlock_refresh(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError>;
+
+    async fn record_refresh(
+        &self,
+        partner: &PartnerId,
+        status: &RefreshStatus,
+    ) -> Result<(), StoreError>;
+
+    /// The last recorded status, with `running` from the lock.
+    async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError>;
 }
 
 /// What a 202 (or `sending`) survives on this store.

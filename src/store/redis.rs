@@ -29,6 +29,8 @@
 //! and anything else that moves the batch (a take-over that holds it, an operator, a
 //! release) clears or replaces the fence first.
 
+mod expected;
+
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -43,6 +45,7 @@ use super::{
     OperatorActionKind, OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery,
     ReportStore, StoreError, report_of_batch,
 };
+use super::{ExpectedLoansSnapshot, RefreshStatus};
 use crate::domain::{PartnerId, Period};
 
 /// Reports examined per listing call at most, so a filter that matches little can't make one
@@ -1483,5 +1486,53 @@ impl ReportStore for RedisStore {
             .iter()
             .filter_map(|p| Period::parse(p).ok())
             .collect())
+    }
+
+    // Kiva's expected loans: see `expected`.
+
+    async fn replace_expected_loans(
+        &self,
+        snapshot: &ExpectedLoansSnapshot,
+    ) -> Result<(), StoreError> {
+        self.put_expected_loans(snapshot).await
+    }
+
+    async fn expected_loans(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Option<ExpectedLoansSnapshot>, StoreError> {
+        self.get_expected_loans(partner).await
+    }
+
+    async fn expected_loans_taken_at(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.get_expected_loans_taken_at(partner).await
+    }
+
+    async fn lock_refresh(
+        &self,
+        partner: &PartnerId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.take_refresh_lock(partner, holder, ttl).await
+    }
+
+    async fn unlock_refresh(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError> {
+        self.give_back_refresh_lock(partner, holder).await
+    }
+
+    async fn record_refresh(
+        &self,
+        partner: &PartnerId,
+        status: &RefreshStatus,
+    ) -> Result<(), StoreError> {
+        self.put_refresh_status(partner, status).await
+    }
+
+    async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
+        self.get_refresh_status(partner).await
     }
 }

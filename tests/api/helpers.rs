@@ -15,9 +15,9 @@ use repayment_gateway::domain::PartnerId;
 use repayment_gateway::startup::Application;
 use repayment_gateway::store::redis::RedisStore;
 use repayment_gateway::store::{
-    AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, IdempotencyClaim, IdempotencyScope,
-    IdempotentAccept, OperatorActionKind, OperatorOutcome, Report, ReportPage, ReportQuery,
-    ReportStore, StoreError,
+    AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, ExpectedLoansSnapshot,
+    IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorActionKind, OperatorOutcome,
+    RefreshStatus, Report, ReportPage, ReportQuery, ReportStore, StoreError,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -739,6 +739,52 @@ impl ReportStore for GatedStore {
         batch_id: &str,
     ) -> Result<Option<(Batch, String)>, StoreError> {
         self.inner.batch(partner, batch_id).await
+    }
+
+    async fn replace_expected_loans(
+        &self,
+        snapshot: &ExpectedLoansSnapshot,
+    ) -> Result<(), StoreError> {
+        self.inner.replace_expected_loans(snapshot).await
+    }
+
+    async fn expected_loans(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Option<ExpectedLoansSnapshot>, StoreError> {
+        self.inner.expected_loans(partner).await
+    }
+
+    async fn expected_loans_taken_at(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.expected_loans_taken_at(partner).await
+    }
+
+    async fn lock_refresh(
+        &self,
+        partner: &PartnerId,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.lock_refresh(partner, holder, ttl).await
+    }
+
+    async fn unlock_refresh(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError> {
+        self.inner.unlock_refresh(partner, holder).await
+    }
+
+    async fn record_refresh(
+        &self,
+        partner: &PartnerId,
+        status: &RefreshStatus,
+    ) -> Result<(), StoreError> {
+        self.inner.record_refresh(partner, status).await
+    }
+
+    async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
+        self.inner.refresh_status(partner).await
     }
 }
 
