@@ -66,6 +66,7 @@ impl Application {
             max_body_bytes: settings.server.max_body_bytes,
             idempotency_ttl: Duration::from_secs(settings.store.idempotency_ttl_hours * 3600),
             worker: worker.as_ref().map(|w| w.health()),
+            stale_after: Duration::from_secs(settings.reconcile.stale_after_hours * 3600),
         });
         let document = openapi::document();
         let server = HttpServer::new(move || {

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod batches;
 pub mod health;
 pub mod openapi;
+pub mod periods;
 pub mod problem;
 pub mod repayments;
 pub mod reports;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub idempotency_ttl: Duration,
     /// The delivery loop of this process, when it runs one.
     pub worker: Option<Arc<crate::delivery::WorkerHealth>>,
+    /// Kiva's expected-loans snapshot older than this is stale (`reconcile.stale_after_hours`).
+    pub stale_after: Duration,
 }
 
 pub const SCHEMA_PATH: &str = "/v1/schemas/repayment-report.json";
@@ -51,6 +54,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/repayments/validate")
             .route(web::post().to(repayments::validate))
             .default_service(web::to(not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/v1/periods")
+            .route(web::get().to(periods::list_periods))
+            .default_service(web::to(not_allowed("GET"))),
+    )
+    .service(
+        web::resource("/v1/periods/{period}")
+            .route(web::get().to(periods::get_period))
+            .default_service(web::to(not_allowed("GET"))),
+    )
+    .service(
+        web::resource("/v1/periods/{period}/not-reported")
+            .route(web::get().to(periods::not_reported))
+            .default_service(web::to(not_allowed("GET"))),
+    )
+    .service(
+        web::resource("/v1/periods/{period}/not-expected")
+            .route(web::get().to(periods::not_expected))
+            .default_service(web::to(not_allowed("GET"))),
     )
     .service(
         web::resource("/v1/reports")

@@ -28,6 +28,10 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         super::repayments::validate,
         super::reports::get_report,
         super::reports::list_reports,
+        super::periods::list_periods,
+        super::periods::get_period,
+        super::periods::not_reported,
+        super::periods::not_expected,
         super::batches::resend,
         super::batches::mark_delivered,
         super::report_schema,
@@ -43,6 +47,7 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
     tags(
         (name = "repayments", description = "Submit and check repayment reports"),
         (name = "reports", description = "Follow what happened to each report"),
+        (name = "periods", description = "The month: what was reported, what Kiva expects, and whether it is ready to finalize in PA2"),
         (name = "operators", description = "Decide about batches that need attention (admin keys)"),
         (name = "health", description = "Liveness and readiness"),
     )

@@ -149,6 +149,11 @@ impl std::fmt::Debug for Intake {
 }
 
 impl Intake {
+    /// The partner's column format, when it is configured.
+    pub fn column_format(&self, partner: &PartnerId) -> Option<ColumnFormat> {
+        self.column_formats.get(partner).copied()
+    }
+
     pub fn new(column_formats: HashMap<PartnerId, ColumnFormat>, max_repayments: usize) -> Self {
         // One large body per core: parsing is CPU-bound, so more at once only adds memory.
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
