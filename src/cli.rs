@@ -29,7 +29,8 @@ pub enum Command {
         #[arg(long)]
         demo: bool,
     },
-    /// Run only the delivery worker (no HTTP API), e.g. as a separate process or container.
+    /// Run only the delivery worker and the expected-loans schedule (no HTTP API), e.g. as a
+    /// separate process or container.
     Worker {
         #[arg(long, short, env = "GATEWAY_CONFIG")]
         config: Option<PathBuf>,
