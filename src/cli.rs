@@ -29,7 +29,8 @@ pub enum Command {
         #[arg(long)]
         demo: bool,
     },
-    /// Run only the delivery worker (no HTTP API), e.g. as a separate process or container.
+    /// Run only the delivery worker and the expected-loans schedule (no HTTP API), e.g. as a
+    /// separate process or container.
     Worker {
         #[arg(long, short, env = "GATEWAY_CONFIG")]
         config: Option<PathBuf>,
@@ -79,8 +80,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(config.as_deref())?;
             crate::telemetry::init(&settings.log);
             let store = crate::startup::open_store(&settings).await?;
+            let kiva = std::sync::Arc::new(crate::kiva::KivaClient::new(
+                &settings.kiva,
+                &settings.partners,
+            )?);
+            let refresher = crate::startup::build_refresher(&settings, store.clone(), kiva);
             let worker = std::sync::Arc::new(crate::startup::build_worker(&settings, store)?);
             let token = worker.shutdown_token();
+            if let Some(refresher) = refresher {
+                tokio::spawn(refresher.run(token.clone()));
+            }
             let running = tokio::spawn(crate::delivery::supervise(worker));
             crate::startup::stop_signal().await;
             token.cancel();

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use crate::api::auth::new_key;
 use crate::config::Settings;
+use crate::kiva::KivaClient;
+use crate::periods::refresh::{RefreshOutcome, refresh_expected_loans};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::startup::Application;
 
@@ -88,15 +90,29 @@ pub async fn run() -> anyhow::Result<()> {
         Sandbox::start(SandboxConfig::demo(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let (settings, keys) = settings(&sandbox)?;
     crate::telemetry::init(&settings.log);
-    let app = Application::build(&settings)?;
+    let store = crate::startup::build_store(&settings)?;
+    let app = Application::build_with_store(&settings, store.clone())?;
     let base = format!("http://127.0.0.1:{}", app.port());
-    println!("{}", banner(&base, &keys));
+    // Before anything is printed, so the period view already knows what Kiva expects.
+    let kiva = KivaClient::new(&settings.kiva, &settings.partners)?;
+    let mut expected = Vec::new();
+    for partner in &settings.partners {
+        match refresh_expected_loans(store.clone(), &kiva, &partner.id).await {
+            Ok(RefreshOutcome::Refreshed { loans, pages }) => expected.push(format!(
+                "partner {}: {loans} loans read in {pages} pages",
+                partner.id
+            )),
+            Ok(RefreshOutcome::AlreadyRunning) => {}
+            Err(error) => expected.push(format!("partner {}: refresh failed: {error}", partner.id)),
+        }
+    }
+    println!("{}", banner(&base, &keys, &expected));
     app.run_until_stopped().await?;
     sandbox.shutdown();
     Ok(())
 }
 
-fn banner(base: &str, keys: &DemoKeys) -> String {
+fn banner(base: &str, keys: &DemoKeys, expected: &[String]) -> String {
     format!(
         r#"
 repayment-gateway demo: data in ./{DEMO_STORE}, "Kiva" is the sandbox inside this process.
@@ -116,9 +132,15 @@ curl -s {base}/v1/reports/REPORT_ID -H 'X-Api-Key: {k102}'
 What needs an operator:
 curl -s '{base}/v1/reports?status=needs_attention&partner_id=102' -H 'X-Api-Key: {admin}'
 
+Kiva's expected loans (read from the loans list at start: {expected}):
+curl -s {base}/v1/partners/102/expected-loans -H 'X-Api-Key: {admin}'
+Refresh them now:
+curl -s -i -X POST {base}/v1/partners/102/expected-loans/refresh -H 'X-Api-Key: {admin}'
+
 Ctrl-C stops the demo."#,
         k102 = keys.three_column_branch,
         k101 = keys.two_column_branch,
         admin = keys.admin,
+        expected = expected.join("; "),
     )
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
+use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::openapi::{self, OPENAPI_PATH};
@@ -17,6 +18,7 @@ use crate::config::Settings;
 use crate::delivery::{SystemClock, Worker, supervise};
 use crate::intake::Intake;
 use crate::kiva::KivaClient;
+use crate::periods::refresh::Scheduler;
 use crate::store::ReportStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
@@ -28,6 +30,7 @@ pub struct Application {
     server: Server,
     port: u16,
     worker: Option<Arc<Worker>>,
+    refresher: Option<Scheduler>,
     shutdown_grace: Duration,
 }
 
@@ -47,6 +50,8 @@ impl Application {
         } else {
             None
         };
+        let kiva = Arc::new(KivaClient::new(&settings.kiva, &settings.partners)?);
+        let refresher = build_refresher(settings, store.clone(), kiva.clone());
         let listener = TcpListener::bind(settings.bind_addr())
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -67,6 +72,7 @@ impl Application {
             idempotency_ttl: Duration::from_secs(settings.store.idempotency_ttl_hours * 3600),
             worker: worker.as_ref().map(|w| w.health()),
             stale_after: Duration::from_secs(settings.reconcile.stale_after_hours * 3600),
+            kiva,
         });
         let document = openapi::document();
         let server = HttpServer::new(move || {
@@ -89,6 +95,7 @@ impl Application {
             server,
             port,
             worker,
+            refresher,
             shutdown_grace: Duration::from_secs(settings.delivery.shutdown_grace_secs),
         })
     }
@@ -105,10 +112,15 @@ impl Application {
         let worker = self
             .worker
             .map(|worker| (worker.shutdown_token(), tokio::spawn(supervise(worker))));
+        let refresher_stop = CancellationToken::new();
+        if let Some(refresher) = self.refresher {
+            tokio::spawn(refresher.run(refresher_stop.clone()));
+        }
         tokio::select! {
             result = &mut server => return result.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             () = stop_signal() => tracing::info!("stop requested"),
         }
+        refresher_stop.cancel();
         if let Some((token, _)) = &worker {
             token.cancel();
         }
@@ -141,6 +153,21 @@ pub fn build_worker(settings: &Settings, store: Arc<dyn ReportStore>) -> anyhow:
     .with_retention(Duration::from_secs(
         settings.store.retention_days * 24 * 3600,
     )))
+}
+
+/// The expected-loans schedule, unless `reconcile.refresh_minutes` is 0 or no partner is set.
+pub fn build_refresher(
+    settings: &Settings,
+    store: Arc<dyn ReportStore>,
+    kiva: Arc<KivaClient>,
+) -> Option<Scheduler> {
+    let minutes = settings.reconcile.refresh_minutes;
+    (minutes > 0 && !settings.partners.is_empty()).then(|| Scheduler {
+        store,
+        kiva,
+        partners: settings.partners.iter().map(|p| p.id.clone()).collect(),
+        every: Duration::from_secs(minutes * 60),
+    })
 }
 
 /// `build_store`, then, for Redis, a look at the server's persistence: a Redis without AOF,

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod batches;
 pub mod health;
 pub mod openapi;
+pub mod partners;
 pub mod periods;
 pub mod problem;
 pub mod repayments;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub worker: Option<Arc<crate::delivery::WorkerHealth>>,
     /// Kiva's expected-loans snapshot older than this is stale (`reconcile.stale_after_hours`).
     pub stale_after: Duration,
+    /// For reads of Kiva's loans list (expected-loans refreshes on demand).
+    pub kiva: Arc<crate::kiva::KivaClient>,
 }
 
 pub const SCHEMA_PATH: &str = "/v1/schemas/repayment-report.json";
@@ -94,6 +97,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/batches/{id}/mark-delivered")
             .route(web::post().to(batches::mark_delivered))
             .default_service(web::to(not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/v1/partners/{id}/expected-loans/refresh")
+            .route(web::post().to(partners::refresh_expected_loans))
+            .default_service(web::to(not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/v1/partners/{id}/expected-loans")
+            .route(web::get().to(partners::expected_loans))
+            .default_service(web::to(not_allowed("GET"))),
     )
     .service(
         web::resource(SCHEMA_PATH)

@@ -4,14 +4,16 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::partners::ExpectedLoansView;
 use super::problem::Problem;
 use super::repayments::NormalizedReport;
 use super::reports::{ReportDetail, ReportList};
 use crate::intake::Violation;
 use crate::intake::schema::SCHEMA_DOCUMENT;
 use crate::store::{
-    Attempt, Batch, BatchResult, BatchState, KivaProblem, OperatorAction, OperatorActionKind,
-    RepaymentState, RepaymentView, Report, ReportStatus, StoredRepayment,
+    Attempt, Batch, BatchResult, BatchState, ExpectedLoan, KivaProblem, OperatorAction,
+    OperatorActionKind, RefreshStatus, RepaymentState, RepaymentView, Report, ReportStatus,
+    StoredRepayment,
 };
 
 pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
@@ -34,6 +36,8 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         super::periods::not_expected,
         super::batches::resend,
         super::batches::mark_delivered,
+        super::partners::refresh_expected_loans,
+        super::partners::expected_loans,
         super::report_schema,
         super::health::live,
         super::health::ready,
@@ -41,7 +45,8 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
     components(schemas(
         Problem, Violation, Report, ReportDetail, ReportList, Batch, StoredRepayment,
         RepaymentView, ReportStatus, BatchState, RepaymentState, NormalizedReport, Attempt,
-        BatchResult, KivaProblem, OperatorAction, OperatorActionKind
+        BatchResult, KivaProblem, OperatorAction, OperatorActionKind, ExpectedLoansView,
+        ExpectedLoan, RefreshStatus
     )),
     modifiers(&ApiKeyScheme),
     tags(
@@ -49,6 +54,7 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         (name = "reports", description = "Follow what happened to each report"),
         (name = "periods", description = "The month: what was reported, what Kiva expects, and whether it is ready to finalize in PA2"),
         (name = "operators", description = "Decide about batches that need attention (admin keys)"),
+        (name = "reconcile", description = "Kiva's expected loans, to close the month (admin keys)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

@@ -152,7 +152,8 @@ pub async fn not_reported(
     period: web::Path<String>,
     params: web::Query<PartnerParam>,
 ) -> Result<HttpResponse, ApiError> {
-    let (view, partner) = admin_month(&state, &caller, &period, params.partner_id.as_deref()).await?;
+    let (view, partner) =
+        admin_month(&state, &caller, &period, params.partner_id.as_deref()).await?;
     if wants_csv(&request) {
         let rows = view.not_reported.iter().map(|l| {
             [
@@ -170,7 +171,11 @@ pub async fn not_reported(
             "status",
             "delinquent",
         ];
-        return csv_answer(&format!("{partner}-{}-not-reported.csv", view.period), header, rows);
+        return csv_answer(
+            &format!("{partner}-{}-not-reported.csv", view.period),
+            header,
+            rows,
+        );
     }
     Ok(HttpResponse::Ok().json(view.not_reported))
 }
@@ -198,13 +203,16 @@ pub async fn not_expected(
     period: web::Path<String>,
     params: web::Query<PartnerParam>,
 ) -> Result<HttpResponse, ApiError> {
-    let (view, partner) = admin_month(&state, &caller, &period, params.partner_id.as_deref()).await?;
+    let (view, partner) =
+        admin_month(&state, &caller, &period, params.partner_id.as_deref()).await?;
     if wants_csv(&request) {
         let rows = view.not_expected.iter().map(|r| {
             [
                 r.loan_id.clone(),
                 r.client_id.clone().unwrap_or_default(),
-                r.kiva_status.clone().unwrap_or_else(|| "not in Kiva's list".into()),
+                r.kiva_status
+                    .clone()
+                    .unwrap_or_else(|| "not in Kiva's list".into()),
                 r.branch.clone(),
                 r.report_id.to_string(),
                 r.position.to_string(),
@@ -218,7 +226,11 @@ pub async fn not_expected(
             "report_id",
             "position",
         ];
-        return csv_answer(&format!("{partner}-{}-not-expected.csv", view.period), header, rows);
+        return csv_answer(
+            &format!("{partner}-{}-not-expected.csv", view.period),
+            header,
+            rows,
+        );
     }
     Ok(HttpResponse::Ok().json(view.not_expected))
 }
@@ -309,9 +321,10 @@ fn csv_answer<const N: usize>(
     rows: impl Iterator<Item = [String; N]>,
 ) -> Result<HttpResponse, ApiError> {
     let mut out = csv::Writer::from_writer(Vec::new());
-    let written = out
-        .write_record(header)
-        .and_then(|()| rows.map(|row| out.write_record(&row)).collect::<Result<(), _>>());
+    let written = out.write_record(header).and_then(|()| {
+        rows.map(|row| out.write_record(&row))
+            .collect::<Result<(), _>>()
+    });
     let body = written
         .map_err(|e| e.to_string())
         .and_then(|()| out.into_inner().map_err(|e| e.to_string()))

@@ -1,4 +1,5 @@
 //! The reporting month: what Kiva expects, what was reported, and whether it is ready to be
 //! finalized in PA2.
 
+pub mod refresh;
 pub mod view;

@@ -43,11 +43,17 @@ pub struct SandboxLoan {
     pub delinquent: bool,
 }
 
+/// Loans each demo partner has beyond its first six, so the loans list pages for real (more
+/// than Kiva's 300 per page) with every status the gateway reads.
+pub const DEMO_EXTRA_LOANS: u64 = 500;
+
 impl SandboxConfig {
-    /// Partner 101 (`demo-two-column` / `demo-secret-101`, loans `L-1001`..`L-1006` in KES)
-    /// and partner 102 (`demo-three-column` / `demo-secret-102`, loans `L-2001`..`L-2006` in
-    /// UGX). Each has four `payingBack` loans (the fourth delinquent), one `defaulted` (`..05`)
-    /// and one `ended` (`..06`).
+    /// Partner 101 (`demo-two-column` / `demo-secret-101`, loans `L-1001`.. in KES) and
+    /// partner 102 (`demo-three-column` / `demo-secret-102`, loans `L-2001`.. in UGX). Each
+    /// starts with four `payingBack` loans (the fourth delinquent), one `defaulted` (`..05`)
+    /// and one `ended` (`..06`), then has [`DEMO_EXTRA_LOANS`] more (`..07` on, clients to
+    /// match): of each 20, 14 `payingBack` (every seventh delinquent), 2 `defaulted`, 3 `ended`
+    /// and 1 `refunded`.
     pub fn demo() -> Self {
         let partner = |partner_id: &str, client_id: &str, client_secret: &str| SandboxPartner {
             partner_id: partner_id.to_owned(),
@@ -63,23 +69,30 @@ impl SandboxConfig {
                 "defaulted",
                 "ended",
             ];
+            let extra = (0..DEMO_EXTRA_LOANS).map(|i| match i % 20 {
+                0..=13 => "payingBack",
+                14 | 15 => "defaulted",
+                16..=18 => "ended",
+                _ => "refunded",
+            });
             statuses
-                .iter()
+                .into_iter()
+                .chain(extra)
                 .zip(0u64..)
                 .map(|(status, i)| SandboxLoan {
                     partner_id: partner_id.to_owned(),
                     internal_loan_id: format!("L-{}", first + i),
                     internal_client_id: format!("C-{}", first + i),
                     kiva_id: kiva_first + i,
-                    status: (*status).to_owned(),
-                    loan_local_price: format!("{}.00", 25_000 * (i + 1)),
+                    status: status.to_owned(),
+                    loan_local_price: format!("{}.00", 25_000 * (i % 12 + 1)),
                     loan_currency: currency.to_owned(),
-                    delinquent: i == 3,
+                    delinquent: i == 3 || (i >= 6 && status == "payingBack" && i % 7 == 0),
                 })
                 .collect::<Vec<_>>()
         };
         let mut loans = loans_of("101", 1001, 2_400_101, "KES");
-        loans.extend(loans_of("102", 2001, 2_400_201, "UGX"));
+        loans.extend(loans_of("102", 2001, 2_401_001, "UGX"));
         SandboxConfig {
             partners: vec![
                 partner("101", "demo-two-column", "demo-secret-101"),

@@ -248,6 +248,9 @@ audience = "https://partner-api.test"
 api_base_url = "http://127.0.0.1:9"
 [delivery]
 enabled = false
+# Tests refresh expected loans themselves (the schedule would read the loans list at start).
+[reconcile]
+refresh_minutes = 0
 [log]
 level = "info"
 [[partners]]

@@ -5,6 +5,7 @@ mod helpers;
 mod binary;
 mod crash;
 mod delivery;
+mod expected_loans;
 mod expected_store;
 mod fault_proxy;
 mod hardening;
