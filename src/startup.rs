@@ -72,6 +72,12 @@ impl Application {
             idempotency_ttl: Duration::from_secs(settings.store.idempotency_ttl_hours * 3600),
             worker: worker.as_ref().map(|w| w.health()),
             stale_after: Duration::from_secs(settings.reconcile.stale_after_hours * 3600),
+            expected_loans: Default::default(),
+            unexpected_loans: settings
+                .partners
+                .iter()
+                .map(|p| (p.id.clone(), p.unexpected_loans))
+                .collect(),
             kiva,
         });
         let document = openapi::document();

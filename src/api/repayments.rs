@@ -13,8 +13,10 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
+use crate::config::UnexpectedLoans;
 use crate::domain::{ColumnFormat, RepaymentReport};
-use crate::intake::{Intake, LARGE_BODY_BYTES, PartnerScope};
+use crate::intake::{Intake, LARGE_BODY_BYTES, PartnerScope, Violation};
+use crate::periods::expected::ExpectedLoansCheck;
 use crate::store::{
     IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
     Report, ReportStatus, StoreError, batches_of,
@@ -43,7 +45,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
     request_body(content = RepaymentReportBody, content_type = "application/json",
         description = "The report; its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`."),
     responses(
-        (status = 202, description = "Accepted, stored and queued for delivery.", body = Report,
+        (status = 202, description = "Accepted, stored and queued for delivery; `warnings` names the repayments PA2 will ignore.", body = AcceptedReport,
          headers(("Location" = String, description = "`/v1/reports/{id}`"),
                  ("Idempotent-Replayed" = String, description = "`true` when this is the replayed answer to an earlier request with the same Idempotency-Key"))),
         (status = 400, description = "The body is not JSON (the detail gives line and column), or the Idempotency-Key is malformed.", body = Problem, content_type = "application/problem+json"),
@@ -71,6 +73,7 @@ pub async fn submit(
     if caller.scope == PartnerScope::All {
         tracing::Span::current().record("partner", report.partner_id().as_str());
     }
+    let (warnings, expected_loans_check) = expected_loans_check(&state, &report).await?;
 
     let id = Uuid::now_v7();
     let batches = batches_of(id, &report, state.batch_size);
@@ -89,7 +92,12 @@ pub async fn submit(
         batch_count: batches.len(),
     };
     let location = format!("/v1/reports/{id}");
-    let response_body = serde_json::to_string(&record).expect("reports serialize");
+    let response_body = serde_json::to_string(&AcceptedReport {
+        report: &record,
+        warnings,
+        expected_loans_check,
+    })
+    .expect("reports serialize");
 
     match idempotency_key {
         None => {
@@ -198,6 +206,48 @@ pub struct NormalizedReport {
     /// the digits received.
     #[schema(value_type = Vec<Object>, example = json!([{"repayments": [{"loan_id": "L-1042970", "client_id": "C-184729", "amount": 25.00}]}]))]
     pub kiva_requests: Vec<serde_json::Value>,
+    /// Repayments PA2 will ignore (Kiva does not expect their loans).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Violation>,
+    pub expected_loans_check: Option<ExpectedLoansCheck>,
+}
+
+/// The 202 answer: the stored report, and what intake found against Kiva's loans.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AcceptedReport<'a> {
+    #[serde(flatten)]
+    pub report: &'a Report,
+    /// Repayments PA2 will ignore, each at its JSON Pointer: Kiva does not list their loans,
+    /// or lists them in a status other than payingBack or defaulted. The report was accepted
+    /// all the same (the partner's `unexpected_loans = "reject"` refuses it instead).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Violation>,
+    pub expected_loans_check: ExpectedLoansCheck,
+}
+
+/// Compares the report with Kiva's expected loans; for a partner that rejects unexpected
+/// loans, refuses the report naming them.
+async fn expected_loans_check(
+    state: &AppState,
+    report: &RepaymentReport,
+) -> Result<(Vec<Violation>, ExpectedLoansCheck), ApiError> {
+    let (warnings, check) = state
+        .expected_loans
+        .check(state.store.as_ref(), report)
+        .await?;
+    let rule = state
+        .unexpected_loans
+        .get(report.partner_id())
+        .copied()
+        .unwrap_or_default();
+    if rule == UnexpectedLoans::Reject && !warnings.is_empty() {
+        let total = warnings.len();
+        let mut listed = crate::intake::Violations::default();
+        warnings.into_iter().for_each(|w| listed.push(w));
+        let (listed, _) = listed.into_listed();
+        return Err(ApiError::InvalidReport { listed, total });
+    }
+    Ok((warnings, check))
 }
 
 impl NormalizedReport {
@@ -219,6 +269,8 @@ impl NormalizedReport {
             total_amount: report.total_amount().to_string(),
             batch_count: kiva_requests.len(),
             kiva_requests,
+            warnings: Vec::new(),
+            expected_loans_check: None,
         }
     }
 }
@@ -251,7 +303,11 @@ pub async fn validate(
 ) -> Result<HttpResponse, ApiError> {
     require_json(request.headers())?;
     let (_, report) = read_report(&state, &caller, request.headers(), payload).await?;
-    Ok(HttpResponse::Ok().json(NormalizedReport::of(&report, state.batch_size)))
+    let (warnings, expected_loans_check) = expected_loans_check(&state, &report).await?;
+    let mut normalized = NormalizedReport::of(&report, state.batch_size);
+    normalized.warnings = warnings;
+    normalized.expected_loans_check = Some(expected_loans_check);
+    Ok(HttpResponse::Ok().json(normalized))
 }
 
 /// Stands in the OpenAPI document for `schemas/repayment-report.schema.json`, which replaces

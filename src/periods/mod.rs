@@ -1,5 +1,6 @@
 //! The reporting month: what Kiva expects, what was reported, and whether it is ready to be
 //! finalized in PA2.
 
+pub mod expected;
 pub mod refresh;
 pub mod view;
