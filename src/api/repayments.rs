@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 use crate::domain::{ColumnFormat, RepaymentReport};
-use crate::intake::{Intake, LARGE_BODY_BYTES, PartnerScope};
+use crate::intake::{FileFields, FileKind, Intake, LARGE_BODY_BYTES, PartnerScope};
 use crate::store::{
     IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
     Report, ReportStatus, StoreError, batches_of,
@@ -65,9 +65,10 @@ pub async fn submit(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    require_json(request.headers())?;
+    let kind = body_kind(&request)?;
     let idempotency_key = idempotency_key(request.headers())?;
-    let (body, report) = read_report(&state, &caller, request.headers(), payload).await?;
+    let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
+    let correction = kind.correction();
     if caller.scope == PartnerScope::All {
         tracing::Span::current().record("partner", report.partner_id().as_str());
     }
@@ -81,7 +82,7 @@ pub async fn submit(
         submitted_by: caller.key_name.clone(),
         created_at: Utc::now(),
         period: report.period(),
-        correction: false,
+        correction,
         column_format: report.column_format(),
         status: ReportStatus::Queued,
         repayment_count: report.repayments().len(),
@@ -105,7 +106,7 @@ pub async fn submit(
                 api_key_name: caller.key_name.clone(),
                 key,
             };
-            let fingerprint = hex::encode(Sha256::digest(&body));
+            let fingerprint = fingerprint(&report, correction);
             match state
                 .store
                 .claim_idempotency(&scope, IDEMPOTENCY_CLAIM_TTL)
@@ -249,8 +250,8 @@ pub async fn validate(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    require_json(request.headers())?;
-    let (_, report) = read_report(&state, &caller, request.headers(), payload).await?;
+    let kind = body_kind(&request)?;
+    let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
     Ok(HttpResponse::Ok().json(NormalizedReport::of(&report, state.batch_size)))
 }
 
@@ -276,16 +277,107 @@ fn replay(first: RecordedResponse) -> HttpResponse {
     response.body(first.body)
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let essence = headers
+/// What the body is, from its Content-Type, and for a file what the query parameters add.
+#[derive(Debug)]
+enum BodyKind {
+    Json,
+    File {
+        kind: FileKind,
+        fields: FileFields,
+        correction: bool,
+    },
+}
+
+impl BodyKind {
+    fn correction(&self) -> bool {
+        match self {
+            BodyKind::Json => false,
+            BodyKind::File { correction, .. } => *correction,
+        }
+    }
+}
+
+pub const CSV: &str = "text/csv";
+pub const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+
+/// The query parameters of a report sent as a file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuery {
+    period: Option<String>,
+    partner_id: Option<String>,
+    #[serde(default)]
+    correction: bool,
+    sheet: Option<String>,
+    delimiter: Option<String>,
+}
+
+fn body_kind(request: &HttpRequest) -> Result<BodyKind, ApiError> {
+    let content_type = request
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    match essence.as_deref() {
-        Some("application/json") => Ok(()),
-        _ => Err(ApiError::UnsupportedMediaType),
+        .unwrap_or_default();
+    let (essence, parameters) = content_type.split_once(';').unwrap_or((content_type, ""));
+    let essence = essence.trim().to_ascii_lowercase();
+    if essence == "application/json" {
+        return Ok(BodyKind::Json);
     }
+    if essence != CSV && essence != XLSX {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let query: FileQuery = serde_urlencoded::from_str(request.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("the query string is malformed: {e}")))?;
+    let kind = if essence == CSV {
+        let given = delimiter_parameter(parameters).or(query.delimiter.as_deref());
+        let delimiter = match given {
+            None => None,
+            Some(text) => Some(crate::intake::delimiter_named(text).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "delimiter {text:?} is not one of `,` `;` or tab (`tab`)"
+                ))
+            })?),
+        };
+        FileKind::Csv { delimiter }
+    } else {
+        FileKind::Xlsx { sheet: query.sheet }
+    };
+    Ok(BodyKind::File {
+        kind,
+        fields: FileFields {
+            period: query.period,
+            partner_id: query.partner_id,
+        },
+        correction: query.correction,
+    })
+}
+
+/// The `delimiter` parameter of a CSV content type: `delimiter=;` (the `;` is its value, not
+/// a separator), `delimiter=";"`, `delimiter=tab`.
+fn delimiter_parameter(parameters: &str) -> Option<&str> {
+    const NAME: &str = "delimiter=";
+    let at = parameters.to_ascii_lowercase().find(NAME)? + NAME.len();
+    let rest = &parameters[at..];
+    if let Some(quoted) = rest.strip_prefix('"') {
+        return quoted.split('"').next();
+    }
+    if rest.starts_with(';') {
+        return Some(";");
+    }
+    rest.split(';').next().map(str::trim)
+}
+
+/// What makes two reports the same for an Idempotency-Key: the report as normalized, so the
+/// same report sent again as JSON, CSV or Excel replays the first answer.
+fn fingerprint(report: &RepaymentReport, correction: bool) -> String {
+    let normalized = serde_json::json!({
+        "partner_id": report.partner_id().as_str(),
+        "column_format": report.column_format(),
+        "period": report.period().map(|p| p.to_string()),
+        "correction": correction,
+        "repayments": report.repayments(),
+    });
+    hex::encode(Sha256::digest(normalized.to_string()))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -311,26 +403,41 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Reads the body and the report in it. A body larger than `LARGE_BODY_BYTES` is read and
 /// parsed only with one of the intake's few permits, and parsed on its parser threads, so a
 /// crowd of large (or hostile) bodies queues for the permits, bounded in memory, while small
-/// reports are read at once and the HTTP workers stay free to answer them.
+/// reports are read at once and the HTTP workers stay free to answer them. A workbook always
+/// is: its cost is what it unpacks to, not its size.
 async fn read_report(
     state: &web::Data<AppState>,
     caller: &Caller,
+    kind: &BodyKind,
     headers: &HeaderMap,
     payload: web::Payload,
-) -> Result<(web::Bytes, RepaymentReport), ApiError> {
-    let (body, permit) = read_body(payload, headers, state.max_body_bytes, &state.intake).await?;
-    let report = match permit {
-        None => state.intake.read(&body, &caller.scope)?,
-        Some(permit) => {
+) -> Result<RepaymentReport, ApiError> {
+    let (body, mut permit) =
+        read_body(payload, headers, state.max_body_bytes, &state.intake).await?;
+    let file = match kind {
+        BodyKind::Json => None,
+        BodyKind::File { kind, fields, .. } => Some((kind.clone(), fields.clone())),
+    };
+    if permit.is_none() && matches!(file, Some((FileKind::Xlsx { .. }, _))) {
+        permit = Some(state.intake.large_body_permit().await);
+    }
+    let scope = caller.scope.clone();
+    let report = match (permit, file) {
+        (None, None) => state.intake.read(&body, &scope),
+        (None, Some((kind, fields))) => state.intake.read_file(&body, &kind, &fields, &scope),
+        (Some(permit), file) => {
             let report = state
                 .intake
-                .read_large(body.clone(), caller.scope.clone())
+                .on_parser_thread(move |intake| match file {
+                    None => intake.read(&body, &scope),
+                    Some((kind, fields)) => intake.read_file(&body, &kind, &fields, &scope),
+                })
                 .await;
             drop(permit);
-            report?
+            report
         }
     };
-    Ok((body, report))
+    Ok(report?)
 }
 
 /// Reads the body up to `max` bytes; a larger one is refused as soon as it is known to be.
