@@ -125,11 +125,7 @@ fn detect_delimiter(body: &[u8]) -> u8 {
     for &b in body {
         match b {
             b'"' => quoted = !quoted,
-            b'\n' if !quoted => {
-                if counts.iter().any(|&c| c > 0) {
-                    break;
-                }
-            }
+            b'\n' if !quoted && counts.iter().any(|&c| c > 0) => break,
             b'\t' if !quoted => counts[0] += 1,
             b';' if !quoted => counts[1] += 1,
             b',' if !quoted => counts[2] += 1,
