@@ -5,7 +5,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::problem::Problem;
-use super::repayments::NormalizedReport;
+use super::repayments::{NormalizedReport, WorkbookBody};
 use super::reports::{ReportDetail, ReportList};
 use crate::intake::Violation;
 use crate::intake::schema::SCHEMA_DOCUMENT;
@@ -37,7 +37,7 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
     components(schemas(
         Problem, Violation, Report, ReportDetail, ReportList, Batch, StoredRepayment,
         RepaymentView, ReportStatus, BatchState, RepaymentState, NormalizedReport, Attempt,
-        BatchResult, KivaProblem, OperatorAction, OperatorActionKind
+        BatchResult, KivaProblem, OperatorAction, OperatorActionKind, WorkbookBody
     )),
     modifiers(&ApiKeyScheme),
     tags(

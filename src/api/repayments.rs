@@ -36,24 +36,37 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
     tag = "repayments",
     security(("api_key" = [])),
     params(
+        ("period" = Option<String>, Query, pattern = "^20[0-9]{2}-(0[1-9]|1[0-2])$", example = "2026-10",
+         description = "Files only: the reporting month, as `period` in a JSON report."),
+        ("correction" = Option<bool>, Query, description = "Files only: the report corrects one already sent for the period."),
+        ("partner_id" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,64}$", example = "123",
+         description = "Files only: as `partner_id` in a JSON report (admin keys that serve several partners)."),
+        ("sheet" = Option<String>, Query, description = "Excel only: the sheet to read; the first by default.", example = "October"),
+        ("delimiter" = Option<String>, Query, description = "CSV only: `,` `;` or `tab`; detected from the first line by default (also accepted as a `delimiter` parameter of the content type).", example = ";"),
         ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1,
          description = "Makes retries safe: the same key with the same body replays the first answer for at least 24 h; with another body it is refused (422); while the first request is in progress, 409. Scoped to the API key.",
          example = "2026-10-nairobi-1")
     ),
-    request_body(content = RepaymentReportBody, content_type = "application/json",
-        description = "The report; its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`."),
+    request_body(
+        description = "The report: JSON (its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`); or a CSV file (UTF-8, with or without BOM; `,` `;` or tab, detected or given as `delimiter`; an optional header `loan_id`, `client_id`, `amount`, else PA2's order: loan, amount or loan, client, amount); or an Excel workbook (first sheet unless `sheet` names another). A file is read into the same report as JSON and checked by the same rules; each problem also gives its `line` (CSV) or `sheet`, `row`, `column` and `cell` (Excel).",
+        content(
+            (RepaymentReportBody = "application/json"),
+            (String = "text/csv", example = json!("loan_id,client_id,amount\nL-1042970,C-184729,25.00\nL-1043223,C-481395,40.50\n")),
+            (WorkbookBody = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        )
+    ),
     responses(
         (status = 202, description = "Accepted, stored and queued for delivery.", body = Report,
          headers(("Location" = String, description = "`/v1/reports/{id}`"),
                  ("Idempotent-Replayed" = String, description = "`true` when this is the replayed answer to an earlier request with the same Idempotency-Key"))),
-        (status = 400, description = "The body is not JSON (the detail gives line and column), or the Idempotency-Key is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON (the detail gives line and column), a file is not what its content type says (`/problems/malformed-file`), or the Idempotency-Key or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with the same Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
-        (status = 413, description = "The body or the number of repayments is over the limit.", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Every schema and column-rule violation, each with a JSON Pointer; or an Idempotency-Key reused with another body. Nothing was stored.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body, the number of repayments (rows), or what a workbook unpacks to is over the limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`, `text/csv` or an `.xlsx` workbook.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every schema and column-rule violation, each with a JSON Pointer (and for a file its line or cell); or an Idempotency-Key reused with another body. Nothing was stored.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`/problems/store-unavailable`: the store is unreachable and nothing was stored. `/problems/outcome-unknown`: the store did not confirm the write, so the report may have been stored: `Location` says where it will be; look there, or retry with the same Idempotency-Key (always safe).", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait"),
                  ("Location" = String, description = "With `/problems/outcome-unknown`: `/v1/reports/{id}`, where the report is if it was stored"))),
@@ -233,15 +246,31 @@ impl NormalizedReport {
     path = "/v1/repayments/validate",
     tag = "repayments",
     security(("api_key" = [])),
-    request_body(content = RepaymentReportBody, content_type = "application/json"),
+    request_body(
+        description = "The report: JSON (its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`); or a CSV file (UTF-8, with or without BOM; `,` `;` or tab, detected or given as `delimiter`; an optional header `loan_id`, `client_id`, `amount`, else PA2's order: loan, amount or loan, client, amount); or an Excel workbook (first sheet unless `sheet` names another). A file is read into the same report as JSON and checked by the same rules; each problem also gives its `line` (CSV) or `sheet`, `row`, `column` and `cell` (Excel).",
+        content(
+            (RepaymentReportBody = "application/json"),
+            (String = "text/csv", example = json!("loan_id,client_id,amount\nL-1042970,C-184729,25.00\nL-1043223,C-481395,40.50\n")),
+            (WorkbookBody = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        )
+    ),
+    params(
+        ("period" = Option<String>, Query, pattern = "^20[0-9]{2}-(0[1-9]|1[0-2])$", example = "2026-10",
+         description = "Files only: the reporting month, as `period` in a JSON report."),
+        ("correction" = Option<bool>, Query, description = "Files only: the report corrects one already sent for the period."),
+        ("partner_id" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,64}$", example = "123",
+         description = "Files only: as `partner_id` in a JSON report (admin keys that serve several partners)."),
+        ("sheet" = Option<String>, Query, description = "Excel only: the sheet to read; the first by default.", example = "October"),
+        ("delimiter" = Option<String>, Query, description = "CSV only: `,` `;` or `tab`; detected from the first line by default (also accepted as a `delimiter` parameter of the content type).", example = ";"),
+    ),
     responses(
         (status = 200, description = "The report is valid; this is what would be sent.", body = NormalizedReport),
-        (status = 400, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON, a file is not what its content type says, or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the size limits.", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not `application/json`.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Every violation, each with a JSON Pointer.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`, `text/csv` or an `.xlsx` workbook.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every violation, each with a JSON Pointer (and for a file its line or cell).", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn validate(
@@ -263,6 +292,12 @@ pub async fn validate(
 pub struct RepaymentReportBody {
     repayments: Vec<serde_json::Value>,
 }
+
+/// An `.xlsx` workbook, e.g. `examples/files/repayments.xlsx`.
+#[derive(ToSchema)]
+#[schema(as = Workbook, value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct WorkbookBody(Vec<u8>);
 
 fn replay(first: RecordedResponse) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(first.status)
