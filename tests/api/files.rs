@@ -530,11 +530,17 @@ async fn hostile_files_are_refused_quickly() {
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // 50 MB on one line: refused by its size, as any body over server.max_body_bytes.
+    // The gateway answers from the declared length and closes the connection without reading
+    // the rest, so the client may see its upload cut instead of the answer.
     let line = vec![b'1'; 50 * 1000 * 1000];
-    let answer = app
-        .validate_file("?period=2026-10", NAIROBI, CSV, line)
+    let sent = app
+        .post_file("/v1/repayments/validate?period=2026-10", NAIROBI, CSV, line)
+        .send()
         .await;
-    assert_eq!(answer.status, 413, "{}", answer.text);
+    match sent {
+        Ok(response) => assert_eq!(response.status(), 413),
+        Err(error) => assert!(error.is_request() || error.is_body(), "{error}"),
+    }
     // Under the limit, one long line is one bad field, answered briefly.
     let mut line = b"L-1,C-1,".to_vec();
     line.extend(std::iter::repeat_n(b'9', 3 * 1024 * 1024));
