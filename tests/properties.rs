@@ -120,6 +120,9 @@ fn check_read(body: &[u8]) -> Result<(), TestCaseError> {
         }
         Err(IntakeError::MalformedJson { .. } | IntakeError::PartnerNotAllowed(_)) => {}
         Err(IntakeError::ParserFailed) => prop_assert!(false, "read does not use the threads"),
+        Err(e @ (IntakeError::MalformedFile(_) | IntakeError::TooLargeUnpacked(_))) => {
+            prop_assert!(false, "a file's error from the JSON path: {e}")
+        }
     }
     Ok(())
 }

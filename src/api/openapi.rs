@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::partners::ExpectedLoansView;
 use super::problem::Problem;
-use super::repayments::NormalizedReport;
+use super::repayments::{NormalizedReport, WorkbookBody};
 use super::reports::{ReportDetail, ReportList};
 use crate::intake::Violation;
 use crate::intake::schema::SCHEMA_DOCUMENT;
@@ -46,7 +46,7 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         Problem, Violation, Report, ReportDetail, ReportList, Batch, StoredRepayment,
         RepaymentView, ReportStatus, BatchState, RepaymentState, NormalizedReport, Attempt,
         BatchResult, KivaProblem, OperatorAction, OperatorActionKind, ExpectedLoansView,
-        ExpectedLoan, RefreshStatus
+        ExpectedLoan, RefreshStatus, WorkbookBody
     )),
     modifiers(&ApiKeyScheme),
     tags(

@@ -45,6 +45,8 @@ pub enum ApiError {
     #[error("{0}")]
     MalformedJson(String),
     #[error("{0}")]
+    MalformedFile(String),
+    #[error("{0}")]
     BadRequest(String),
     #[error("send a valid API key in the X-Api-Key header")]
     Unauthenticated,
@@ -60,7 +62,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
-    #[error("send the report as application/json")]
+    #[error(
+        "send the report as application/json, text/csv or an Excel workbook \
+         (application/vnd.openxmlformats-officedocument.spreadsheetml.sheet)"
+    )]
     UnsupportedMediaType,
     #[error("the report has {total} problem(s); nothing was stored{}", cut_note(listed.len(), *total))]
     InvalidReport {
@@ -105,6 +110,7 @@ impl ApiError {
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::MalformedJson(_) => ("malformed-json", "The body is not valid JSON"),
+            ApiError::MalformedFile(_) => ("malformed-file", "The file can't be read"),
             ApiError::BadRequest(_) => ("bad-request", "The request is malformed"),
             ApiError::Unauthenticated => ("unauthenticated", "Missing or unknown API key"),
             ApiError::Forbidden(_) => ("forbidden", "Not allowed for this API key"),
@@ -155,7 +161,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::MalformedFile(_) | ApiError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -200,7 +208,10 @@ impl From<IntakeError> for ApiError {
     fn from(e: IntakeError) -> Self {
         match e {
             IntakeError::MalformedJson { .. } => ApiError::MalformedJson(e.to_string()),
-            IntakeError::TooManyRepayments { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            IntakeError::TooManyRepayments { .. } | IntakeError::TooLargeUnpacked(_) => {
+                ApiError::PayloadTooLarge(e.to_string())
+            }
+            IntakeError::MalformedFile(message) => ApiError::MalformedFile(message),
             IntakeError::PartnerNotAllowed(_) => ApiError::Forbidden(e.to_string()),
             IntakeError::Invalid { listed, total } => ApiError::InvalidReport { listed, total },
             IntakeError::ParserFailed => {

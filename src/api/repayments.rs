@@ -15,7 +15,7 @@ use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 use crate::config::UnexpectedLoans;
 use crate::domain::{ColumnFormat, RepaymentReport};
-use crate::intake::{Intake, LARGE_BODY_BYTES, PartnerScope, Violation};
+use crate::intake::{FileFields, FileKind, Intake, LARGE_BODY_BYTES, PartnerScope, Violation};
 use crate::periods::expected::ExpectedLoansCheck;
 use crate::store::{
     IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
@@ -38,24 +38,37 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
     tag = "repayments",
     security(("api_key" = [])),
     params(
+        ("period" = Option<String>, Query, pattern = "^20[0-9]{2}-(0[1-9]|1[0-2])$", example = "2026-10",
+         description = "Files only: the reporting month, as `period` in a JSON report."),
+        ("correction" = Option<bool>, Query, description = "Files only: the report corrects one already sent for the period."),
+        ("partner_id" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,64}$", example = "123",
+         description = "Files only: as `partner_id` in a JSON report (admin keys that serve several partners)."),
+        ("sheet" = Option<String>, Query, description = "Excel only: the sheet to read; the first by default.", example = "October"),
+        ("delimiter" = Option<String>, Query, description = "CSV only: `,` `;` or `tab`; detected from the first line by default (also accepted as a `delimiter` parameter of the content type).", example = ";"),
         ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1,
          description = "Makes retries safe: the same key with the same body replays the first answer for at least 24 h; with another body it is refused (422); while the first request is in progress, 409. Scoped to the API key.",
          example = "2026-10-nairobi-1")
     ),
-    request_body(content = RepaymentReportBody, content_type = "application/json",
-        description = "The report; its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`."),
+    request_body(
+        description = "The report: JSON (its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`); or a CSV file (UTF-8, with or without BOM; `,` `;` or tab, detected or given as `delimiter`; an optional header `loan_id`, `client_id`, `amount`, else PA2's order: loan, amount or loan, client, amount); or an Excel workbook (first sheet unless `sheet` names another). A file is read into the same report as JSON and checked by the same rules; each problem also gives its `line` (CSV) or `sheet`, `row`, `column` and `cell` (Excel).",
+        content(
+            (RepaymentReportBody = "application/json"),
+            (String = "text/csv", example = json!("loan_id,client_id,amount\nL-1042970,C-184729,25.00\nL-1043223,C-481395,40.50\n")),
+            (WorkbookBody = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        )
+    ),
     responses(
         (status = 202, description = "Accepted, stored and queued for delivery; `warnings` names the repayments PA2 will ignore.", body = AcceptedReport,
          headers(("Location" = String, description = "`/v1/reports/{id}`"),
                  ("Idempotent-Replayed" = String, description = "`true` when this is the replayed answer to an earlier request with the same Idempotency-Key"))),
-        (status = 400, description = "The body is not JSON (the detail gives line and column), or the Idempotency-Key is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON (the detail gives line and column), a file is not what its content type says (`/problems/malformed-file`), or the Idempotency-Key or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with the same Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
-        (status = 413, description = "The body or the number of repayments is over the limit.", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not `application/json`.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Every schema and column-rule violation, each with a JSON Pointer; or an Idempotency-Key reused with another body. Nothing was stored.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body, the number of repayments (rows), or what a workbook unpacks to is over the limit.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not `application/json`, `text/csv` or an `.xlsx` workbook.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every schema and column-rule violation, each with a JSON Pointer (and for a file its line or cell); or an Idempotency-Key reused with another body. Nothing was stored.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`/problems/store-unavailable`: the store is unreachable and nothing was stored. `/problems/outcome-unknown`: the store did not confirm the write, so the report may have been stored: `Location` says where it will be; look there, or retry with the same Idempotency-Key (always safe).", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait"),
                  ("Location" = String, description = "With `/problems/outcome-unknown`: `/v1/reports/{id}`, where the report is if it was stored"))),
@@ -67,9 +80,10 @@ pub async fn submit(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    require_json(request.headers())?;
+    let kind = body_kind(&request)?;
     let idempotency_key = idempotency_key(request.headers())?;
-    let (body, report) = read_report(&state, &caller, request.headers(), payload).await?;
+    let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
+    let correction = kind.correction();
     if caller.scope == PartnerScope::All {
         tracing::Span::current().record("partner", report.partner_id().as_str());
     }
@@ -84,7 +98,7 @@ pub async fn submit(
         submitted_by: caller.key_name.clone(),
         created_at: Utc::now(),
         period: Some(report.period()),
-        correction: report.correction(),
+        correction: report.correction() || correction,
         column_format: report.column_format(),
         status: ReportStatus::Queued,
         repayment_count: report.repayments().len(),
@@ -113,7 +127,7 @@ pub async fn submit(
                 api_key_name: caller.key_name.clone(),
                 key,
             };
-            let fingerprint = hex::encode(Sha256::digest(&body));
+            let fingerprint = fingerprint(&report, report.correction() || correction);
             match state
                 .store
                 .claim_idempotency(&scope, IDEMPOTENCY_CLAIM_TTL)
@@ -284,15 +298,31 @@ impl NormalizedReport {
     path = "/v1/repayments/validate",
     tag = "repayments",
     security(("api_key" = [])),
-    request_body(content = RepaymentReportBody, content_type = "application/json"),
+    request_body(
+        description = "The report: JSON (its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`); or a CSV file (UTF-8, with or without BOM; `,` `;` or tab, detected or given as `delimiter`; an optional header `loan_id`, `client_id`, `amount`, else PA2's order: loan, amount or loan, client, amount); or an Excel workbook (first sheet unless `sheet` names another). A file is read into the same report as JSON and checked by the same rules; each problem also gives its `line` (CSV) or `sheet`, `row`, `column` and `cell` (Excel).",
+        content(
+            (RepaymentReportBody = "application/json"),
+            (String = "text/csv", example = json!("loan_id,client_id,amount\nL-1042970,C-184729,25.00\nL-1043223,C-481395,40.50\n")),
+            (WorkbookBody = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        )
+    ),
+    params(
+        ("period" = Option<String>, Query, pattern = "^20[0-9]{2}-(0[1-9]|1[0-2])$", example = "2026-10",
+         description = "Files only: the reporting month, as `period` in a JSON report."),
+        ("correction" = Option<bool>, Query, description = "Files only: the report corrects one already sent for the period."),
+        ("partner_id" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{1,64}$", example = "123",
+         description = "Files only: as `partner_id` in a JSON report (admin keys that serve several partners)."),
+        ("sheet" = Option<String>, Query, description = "Excel only: the sheet to read; the first by default.", example = "October"),
+        ("delimiter" = Option<String>, Query, description = "CSV only: `,` `;` or `tab`; detected from the first line by default (also accepted as a `delimiter` parameter of the content type).", example = ";"),
+    ),
     responses(
         (status = 200, description = "The report is valid; this is what would be sent.", body = NormalizedReport),
-        (status = 400, description = "The body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON, a file is not what its content type says, or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the size limits.", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not `application/json`.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Every violation, each with a JSON Pointer.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not `application/json`, `text/csv` or an `.xlsx` workbook.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every violation, each with a JSON Pointer (and for a file its line or cell).", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn validate(
@@ -301,8 +331,8 @@ pub async fn validate(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    require_json(request.headers())?;
-    let (_, report) = read_report(&state, &caller, request.headers(), payload).await?;
+    let kind = body_kind(&request)?;
+    let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
     let (warnings, expected_loans_check) = expected_loans_check(&state, &report).await?;
     let mut normalized = NormalizedReport::of(&report, state.batch_size);
     normalized.warnings = warnings;
@@ -319,6 +349,12 @@ pub struct RepaymentReportBody {
     repayments: Vec<serde_json::Value>,
 }
 
+/// An `.xlsx` workbook, e.g. `examples/files/repayments.xlsx`.
+#[derive(ToSchema)]
+#[schema(as = Workbook, value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct WorkbookBody(Vec<u8>);
+
 fn replay(first: RecordedResponse) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(first.status)
         .unwrap_or(actix_web::http::StatusCode::ACCEPTED);
@@ -332,16 +368,107 @@ fn replay(first: RecordedResponse) -> HttpResponse {
     response.body(first.body)
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let essence = headers
+/// What the body is, from its Content-Type, and for a file what the query parameters add.
+#[derive(Debug)]
+enum BodyKind {
+    Json,
+    File {
+        kind: FileKind,
+        fields: FileFields,
+        correction: bool,
+    },
+}
+
+impl BodyKind {
+    fn correction(&self) -> bool {
+        match self {
+            BodyKind::Json => false,
+            BodyKind::File { correction, .. } => *correction,
+        }
+    }
+}
+
+pub const CSV: &str = "text/csv";
+pub const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+
+/// The query parameters of a report sent as a file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuery {
+    period: Option<String>,
+    partner_id: Option<String>,
+    #[serde(default)]
+    correction: bool,
+    sheet: Option<String>,
+    delimiter: Option<String>,
+}
+
+fn body_kind(request: &HttpRequest) -> Result<BodyKind, ApiError> {
+    let content_type = request
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    match essence.as_deref() {
-        Some("application/json") => Ok(()),
-        _ => Err(ApiError::UnsupportedMediaType),
+        .unwrap_or_default();
+    let (essence, parameters) = content_type.split_once(';').unwrap_or((content_type, ""));
+    let essence = essence.trim().to_ascii_lowercase();
+    if essence == "application/json" {
+        return Ok(BodyKind::Json);
     }
+    if essence != CSV && essence != XLSX {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let query: FileQuery = serde_urlencoded::from_str(request.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("the query string is malformed: {e}")))?;
+    let kind = if essence == CSV {
+        let given = delimiter_parameter(parameters).or(query.delimiter.as_deref());
+        let delimiter = match given {
+            None => None,
+            Some(text) => Some(crate::intake::delimiter_named(text).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "delimiter {text:?} is not one of `,` `;` or tab (`tab`)"
+                ))
+            })?),
+        };
+        FileKind::Csv { delimiter }
+    } else {
+        FileKind::Xlsx { sheet: query.sheet }
+    };
+    Ok(BodyKind::File {
+        kind,
+        fields: FileFields {
+            period: query.period,
+            partner_id: query.partner_id,
+        },
+        correction: query.correction,
+    })
+}
+
+/// The `delimiter` parameter of a CSV content type: `delimiter=;` (the `;` is its value, not
+/// a separator), `delimiter=";"`, `delimiter=tab`.
+fn delimiter_parameter(parameters: &str) -> Option<&str> {
+    const NAME: &str = "delimiter=";
+    let at = parameters.to_ascii_lowercase().find(NAME)? + NAME.len();
+    let rest = &parameters[at..];
+    if let Some(quoted) = rest.strip_prefix('"') {
+        return quoted.split('"').next();
+    }
+    if rest.starts_with(';') {
+        return Some(";");
+    }
+    rest.split(';').next().map(str::trim)
+}
+
+/// What makes two reports the same for an Idempotency-Key: the report as normalized, so the
+/// same report sent again as JSON, CSV or Excel replays the first answer.
+fn fingerprint(report: &RepaymentReport, correction: bool) -> String {
+    let normalized = serde_json::json!({
+        "partner_id": report.partner_id().as_str(),
+        "column_format": report.column_format(),
+        "period": report.period().to_string(),
+        "correction": correction,
+        "repayments": report.repayments(),
+    });
+    hex::encode(Sha256::digest(normalized.to_string()))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -367,26 +494,41 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Reads the body and the report in it. A body larger than `LARGE_BODY_BYTES` is read and
 /// parsed only with one of the intake's few permits, and parsed on its parser threads, so a
 /// crowd of large (or hostile) bodies queues for the permits, bounded in memory, while small
-/// reports are read at once and the HTTP workers stay free to answer them.
+/// reports are read at once and the HTTP workers stay free to answer them. A workbook always
+/// is: its cost is what it unpacks to, not its size.
 async fn read_report(
     state: &web::Data<AppState>,
     caller: &Caller,
+    kind: &BodyKind,
     headers: &HeaderMap,
     payload: web::Payload,
-) -> Result<(web::Bytes, RepaymentReport), ApiError> {
-    let (body, permit) = read_body(payload, headers, state.max_body_bytes, &state.intake).await?;
-    let report = match permit {
-        None => state.intake.read(&body, &caller.scope)?,
-        Some(permit) => {
+) -> Result<RepaymentReport, ApiError> {
+    let (body, mut permit) =
+        read_body(payload, headers, state.max_body_bytes, &state.intake).await?;
+    let file = match kind {
+        BodyKind::Json => None,
+        BodyKind::File { kind, fields, .. } => Some((kind.clone(), fields.clone())),
+    };
+    if permit.is_none() && matches!(file, Some((FileKind::Xlsx { .. }, _))) {
+        permit = Some(state.intake.large_body_permit().await);
+    }
+    let scope = caller.scope.clone();
+    let report = match (permit, file) {
+        (None, None) => state.intake.read(&body, &scope),
+        (None, Some((kind, fields))) => state.intake.read_file(&body, &kind, &fields, &scope),
+        (Some(permit), file) => {
             let report = state
                 .intake
-                .read_large(body.clone(), caller.scope.clone())
+                .on_parser_thread(move |intake| match file {
+                    None => intake.read(&body, &scope),
+                    Some((kind, fields)) => intake.read_file(&body, &kind, &fields, &scope),
+                })
                 .await;
             drop(permit);
-            report?
+            report
         }
     };
-    Ok((body, report))
+    Ok(report?)
 }
 
 /// Reads the body up to `max` bytes; a larger one is refused as soon as it is known to be.

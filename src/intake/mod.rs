@@ -6,7 +6,13 @@
 //! `Intake::large_body_permit`, which limits how many large bodies are read and parsed at once.
 
 mod bounded;
+mod csv;
+mod files;
 pub mod schema;
+mod xlsx;
+
+pub use self::csv::delimiter_named;
+pub use self::xlsx::MAX_UNPACKED_BYTES;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,15 +27,36 @@ use crate::domain::{
 };
 
 /// One thing wrong with a submitted report, at the JSON Pointer (RFC 6901) of the offending
-/// value.
+/// value; for a report sent as a file, also where in the file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Violation {
-    /// JSON Pointer into the submitted body, e.g. `/repayments/3/amount`.
+    /// JSON Pointer into the report (for a file, into the same report as JSON), e.g.
+    /// `/repayments/3/amount`; `""` for a problem with the file as a whole.
     #[schema(example = "/repayments/3/amount")]
     pub pointer: String,
     /// What is wrong, in plain words.
     #[schema(example = "\"1.2345\" has 4 decimal places; at most 3 are allowed")]
     pub detail: String,
+    /// CSV only: the line (1-based) the repayment starts on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 5)]
+    pub line: Option<u64>,
+    /// Excel only: the sheet's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "Sheet1")]
+    pub sheet: Option<String>,
+    /// Excel only: the cell, column letter and row number, when the problem is one cell's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "C5")]
+    pub cell: Option<String>,
+    /// Excel only: the row number (1-based, as Excel shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 5)]
+    pub row: Option<u64>,
+    /// Excel only: the column letter, when the problem is one cell's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "C")]
+    pub column: Option<String>,
 }
 
 impl Violation {
@@ -37,6 +64,11 @@ impl Violation {
         Self {
             pointer: pointer.into(),
             detail: detail.into(),
+            line: None,
+            sheet: None,
+            cell: None,
+            row: None,
+            column: None,
         }
     }
 }
@@ -99,12 +131,35 @@ pub enum IntakeError {
     PartnerNotAllowed(String),
     #[error("the report could not be read: the parser failed")]
     ParserFailed,
+    /// A file that is not what its content type says (e.g. not a workbook at all).
+    #[error("{0}")]
+    MalformedFile(String),
+    /// A workbook that unpacks to more than `MAX_UNPACKED_BYTES`.
+    #[error("{0}")]
+    TooLargeUnpacked(String),
     #[error("the report has {total} problem(s)")]
     Invalid {
         /// The first `MAX_LISTED_VIOLATIONS`, in document order.
         listed: Vec<Violation>,
         total: usize,
     },
+}
+
+/// A report sent as a file, and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKind {
+    /// `text/csv`; the delimiter when given, else detected.
+    Csv { delimiter: Option<u8> },
+    /// An `.xlsx` workbook; the sheet when named, else the first.
+    Xlsx { sheet: Option<String> },
+}
+
+/// What a file can't hold, given as query parameters, placed in the report exactly where the
+/// JSON path has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileFields {
+    pub period: Option<String>,
+    pub partner_id: Option<String>,
 }
 
 /// Which partners an API key may act for.
@@ -183,14 +238,21 @@ impl Intake {
         body: bytes::Bytes,
         scope: PartnerScope,
     ) -> Result<RepaymentReport, IntakeError> {
+        self.on_parser_thread(move |intake| intake.read(&body, &scope))
+            .await
+    }
+
+    /// `read` (or `read_file`) on one of the intake's parser threads; see `read_large`.
+    pub async fn on_parser_thread(
+        &self,
+        read: impl FnOnce(&Intake) -> Result<RepaymentReport, IntakeError> + Send + 'static,
+    ) -> Result<RepaymentReport, IntakeError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let intake = self.clone();
         let job: ParseJob = Box::new(move || {
             // A panic (a bug) must not take a parser thread away: the caller sees `done`
             // dropped and answers with an internal error.
-            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                intake.read(&body, &scope)
-            }));
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&intake)));
             if let Ok(read) = read {
                 let _ = done.send(read);
             }
@@ -203,10 +265,68 @@ impl Intake {
 
     pub fn read(&self, body: &[u8], scope: &PartnerScope) -> Result<RepaymentReport, IntakeError> {
         let parsed = bounded::parse(body, self.max_repayments)?;
-        let value = parsed.value;
-        let mut found = parsed.unknown;
+        self.check(&parsed.value, parsed.unknown, scope)
+    }
 
-        let partner = self.partner(&value, scope, &mut found)?;
+    /// A CSV or Excel file: read into the very tree `read` checks, each violation then given
+    /// its place in the file.
+    pub fn read_file(
+        &self,
+        body: &[u8],
+        kind: &FileKind,
+        fields: &FileFields,
+        scope: &PartnerScope,
+    ) -> Result<RepaymentReport, IntakeError> {
+        let format = self.file_format(fields.partner_id.as_deref(), scope)?;
+        let table = match kind {
+            FileKind::Csv { delimiter } => {
+                self::csv::read(body, *delimiter, format, self.max_repayments)?
+            }
+            FileKind::Xlsx { sheet } => {
+                self::xlsx::read(body, sheet.as_deref(), format, self.max_repayments)?
+            }
+        };
+        let value = files::as_json(
+            &table,
+            fields.period.as_deref(),
+            fields.partner_id.as_deref(),
+        );
+        match self.check(&value, Violations::default(), scope) {
+            Err(IntakeError::Invalid { listed, total }) => Err(IntakeError::Invalid {
+                listed: files::locate(&table, listed),
+                total,
+            }),
+            read => read,
+        }
+    }
+
+    /// The column format of the partner a file is for, which tells its columns apart when it
+    /// has no header; `None` when the partner is not known (`check` then says why).
+    fn file_format(
+        &self,
+        partner_id: Option<&str>,
+        scope: &PartnerScope,
+    ) -> Result<Option<ColumnFormat>, IntakeError> {
+        let id = match (partner_id.map(PartnerId::parse), scope) {
+            (Some(Ok(id)), scope) if !scope.allows(&id) => {
+                return Err(IntakeError::PartnerNotAllowed(id.to_string()));
+            }
+            (Some(Ok(id)), _) => id,
+            (None, PartnerScope::One(id)) => id.clone(),
+            _ => return Ok(None),
+        };
+        Ok(self.column_formats.get(&id).copied())
+    }
+
+    /// The schema, then the partner's column rules, over a bounded tree of the report;
+    /// `found` holds what was already found while reading it.
+    fn check(
+        &self,
+        value: &Value,
+        mut found: Violations,
+        scope: &PartnerScope,
+    ) -> Result<RepaymentReport, IntakeError> {
+        let partner = self.partner(value, scope, &mut found)?;
         let items = value
             .get("repayments")
             .and_then(Value::as_array)
@@ -221,7 +341,7 @@ impl Intake {
         // (bounded by the tree, itself bounded by `max_repayments`), to tell which of the
         // entries' own problems the schema already reported.
         let mut at_schema = HashSet::new();
-        schema::for_each_violation(&value, |mut violation| {
+        schema::for_each_violation(value, |mut violation| {
             // An amount's digits are judged on its literal text by `Amount::parse`, for
             // numbers and strings alike; its message replaces the schema's, so `1.5000` and
             // `"1.5000"` get the same answer.

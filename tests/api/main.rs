@@ -8,6 +8,7 @@ mod delivery;
 mod expected_loans;
 mod expected_store;
 mod fault_proxy;
+mod files;
 mod hardening;
 mod hostile;
 mod idempotency;

@@ -285,8 +285,8 @@ async fn a_body_that_is_not_json_is_415(backend: Backend) {
             app.client
                 .post(format!("{}/v1/repayments", app.address))
                 .header("X-Api-Key", plain_key(NAIROBI))
-                .header("Content-Type", "text/csv")
-                .body("loan_id,amount\nL1,5\n"),
+                .header("Content-Type", "application/xml")
+                .body("<repayments/>"),
         )
         .await;
     assert_eq!(answer.status, 415);

@@ -1,0 +1,246 @@
+//! Excel workbooks (`.xlsx`) → `Table`, with `calamine`, one cell at a time.
+//!
+//! An `.xlsx` is a zip: a 4 MiB body can unpack to gigabytes. Before calamine sees it, every
+//! entry is unpacked into nothing, counting, against `MAX_UNPACKED_BYTES` (the sizes the zip
+//! declares are the sender's word, so they are not trusted). The sheet is then read with
+//! calamine's cell reader, never as a `Range`: a range is allocated over the cells' bounding
+//! box, and a sheet with one cell at `A1` and one at `XFD1048576` would be 17 billion cells.
+//!
+//! Numbers: calamine reads a numeric cell's stored text into an `f64`; Rust prints an `f64`
+//! as the shortest text that reads back as the same `f64`, which for any text Excel stores
+//! with at most 15 significant digits is that very text (`25.5`, `1042970`). A stored value
+//! with more digits than the amount rule allows (`0.30000000000000004`) stays that long and
+//! is refused by the rule, never rounded.
+
+use std::io::{Cursor, Read};
+
+use calamine::{DataRef, Reader, Xlsx};
+
+use super::IntakeError;
+use super::files::{self, Cell, Columns, Row, Source, Table};
+use crate::domain::ColumnFormat;
+
+/// Most bytes a workbook may unpack to: a 10,000-row report is about 1 MB of XML.
+pub const MAX_UNPACKED_BYTES: u64 = 32 * 1024 * 1024;
+/// Most entries a workbook may have; one made by Excel has about a dozen.
+const MAX_ENTRIES: usize = 1_000;
+
+pub(super) fn read(
+    body: &[u8],
+    sheet: Option<&str>,
+    format: Option<ColumnFormat>,
+    max_repayments: usize,
+) -> Result<Table, IntakeError> {
+    check_unpacked_size(body)?;
+    let mut workbook = Xlsx::new(Cursor::new(body)).map_err(|e| not_a_workbook(&e))?;
+    let names = workbook.sheet_names();
+    let name = match sheet {
+        Some(wanted) => names
+            .iter()
+            .find(|n| *n == wanted)
+            .cloned()
+            .ok_or_else(|| {
+                files::whole_file(
+                    format!(
+                        "the workbook has no sheet named {wanted:?}; its sheets are {}",
+                        names
+                            .iter()
+                            .map(|n| format!("{n:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None,
+                )
+            })?,
+        None => names
+            .first()
+            .cloned()
+            .ok_or_else(|| files::whole_file("the workbook has no sheets".into(), None))?,
+    };
+    let source = Source::Sheet(name.clone());
+    let mut cells = workbook
+        .worksheet_cells_reader(&name)
+        .map_err(|e| not_a_workbook(&e))?;
+
+    let mut sheet = Sheet {
+        source: &source,
+        format,
+        max_repayments,
+        layout: None,
+        rows: Vec::new(),
+    };
+    // The filled cells of the row being read, by column.
+    let mut current: Option<(u32, Vec<(usize, Cell)>)> = None;
+    while let Some(cell) = cells.next_cell().map_err(|e| not_a_workbook(&e))? {
+        let (row, column) = cell.get_position();
+        let Some(value) = text_of(cell.get_value()) else {
+            continue;
+        };
+        match &mut current {
+            Some((at, filled)) if *at == row => filled.push((column as usize, value)),
+            _ => {
+                if let Some((at, filled)) = current.take() {
+                    sheet.row(u64::from(at) + 1, filled)?;
+                }
+                current = Some((row, vec![(column as usize, value)]));
+            }
+        }
+    }
+    if let Some((at, filled)) = current.take() {
+        sheet.row(u64::from(at) + 1, filled)?;
+    }
+    let columns = sheet.layout.map_or(
+        Columns {
+            loan: 0,
+            client: None,
+            amount: 1,
+        },
+        |(columns, _)| columns,
+    );
+    let rows = sheet.rows;
+    Ok(Table {
+        source,
+        columns,
+        rows,
+    })
+}
+
+struct Sheet<'a> {
+    source: &'a Source,
+    format: Option<ColumnFormat>,
+    max_repayments: usize,
+    /// The columns, and all the columns the header (or first row) fills.
+    layout: Option<(Columns, Vec<usize>)>,
+    rows: Vec<Row>,
+}
+
+impl Sheet<'_> {
+    /// One row of the sheet (1-based, as Excel shows it) with its filled cells.
+    fn row(&mut self, at: u64, filled: Vec<(usize, Cell)>) -> Result<(), IntakeError> {
+        let Some((_, used)) = &self.layout else {
+            let texts: Vec<(usize, String)> = filled
+                .iter()
+                .map(|(column, cell)| (*column, cell.text.clone()))
+                .collect();
+            let used: Vec<usize> = filled.iter().map(|(column, _)| *column).collect();
+            let columns = match files::header_columns(&texts, self.source, at) {
+                Some(found) => found?,
+                None => {
+                    let by_count =
+                        files::columns_by_count(used.len(), self.format, self.source, at)?;
+                    // PA2's order, over the columns the first row fills (not necessarily A…).
+                    let columns = Columns {
+                        loan: used[by_count.loan],
+                        client: by_count.client.map(|i| used[i]),
+                        amount: used[by_count.amount],
+                    };
+                    self.layout = Some((columns, used));
+                    return self.data(at, filled);
+                }
+            };
+            self.layout = Some((columns, used));
+            return Ok(());
+        };
+        if let Some((outside, _)) = filled.iter().find(|(column, _)| !used.contains(column)) {
+            let row = Row {
+                at,
+                unreadable: Some(format!(
+                    "row {at} has a value in column {}, outside the report's columns: remove \
+                     it, or move it to another sheet",
+                    files::letters(*outside)
+                )),
+                ..Row::default()
+            };
+            return files::push_row(&mut self.rows, row, self.max_repayments);
+        }
+        self.data(at, filled)
+    }
+
+    fn data(&mut self, at: u64, mut filled: Vec<(usize, Cell)>) -> Result<(), IntakeError> {
+        let (columns, _) = self.layout.as_ref().expect("the layout is known");
+        let mut row = Row {
+            at,
+            ..Row::default()
+        };
+        files::fill_row(&mut row, columns, |column| {
+            filled
+                .iter_mut()
+                .find(|(c, _)| *c == column)
+                .map(|(_, cell)| std::mem::take(cell))
+                .unwrap_or_default()
+        });
+        files::push_row(&mut self.rows, row, self.max_repayments)
+    }
+}
+
+/// A cell as the text the JSON path would have had; `None` for an empty one.
+fn text_of(value: &DataRef<'_>) -> Option<Cell> {
+    let text = |t: String| Some(Cell::text(t));
+    match value {
+        DataRef::Empty => None,
+        DataRef::String(s) if s.trim().is_empty() => None,
+        DataRef::SharedString(s) if s.trim().is_empty() => None,
+        DataRef::String(s) => text(s.trim().to_owned()),
+        DataRef::SharedString(s) => text(s.trim().to_owned()),
+        DataRef::Int(n) => text(n.to_string()),
+        // Shortest round trip: `1042970.0` prints as `1042970`, `25.5` as `25.5`.
+        DataRef::Float(n) => text(n.to_string()),
+        DataRef::Bool(b) => Some(Cell::refused(
+            if *b { "TRUE" } else { "FALSE" },
+            "the cell holds TRUE or FALSE, not a loan ID, client ID or amount",
+        )),
+        DataRef::DateTime(d) => Some(Cell::refused(
+            &d.as_f64().to_string(),
+            "the cell is formatted as a date or time: format the column as Number (amounts) \
+             or Text (IDs)",
+        )),
+        DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => Some(Cell::refused(
+            s,
+            "the cell holds a date or time: format the column as Number (amounts) or Text (IDs)",
+        )),
+        DataRef::Error(e) => Some(Cell::refused(
+            &e.to_string(),
+            &format!("the cell shows the Excel error {e}: fix the formula or type the value"),
+        )),
+    }
+}
+
+fn not_a_workbook(error: &dyn std::fmt::Display) -> IntakeError {
+    IntakeError::MalformedFile(format!(
+        "the body is not an Excel workbook (.xlsx) that can be read: {}",
+        super::schema::truncate(error.to_string())
+    ))
+}
+
+/// Unpacks every entry into nothing, refusing the workbook as soon as the total passes
+/// `MAX_UNPACKED_BYTES`.
+fn check_unpacked_size(body: &[u8]) -> Result<(), IntakeError> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(body)).map_err(|e| not_a_workbook(&e))?;
+    if archive.len() > MAX_ENTRIES {
+        return Err(not_a_workbook(&format!(
+            "{} entries, where a workbook has about a dozen",
+            archive.len()
+        )));
+    }
+    let too_large = || {
+        IntakeError::TooLargeUnpacked(format!(
+            "the workbook unpacks to more than {} MiB; a report of 10,000 rows is about 1 MiB: \
+             send only the report's sheet, without pictures or other sheets",
+            MAX_UNPACKED_BYTES / (1024 * 1024)
+        ))
+    };
+    let mut left = MAX_UNPACKED_BYTES;
+    for i in 0..archive.len() {
+        let entry = archive.by_index(i).map_err(|e| not_a_workbook(&e))?;
+        if entry.size() > left {
+            return Err(too_large());
+        }
+        let unpacked = std::io::copy(&mut entry.take(left + 1), &mut std::io::sink())
+            .map_err(|e| not_a_workbook(&e))?;
+        if unpacked > left {
+            return Err(too_large());
+        }
+        left -= unpacked;
+    }
+    Ok(())
+}
