@@ -5,13 +5,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use futures_util::StreamExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Caller;
+use super::idempotency;
 use super::problem::{ApiError, Problem};
 use crate::domain::{ColumnFormat, RepaymentReport};
 use crate::intake::{Intake, LARGE_BODY_BYTES, PartnerScope};
@@ -105,17 +105,23 @@ pub async fn submit(
                 api_key_name: caller.key_name.clone(),
                 key,
             };
-            let fingerprint = hex::encode(Sha256::digest(&body));
+            let fingerprint = idempotency::fingerprint(&report);
             match state
                 .store
                 .claim_idempotency(&scope, IDEMPOTENCY_CLAIM_TTL)
                 .await?
             {
                 IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
-                IdempotencyClaim::Completed(first) if first.fingerprint == fingerprint => {
+                IdempotencyClaim::Completed(first)
+                    if idempotency::matches(&first.fingerprint, &report, &body) =>
+                {
                     return Ok(replay(first));
                 }
-                IdempotencyClaim::Completed(_) => return Err(ApiError::IdempotencyKeyReused),
+                IdempotencyClaim::Completed(first) => {
+                    return Err(ApiError::IdempotencyKeyReused(
+                        reused_detail(&state, &scope, &first, &report).await,
+                    ));
+                }
                 IdempotencyClaim::Claimed { token } => {
                     let accept = IdempotentAccept {
                         scope,
@@ -154,6 +160,29 @@ pub async fn submit(
         .insert_header((header::LOCATION, location))
         .content_type("application/json")
         .body(response_body))
+}
+
+/// Says what differs from the report the key was first used for, read from the store (the
+/// recorded answer's `Location` names it); without it, just that it is another report.
+async fn reused_detail(
+    state: &AppState,
+    scope: &IdempotencyScope,
+    first: &RecordedResponse,
+    report: &RepaymentReport,
+) -> String {
+    let first_id = first
+        .location
+        .as_deref()
+        .and_then(|l| l.strip_prefix("/v1/reports/"))
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let differences = match first_id {
+        Some(id) => match state.store.report(&scope.partner_id, id).await {
+            Ok(Some((stored, batches))) => idempotency::differences(&stored, &batches, report),
+            _ => vec![],
+        },
+        None => vec![],
+    };
+    idempotency::reused_detail(&differences)
 }
 
 /// Turns an accept whose outcome is unknown (Redis took the script but its answer was lost)

@@ -6,6 +6,7 @@ mod binary;
 mod crash;
 mod delivery;
 mod fault_proxy;
+mod first_hour;
 mod hardening;
 mod hostile;
 mod idempotency;
