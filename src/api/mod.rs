@@ -104,7 +104,7 @@ async fn to_swagger_ui() -> HttpResponse {
 }
 
 /// The JSON Schema of the report body, for MIS developers' own validators.
-#[utoipa::path(get, path = "/v1/schemas/repayment-report.json", tag = "repayments",
+#[utoipa::path(get, path = "/v1/schemas/repayment-report.json", tag = "repayments", security(()),
     responses((status = 200, description = "JSON Schema 2020-12 of the body of `POST /v1/repayments`",
                content_type = "application/schema+json", body = Object)))]
 pub async fn report_schema() -> HttpResponse {

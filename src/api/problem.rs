@@ -28,6 +28,7 @@ pub struct Problem {
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,
+    #[schema(example = 422)]
     pub status: u16,
     pub detail: String,
     /// Violations of a refused report, in document order: the first 100 at most.

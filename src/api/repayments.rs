@@ -36,9 +36,8 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
     tag = "repayments",
     security(("api_key" = [])),
     params(
-        ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1,
-         description = "Makes retries safe: the same key with the same body replays the first answer for at least 24 h; with another body it is refused (422); while the first request is in progress, 409. Scoped to the API key.",
-         example = "2026-10-nairobi-1")
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1, nullable = false,
+         description = "Makes retries safe: one key per report, 1 to 255 visible ASCII characters, e.g. `<period>-<branch>-<n>` (make up your own: a key already used for another report is refused). The same key with the same report replays the first answer for at least 24 h; with another report it is refused (422, saying what differs); while the first request is in progress, 409. Scoped to the API key.")
     ),
     request_body(content = RepaymentReportBody, content_type = "application/json",
         description = "The report; its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`."),
@@ -218,9 +217,11 @@ pub struct NormalizedReport {
     pub column_format: ColumnFormat,
     #[schema(example = "2026-10")]
     pub period: Option<String>,
+    #[schema(example = 2)]
     pub repayment_count: usize,
     #[schema(example = "65.00")]
     pub total_amount: String,
+    #[schema(example = 1)]
     pub batch_count: usize,
     /// The bodies of the calls to Kiva's repayments endpoint, one per batch, exactly as they
     /// would be sent: `client_id` only for three-column partners, `amount` a JSON number with
