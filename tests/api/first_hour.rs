@@ -2,6 +2,8 @@
 //! a retry, a refused reuse says what differs, an every-partner admin key lists across
 //! partners, and a browser at `/` lands on Swagger UI.
 
+use serde_json::json;
+
 use crate::helpers::*;
 
 const FIRST: &str = r#"{"period":"2026-10","repayments":[
@@ -66,9 +68,66 @@ async fn a_reused_key_names_what_differs(backend: Backend) {
     assert_eq!(app.stream_entries(THREE_COL).await.len(), 1);
 }
 
+async fn an_every_partner_admin_key_lists_across_partners_page_by_page(backend: Backend) {
+    let app = spawn(backend).await;
+    let mut submitted = vec![];
+    for i in 0..5 {
+        let (key, partner) = if i % 2 == 0 {
+            (NAIROBI, THREE_COL)
+        } else {
+            (TWO_COL_BRANCH, TWO_COL)
+        };
+        let body = json!({"period": "2026-10", "repayments": [
+            {"loan_id": format!("L{i}"), "client_id": format!("C{i}"), "amount": "10.00"}]});
+        let accepted = app.submit(key, &body).await;
+        assert_eq!(accepted.status, 202, "{}", accepted.text);
+        submitted.push((accepted.body["id"].as_str().unwrap().to_owned(), partner));
+    }
+    let newest_first: Vec<_> = submitted.iter().rev().map(|(id, _)| id.clone()).collect();
+
+    let mut seen = vec![];
+    let mut path = "/v1/reports?status=queued&limit=2".to_owned();
+    for _ in 0..5 {
+        let page = app.get(&path, Some(NETWORK_ADMIN)).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        for report in page.body["reports"].as_array().unwrap() {
+            seen.push(report["id"].as_str().unwrap().to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/reports?status=queued&limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
+
+    let one = app
+        .get(
+            &format!("/v1/reports?partner_id={TWO_COL}"),
+            Some(NETWORK_ADMIN),
+        )
+        .await;
+    let ids: Vec<_> = one.body["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<_> = submitted
+        .iter()
+        .rev()
+        .filter(|(_, p)| *p == TWO_COL)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(ids, expected);
+    // A partner's own admin key still sees only its partner.
+    let own = app.get("/v1/reports", Some(HEAD_OFFICE)).await;
+    assert_eq!(own.body["reports"].as_array().unwrap().len(), 3);
+}
+
 on_both_stores!(
     the_same_report_in_another_layout_is_replayed,
     a_reused_key_names_what_differs,
+    an_every_partner_admin_key_lists_across_partners_page_by_page,
 );
 
 #[tokio::test]
@@ -85,4 +144,32 @@ async fn a_browser_at_the_root_is_sent_to_swagger_ui() {
     let page = app.send(app.client.get(format!("{}/", app.address))).await;
     assert_eq!(page.status, 200);
     assert!(page.text.contains("swagger-ui"), "{}", page.text);
+}
+
+/// The README's error table lists every problem the API documents (each one's examples are
+/// made by the code that makes the answer), and names where the document is served.
+#[test]
+fn the_readme_lists_every_documented_problem_and_the_served_document() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let doc = repayment_gateway::api::openapi::document();
+    let mut missing = vec![];
+    for operations in doc["paths"].as_object().unwrap().values() {
+        for operation in operations.as_object().unwrap().values() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let examples = &response["content"]["application/problem+json"]["examples"];
+                for example in examples.as_object().into_iter().flat_map(|e| e.values()) {
+                    let row = format!(
+                        "| {status} | `{}` |",
+                        example["value"]["type"].as_str().unwrap()
+                    );
+                    if !readme.contains(&row) && !missing.contains(&row) {
+                        missing.push(row);
+                    }
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "README's error table lacks {missing:?}");
+    assert!(readme.contains(repayment_gateway::api::openapi::OPENAPI_PATH));
+    assert!(readme.contains("partner_id=102"));
 }
