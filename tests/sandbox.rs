@@ -539,7 +539,8 @@ async fn the_loans_list_pages_and_filters() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(first["total_records"], 4);
+    // L-1001..L-1004 and the demo's L-HOLD.
+    assert_eq!(first["total_records"], 5);
     assert_eq!(loan_ids(&first), ["L-1001", "L-1002", "L-1003"]);
     assert_eq!(
         first["data"][0],
@@ -560,8 +561,8 @@ async fn the_loans_list_pages_and_filters() {
         "status=payingBack&offset=3&limit=3",
     )
     .await;
-    assert_eq!(second["total_records"], 4);
-    assert_eq!(loan_ids(&second), ["L-1004"]);
+    assert_eq!(second["total_records"], 5);
+    assert_eq!(loan_ids(&second), ["L-1004", "L-HOLD"]);
     assert_eq!(second["data"][0]["delinquent"], true);
 
     let (_, expected) = loans(
@@ -571,9 +572,9 @@ async fn the_loans_list_pages_and_filters() {
         "status=payingBack,defaulted&limit=300",
     )
     .await;
-    assert_eq!(expected["total_records"], 5);
+    assert_eq!(expected["total_records"], 6);
     let (_, all) = loans(&sandbox, "101", &token, "").await;
-    assert_eq!(all["total_records"], 6);
+    assert_eq!(all["total_records"], 7);
     let (_, searched) = loans(&sandbox, "101", &token, "query=c-1005").await;
     assert_eq!(loan_ids(&searched), ["L-1005"]);
 

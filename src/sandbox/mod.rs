@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{SandboxConfig, SandboxLoan, SandboxPartner};
+pub use config::{DEMO_HOLD_LOAN, SandboxConfig, SandboxLoan, SandboxPartner};
 
 /// A repayments call the sandbox answered with 2xx.
 #[derive(Clone)]
@@ -187,6 +187,7 @@ impl Sandbox {
             audience,
             token_ttl_secs,
             loans,
+            unknown_outcome_once,
         } = config;
         let shared = Arc::new(Shared {
             base_url: format!("http://{host}"),
@@ -195,6 +196,7 @@ impl Sandbox {
             token_ttl: Duration::from_secs(token_ttl_secs),
             state: Mutex::new(State {
                 loans,
+                unknown_outcome_once,
                 ..State::default()
             }),
             repayment_requests: watch::Sender::new(0),
@@ -372,6 +374,9 @@ struct State {
     loans: Vec<SandboxLoan>,
     /// (partner id, internal loan id) → details.
     warnings: HashMap<(String, String), String>,
+    /// See `SandboxConfig::unknown_outcome_once`; and the (partner, loan) already answered so.
+    unknown_outcome_once: Vec<String>,
+    answered_unknown: std::collections::HashSet<(String, String)>,
 }
 
 struct Grant {

@@ -173,3 +173,30 @@ fn the_readme_lists_every_documented_problem_and_the_served_document() {
     assert!(readme.contains(repayment_gateway::api::openapi::OPENAPI_PATH));
     assert!(readme.contains("partner_id=102"));
 }
+
+/// The Quick start's example loans exist in the demo's sandbox (partner 102, three-column),
+/// so following the README against `serve --demo` delivers them instead of `loan_not_found`.
+#[test]
+fn the_readmes_example_loans_are_in_the_demo_sandbox() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let loans = repayment_gateway::sandbox::SandboxConfig::demo().loans;
+    let mut found = 0;
+    for part in readme.split(r#"{"loan_id": ""#).skip(1) {
+        let loan = part.split('"').next().unwrap();
+        let Some(client) = part
+            .split_once(r#""client_id": ""#)
+            .map(|(_, rest)| rest.split('"').next().unwrap())
+        else {
+            continue;
+        };
+        assert!(
+            loans.iter().any(|l| l.partner_id == "102"
+                && l.internal_loan_id == loan
+                && l.internal_client_id == client
+                && l.status == "payingBack"),
+            "the README's loan {loan} of {client} is not a paying-back loan of the demo"
+        );
+        found += 1;
+    }
+    assert!(found >= 2, "{found}");
+}
