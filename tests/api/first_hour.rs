@@ -200,3 +200,42 @@ fn the_readmes_example_loans_are_in_the_demo_sandbox() {
     }
     assert!(found >= 2, "{found}");
 }
+
+/// `repayment-gateway healthcheck`: exit 0 when `/health/ready` answers 200, 1 otherwise;
+/// by default on the configured bind address (a wildcard bind probed on loopback).
+#[tokio::test]
+async fn the_healthcheck_subcommand_probes_readiness() {
+    let app = spawn(Backend::Embedded).await;
+    let run = async |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+            .arg("healthcheck")
+            .args(args)
+            .env_remove("GATEWAY_CONFIG")
+            .output()
+            .await
+            .unwrap()
+    };
+    let ready = run(&["--url", &format!("{}/health/ready", app.address)]).await;
+    assert!(ready.status.success(), "{ready:?}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let down = run(&[
+        "--url",
+        &format!("http://127.0.0.1:{closed_port}/health/ready"),
+    ])
+    .await;
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+
+    let port = app.address.rsplit(':').next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(&format!("embedded:{}", dir.path().join("s").display())).replace(
+        "bind = \"127.0.0.1:0\"",
+        &format!("bind = \"0.0.0.0:{port}\""),
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let configured = run(&["--config", path.to_str().unwrap()]).await;
+    assert!(configured.status.success(), "{configured:?}");
+}
