@@ -204,7 +204,7 @@ async fn across_partners(state: &AppState, query: &ReportQuery) -> Result<Report
         more |= page.next.is_some();
         reports.extend(page.reports);
     }
-    reports.sort_by(|a, b| b.id.cmp(&a.id));
+    reports.sort_by_key(|r| std::cmp::Reverse(r.id));
     more |= reports.len() > query.limit;
     reports.truncate(query.limit);
     let next = if more {

@@ -741,9 +741,7 @@ fn redis_error(e: redis::RedisError, sent: Sent) -> StoreError {
     let code = e.code().unwrap_or_default();
     if code == "CLAIMLOST" || e.to_string().contains("CLAIMLOST") {
         StoreError::ClaimLost
-    } else if REFUSALS.contains(&code) {
-        StoreError::Unavailable(e.to_string())
-    } else if e.is_connection_refusal() {
+    } else if REFUSALS.contains(&code) || e.is_connection_refusal() {
         StoreError::Unavailable(e.to_string())
     } else if e.is_io_error()
         || e.is_timeout()
