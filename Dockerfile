@@ -48,9 +48,11 @@ EXPOSE 8080
 # The built-in default is 127.0.0.1, unreachable from outside the container.
 ENV GATEWAY_SERVER__BIND=0.0.0.0:8080
 
-# No HEALTHCHECK: the slim image has no curl/wget. Probe GET /health/live
-# (liveness) and GET /health/ready (readiness, checks Redis) on port 8080 from
-# the orchestrator instead.
+# The slim image has no curl: `repayment-gateway healthcheck` probes GET /health/ready on
+# the configured bind address (docker-compose.yml uses it). Orchestrators may probe
+# GET /health/live and GET /health/ready on port 8080 directly.
+HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \
+  CMD ["repayment-gateway", "healthcheck", "--config", "/etc/repayment-gateway/gateway.toml"]
 
 # Exec form: the binary is PID 1 and gets SIGTERM itself, so it drains
 # in-flight requests before exiting.

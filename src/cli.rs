@@ -1,4 +1,5 @@
-//! Command line: `serve`, `openapi`, `new-api-key`, `check-config`.
+//! Command line: `serve`, `worker`, `sandbox`, `openapi`, `new-api-key`, `check-config`,
+//! `healthcheck`.
 
 use std::path::PathBuf;
 
@@ -55,6 +56,16 @@ pub enum Command {
         /// Also fetch a token from Kiva for each partner and report, per partner, what works.
         #[arg(long)]
         online: bool,
+    },
+    /// Exit 0 when the gateway answers GET /health/ready with 200, else 1: a container
+    /// healthcheck for an image without curl.
+    Healthcheck {
+        /// What to probe; by default /health/ready on the configured `server.bind` (a
+        /// wildcard address such as 0.0.0.0 is probed on loopback).
+        #[arg(long, conflicts_with = "config")]
+        url: Option<String>,
+        #[arg(long, short, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -149,7 +160,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 check_online(&settings).await?;
             }
         }
+        Command::Healthcheck { url, config } => healthcheck(url, config.as_deref()).await?,
     }
+    Ok(())
+}
+
+/// Seconds the probe may take; a container healthcheck has its own, longer, timeout.
+const HEALTHCHECK_TIMEOUT_SECS: u64 = 5;
+
+async fn healthcheck(url: Option<String>, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let settings = Settings::load(config)?;
+            let bind: std::net::SocketAddr = settings.server.bind.parse()?;
+            let ip = match bind.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+                ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            let probed = std::net::SocketAddr::new(ip, bind.port());
+            format!("http://{probed}/health/ready")
+        }
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(HEALTHCHECK_TIMEOUT_SECS))
+        .build()?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status != reqwest::StatusCode::OK {
+        anyhow::bail!("{url}: {status}: {body}");
+    }
+    println!("ready: {body}");
     Ok(())
 }
 

@@ -279,7 +279,7 @@ impl Settings {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract().map_err(load_error)?;
         settings.resolve_secrets_from_env();
         settings.validate()?;
         Ok(settings)
@@ -518,6 +518,63 @@ impl Settings {
     }
 }
 
+/// Figment names an unknown key by its profile (`default.delivery.max_atempts`), which the
+/// operator never wrote: such keys are named as written, with the close match if there is one.
+fn load_error(error: figment::Error) -> ConfigError {
+    if !error.clone().into_iter().any(|e| unknown_key(&e).is_some()) {
+        return ConfigError::Load(Box::new(error));
+    }
+    ConfigError::Invalid(
+        error
+            .into_iter()
+            .map(|e| unknown_key(&e).unwrap_or_else(|| e.to_string()))
+            .collect(),
+    )
+}
+
+fn unknown_key(error: &figment::Error) -> Option<String> {
+    let figment::error::Kind::UnknownField(field, expected) = &error.kind else {
+        return None;
+    };
+    let mut path = error.path.clone();
+    if path.last() != Some(field) {
+        path.push(field.clone());
+    }
+    let from_env = error
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    let key = if from_env {
+        format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase())
+    } else {
+        path.join(".")
+    };
+    // Environment variables arrive upper-cased; the comparison is on the lower-case name.
+    let written = field.to_ascii_lowercase();
+    let closest = expected
+        .iter()
+        .map(|known| (strsim::jaro_winkler(&written, known), known))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let source = error
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .map(|s| format!(" (in {s})"))
+        .unwrap_or_default();
+    Some(match closest {
+        Some((_, known)) => format!("{key}: unknown key{source}; did you mean `{known}`?"),
+        None => format!(
+            "{key}: unknown key{source}; known keys here: {}",
+            expected
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
 fn env_provider() -> Env {
     // `split` has already turned `__` into `.` when the filter runs.
     Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
@@ -535,119 +592,4 @@ pub fn partner_secret_env_var(id: &PartnerId) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Loads `toml` inside a figment `Jail`: jails run one at a time, so no other test's
-    /// environment variables can leak into this one.
-    #[allow(clippy::result_large_err)] // figment::Jail's signature
-    fn load(toml: &str) -> Result<Settings, ConfigError> {
-        let mut out = None;
-        figment::Jail::expect_with(|_| {
-            out = Some(Settings::from_toml_str(toml));
-            Ok(())
-        });
-        out.expect("the jail ran")
-    }
-
-    const MINIMAL: &str = r#"
-        [kiva]
-        token_url = "https://auth.example/oauth/token"
-        audience = "https://partner-api.example"
-        api_base_url = "https://partnerapi.example"
-        [[partners]]
-        id = "p1"
-        name = "Demo MFI"
-        column_format = "three_column"
-        client_id = "cid"
-        client_secret = "s3cret"
-        [[api_keys]]
-        name = "nairobi"
-        partner = "p1"
-        branch = "Nairobi"
-        role = "branch"
-        key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
-    "#;
-
-    #[test]
-    fn minimal_file_gets_defaults() {
-        let s = load(MINIMAL).unwrap();
-        assert_eq!(s.kiva.batch_size, 200);
-        assert_eq!(s.server.max_repayments, 10_000);
-        assert_eq!(s.partners[0].column_format, ColumnFormat::ThreeColumn);
-    }
-
-    #[test]
-    fn errors_name_the_bad_key() {
-        let bad = MINIMAL.replace("[kiva]", "[kiva]\nbatch_size = 500");
-        let err = load(&bad).unwrap_err().to_string();
-        assert!(err.contains("kiva.batch_size"), "{err}");
-
-        let bad = MINIMAL.replace("partner = \"p1\"", "partner = \"p2\"");
-        let err = load(&bad).unwrap_err().to_string();
-        assert!(err.contains("api_keys.0.partner"), "{err}");
-
-        let bad = MINIMAL.replace("[kiva]", "[kiva]\nbatch_sise = 5");
-        let err = load(&bad).unwrap_err().to_string();
-        assert!(err.contains("batch_sise"), "{err}");
-    }
-
-    #[test]
-    fn a_claim_deadline_shorter_than_kivas_timeout_is_refused() {
-        let bad = MINIMAL.replace("[kiva]", "[delivery]\nclaim_deadline_secs = 30\n[kiva]");
-        let err = load(&bad).unwrap_err().to_string();
-        assert!(
-            err.contains("delivery.claim_deadline_secs") && err.contains("36"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_missing_secret_names_its_environment_variable() {
-        let bad = MINIMAL.replace("client_secret = \"s3cret\"", "");
-        let err = load(&bad).unwrap_err().to_string();
-        assert!(err.contains("GATEWAY_PARTNER_P1_CLIENT_SECRET"), "{err}");
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)] // figment::Jail's signature, not ours
-    fn the_environment_overrides_the_file_and_other_gateway_variables_are_ignored() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("GATEWAY_SERVER__BIND", "0.0.0.0:9999");
-            jail.set_env("GATEWAY_KIVA__BATCH_SIZE", "250");
-            jail.set_env("GATEWAY_CONFIG", "/etc/gateway.toml");
-            jail.set_env("GATEWAY_PARTNER_P1_CLIENT_SECRET", "from-env");
-            let s = Settings::from_toml_str(MINIMAL).unwrap();
-            assert_eq!(s.server.bind, "0.0.0.0:9999");
-            assert_eq!(s.kiva.batch_size, 250);
-            use secrecy::ExposeSecret;
-            assert_eq!(
-                s.partners[0]
-                    .client_secret
-                    .as_ref()
-                    .unwrap()
-                    .expose_secret(),
-                "from-env"
-            );
-            Ok(())
-        });
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)]
-    fn the_example_configuration_is_valid() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("GATEWAY_PARTNER_123_CLIENT_SECRET", "from-env");
-            let example = include_str!("../config/gateway.example.toml");
-            let s = Settings::from_toml_str(example).unwrap();
-            assert_eq!(s.api_keys.len(), 2);
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn secrets_are_redacted_in_debug_output() {
-        let s = load(MINIMAL).unwrap();
-        assert!(!format!("{s:?}").contains("s3cret"));
-    }
-}
+mod tests;

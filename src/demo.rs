@@ -9,7 +9,7 @@ use crate::api::auth::new_key;
 use crate::config::Settings;
 use crate::kiva::KivaClient;
 use crate::periods::refresh::{RefreshOutcome, refresh_expected_loans};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::{DEMO_HOLD_LOAN, Sandbox, SandboxConfig};
 use crate::startup::Application;
 
 /// Where the demo keeps its data, relative to the working directory.
@@ -113,6 +113,19 @@ pub async fn run() -> anyhow::Result<()> {
 }
 
 fn banner(base: &str, keys: &DemoKeys, expected: &[String]) -> String {
+    // The id of the newest report a key sees, for commands that work when pasted as printed.
+    let newest = |query: &str, key: &str| {
+        format!(
+            r#"$(curl -s '{base}/v1/reports?{query}limit=1' -H 'X-Api-Key: {key}' | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')"#
+        )
+    };
+    let submit = |key: &str, idempotency_key: &str, body: &str| {
+        format!(
+            "curl -s -i -X POST {base}/v1/repayments -H 'X-Api-Key: {key}' -H 'Content-Type: application/json' -H 'Idempotency-Key: {idempotency_key}' -d '{body}'"
+        )
+    };
+    let k102 = &keys.three_column_branch;
+    let admin = &keys.admin;
     format!(
         r#"
 repayment-gateway demo: data in ./{DEMO_STORE}, "Kiva" is the sandbox inside this process.
@@ -123,14 +136,35 @@ repayment-gateway demo: data in ./{DEMO_STORE}, "Kiva" is the sandbox inside thi
     partner 101 (two-column), branch Kisumu:     {k101}
     admin, every partner:                        {admin}
 
+Loans the sandbox knows (loan_id / client_id):
+  partner 102: L-2001/C-2001 .. L-2004/C-2004, L-1042970/C-184729, L-1043223/C-481395 (paying
+               back: accepted), L-2005/C-2005 (defaulted: accepted), L-2006/C-2006 (ended: Kiva
+               refuses that loan)
+  partner 101: L-1001 .. L-1006 likewise (two-column: client_id is optional)
+  both:        {hold}/C-HOLD: the first batch with it gets a 500 from "Kiva", so the gateway
+               holds the batch for an operator
+  Any other loan id: Kiva refuses that loan (loan_not_found).
+
 Submit a report (loan L-2006 is "ended", so Kiva will refuse that one loan):
-curl -s -i -X POST {base}/v1/repayments -H 'X-Api-Key: {k102}' -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-2026-10-1' -d '{{"period":"2026-10","repayments":[{{"loan_id":"L-2001","client_id":"C-2001","amount":"25.00"}},{{"loan_id":"L-2002","client_id":"C-2002","amount":40.5}},{{"loan_id":"L-2006","client_id":"C-2006","amount":"10"}}]}}'
+{submit_ok}
 
-Follow it (delivered within a second):
-curl -s {base}/v1/reports/REPORT_ID -H 'X-Api-Key: {k102}'
+Follow Nairobi's newest report (delivered within a second; run it again to see it change):
+curl -s "{base}/v1/reports/{newest_nairobi}" -H 'X-Api-Key: {k102}'
 
-What needs an operator:
-curl -s '{base}/v1/reports?status=needs_attention&partner_id=102' -H 'X-Api-Key: {admin}'
+See a batch held, and resolve it. Submit a report with loan {hold}:
+{submit_hold}
+What needs an operator (every partner; add &partner_id=102 for one):
+curl -s '{base}/v1/reports?status=needs_attention' -H 'X-Api-Key: {admin}'
+"Kiva" did not process the held batch (look in PA2 for real), so resend it (the batch id is the
+report id and its number, ".1"); or, had the upload been in PA2, use /mark-delivered instead:
+curl -s -X POST "{base}/v1/batches/{newest_held}.1/resend" -H 'X-Api-Key: {admin}'
+Then follow Nairobi's newest report again: it is delivered.
+
+The month as the Kiva Coordinator sees it before finalizing in PA2 ("reported of expected", the
+loans not reported, those PA2 will ignore, and why it is not ready yet):
+curl -s '{base}/v1/periods/2026-10?partner_id=102' -H 'X-Api-Key: {admin}'
+The expected loans nobody reported, as a CSV for the branches:
+curl -s '{base}/v1/periods/2026-10/not-reported?partner_id=102' -H 'Accept: text/csv' -H 'X-Api-Key: {admin}'
 
 Kiva's expected loans (read from the loans list at start: {expected}):
 curl -s {base}/v1/partners/102/expected-loans -H 'X-Api-Key: {admin}'
@@ -138,9 +172,20 @@ Refresh them now:
 curl -s -i -X POST {base}/v1/partners/102/expected-loans/refresh -H 'X-Api-Key: {admin}'
 
 Ctrl-C stops the demo."#,
-        k102 = keys.three_column_branch,
         k101 = keys.two_column_branch,
-        admin = keys.admin,
         expected = expected.join("; "),
+        hold = DEMO_HOLD_LOAN,
+        submit_ok = submit(
+            k102,
+            "demo-2026-10-1",
+            r#"{"period":"2026-10","repayments":[{"loan_id":"L-2001","client_id":"C-2001","amount":"25.00"},{"loan_id":"L-2002","client_id":"C-2002","amount":40.5},{"loan_id":"L-2006","client_id":"C-2006","amount":"10"}]}"#
+        ),
+        submit_hold = submit(
+            k102,
+            "demo-2026-10-hold",
+            r#"{"period":"2026-10","repayments":[{"loan_id":"L-HOLD","client_id":"C-HOLD","amount":"12.50"},{"loan_id":"L-2003","client_id":"C-2003","amount":"25.00"}]}"#
+        ),
+        newest_nairobi = newest("", k102),
+        newest_held = newest("status=needs_attention&", admin),
     )
 }

@@ -98,7 +98,8 @@ fn every_gateway_variable_compose_sets_is_a_setting_the_gateway_reads() {
             "{name}={value} changes nothing: it is not a settings key the gateway reads"
         );
     }
-    assert!(checked >= 4, "compose sets {checked} GATEWAY_ variables");
+    // The secrets come from the env file (checked by its own test).
+    assert!(checked >= 3, "compose sets {checked} GATEWAY_ variables");
 }
 
 const MINIMAL: &str = r#"
@@ -138,4 +139,63 @@ fn the_default_body_limit_fits_the_largest_report_with_room_and_not_much_more() 
         size < limit && limit < size * 3 / 2,
         "{size} bytes for the largest report vs a {limit}-byte limit"
     );
+}
+
+/// The image has no curl: the container's healthcheck is the gateway's own subcommand, and
+/// what compose runs must parse as it.
+#[test]
+fn the_compose_healthcheck_is_the_gateways_healthcheck_subcommand() {
+    use clap::Parser;
+    use repayment_gateway::cli::{Cli, Command};
+    let gateway = gateway_service();
+    let test: Vec<&str> = gateway["healthcheck"]["test"]
+        .as_sequence()
+        .expect("the gateway service has a healthcheck")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(test[0], "CMD", "exec form: there is no shell in the image");
+    assert_eq!(test[1], "repayment-gateway");
+    let cli = Cli::try_parse_from(&test[1..]).unwrap_or_else(|e| panic!("{test:?}: {e}"));
+    assert!(
+        matches!(cli.command, Command::Healthcheck { .. }),
+        "{test:?}"
+    );
+}
+
+/// `docker compose logs` or `down` must not fail for want of a secret in the shell: the
+/// secrets come from an optional env file (documented by its example), and a missing one is
+/// the gateway's start-up error, naming the variable.
+#[test]
+fn compose_takes_secrets_from_an_optional_env_file_documented_by_its_example() {
+    let compose = read("docker-compose.yml");
+    assert!(
+        !compose.contains(":?"),
+        "a required ${{VAR:?}} interpolation fails every compose command when VAR is unset"
+    );
+    let gateway = gateway_service();
+    let env_file = &gateway["env_file"][0];
+    assert_eq!(env_file["path"].as_str(), Some("./config/gateway.env"));
+    assert_eq!(env_file["required"].as_bool(), Some(false));
+    let gitignore = read(".gitignore");
+    assert!(gitignore.lines().any(|l| l == "/config/gateway.env"));
+
+    let example = read("config/gateway.env.example");
+    let secret = partner_secret_env_var(&PartnerId::parse("123").unwrap());
+    let variables: Vec<(&str, &str)> = example
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_once('=').expect("NAME=value"))
+        .collect();
+    assert!(
+        variables.iter().any(|(name, _)| *name == secret),
+        "{example}"
+    );
+    let settings = example_settings(&variables).unwrap();
+    let read_secret = settings.partners[0].client_secret.as_ref().unwrap();
+    let value = variables.iter().find(|(n, _)| *n == secret).unwrap().1;
+    assert_eq!(read_secret.expose_secret(), value);
+    // Without it the gateway refuses to start, and says which variable to set.
+    let missing = example_settings(&[]).unwrap_err();
+    assert!(missing.contains(&secret), "{missing}");
 }

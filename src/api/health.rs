@@ -30,7 +30,7 @@ pub struct Readiness {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/health/live", tag = "health",
+#[utoipa::path(get, path = "/health/live", tag = "health", security(()),
     responses((status = 200, description = "Alive", body = Health)))]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
@@ -38,7 +38,7 @@ pub async fn live() -> HttpResponse {
 
 /// The gateway can accept reports (its store answers) and, where this process delivers, its
 /// delivery loop is running.
-#[utoipa::path(get, path = "/health/ready", tag = "health",
+#[utoipa::path(get, path = "/health/ready", tag = "health", security(()),
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "The store is unreachable, or the delivery loop is down (being restarted)", body = Readiness,

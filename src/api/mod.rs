@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod batches;
 pub mod health;
+pub mod idempotency;
 pub mod openapi;
 pub mod partners;
 pub mod periods;
@@ -51,6 +52,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::QueryConfig::default()
             .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into()),
+    )
+    .service(
+        web::resource("/")
+            .route(web::get().to(to_swagger_ui))
+            .route(web::head().to(to_swagger_ui))
+            .default_service(web::to(not_allowed("GET"))),
     )
     .service(
         web::resource("/v1/repayments")
@@ -129,8 +136,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// A browser opening the gateway's address lands on Swagger UI, the only page there is yet.
+async fn to_swagger_ui() -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((actix_web::http::header::LOCATION, "/swagger-ui/"))
+        .finish()
+}
+
 /// The JSON Schema of the report body, for MIS developers' own validators.
-#[utoipa::path(get, path = "/v1/schemas/repayment-report.json", tag = "repayments",
+#[utoipa::path(get, path = "/v1/schemas/repayment-report.json", tag = "repayments", security(()),
     responses((status = 200, description = "JSON Schema 2020-12 of the body of `POST /v1/repayments`",
                content_type = "application/schema+json", body = Object)))]
 pub async fn report_schema() -> HttpResponse {

@@ -28,6 +28,7 @@ pub struct Problem {
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,
+    #[schema(example = 422)]
     pub status: u16,
     pub detail: String,
     /// Violations of a refused report, in document order: the first 100 at most.
@@ -72,10 +73,9 @@ pub enum ApiError {
         listed: Vec<Violation>,
         total: usize,
     },
-    #[error(
-        "this Idempotency-Key was already used with a different body; use a new key for a new report"
-    )]
-    IdempotencyKeyReused,
+    /// What differs from the report the key was first used for.
+    #[error("this Idempotency-Key was already used for {0}; use a new key for a new report")]
+    IdempotencyKeyReused(String),
     #[error("the report store is unavailable; nothing was stored, retry later")]
     StoreUnavailable,
     /// The store took the write but did not confirm it: it may have been applied. `location`
@@ -126,7 +126,7 @@ impl ApiError {
                 ("unsupported-media-type", "Unsupported content type")
             }
             ApiError::InvalidReport { .. } => ("invalid-report", "The report is invalid"),
-            ApiError::IdempotencyKeyReused => (
+            ApiError::IdempotencyKeyReused(_) => (
                 "idempotency-key-reused",
                 "Idempotency-Key reused with another body",
             ),
@@ -171,7 +171,7 @@ impl ResponseError for ApiError {
             ApiError::IdempotencyInProgress | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidReport { .. } | ApiError::IdempotencyKeyReused => {
+            ApiError::InvalidReport { .. } | ApiError::IdempotencyKeyReused(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::StoreUnavailable

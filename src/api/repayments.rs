@@ -5,13 +5,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use futures_util::StreamExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Caller;
+use super::idempotency;
 use super::problem::{ApiError, Problem};
 use crate::config::UnexpectedLoans;
 use crate::domain::{ColumnFormat, RepaymentReport};
@@ -45,9 +45,8 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
          description = "Files only: as `partner_id` in a JSON report (admin keys that serve several partners)."),
         ("sheet" = Option<String>, Query, description = "Excel only: the sheet to read; the first by default.", example = "October"),
         ("delimiter" = Option<String>, Query, description = "CSV only: `,` `;` or `tab`; detected from the first line by default (also accepted as a `delimiter` parameter of the content type).", example = ";"),
-        ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1,
-         description = "Makes retries safe: the same key with the same body replays the first answer for at least 24 h; with another body it is refused (422); while the first request is in progress, 409. Scoped to the API key.",
-         example = "2026-10-nairobi-1")
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1, nullable = false,
+         description = "Makes retries safe: one key per report, 1 to 255 visible ASCII characters, e.g. `<period>-<branch>-<n>` (make up your own: a key already used for another report is refused). The same key with the same report replays the first answer for at least 24 h; with another report it is refused (422, saying what differs); while the first request is in progress, 409. Scoped to the API key.")
     ),
     request_body(
         description = "The report: JSON (its schema is `schemas/repayment-report.schema.json`, also served at `/v1/schemas/repayment-report.json`); or a CSV file (UTF-8, with or without BOM; `,` `;` or tab, detected or given as `delimiter`; an optional header `loan_id`, `client_id`, `amount`, else PA2's order: loan, amount or loan, client, amount); or an Excel workbook (first sheet unless `sheet` names another). A file is read into the same report as JSON and checked by the same rules; each problem also gives its `line` (CSV) or `sheet`, `row`, `column` and `cell` (Excel).",
@@ -83,7 +82,9 @@ pub async fn submit(
     let kind = body_kind(&request)?;
     let idempotency_key = idempotency_key(request.headers())?;
     let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
-    let correction = kind.correction();
+    // A file says `correction` in the query, a JSON report in its body.
+    let correction = report.correction() || kind.correction();
+    let report = report.with_correction(correction);
     if caller.scope == PartnerScope::All {
         tracing::Span::current().record("partner", report.partner_id().as_str());
     }
@@ -98,7 +99,7 @@ pub async fn submit(
         submitted_by: caller.key_name.clone(),
         created_at: Utc::now(),
         period: Some(report.period()),
-        correction: report.correction() || correction,
+        correction,
         column_format: report.column_format(),
         status: ReportStatus::Queued,
         repayment_count: report.repayments().len(),
@@ -127,17 +128,23 @@ pub async fn submit(
                 api_key_name: caller.key_name.clone(),
                 key,
             };
-            let fingerprint = fingerprint(&report, report.correction() || correction);
+            let fingerprint = idempotency::fingerprint(&report);
             match state
                 .store
                 .claim_idempotency(&scope, IDEMPOTENCY_CLAIM_TTL)
                 .await?
             {
                 IdempotencyClaim::InProgress => return Err(ApiError::IdempotencyInProgress),
-                IdempotencyClaim::Completed(first) if first.fingerprint == fingerprint => {
+                IdempotencyClaim::Completed(first)
+                    if idempotency::matches(&first.fingerprint, &report) =>
+                {
                     return Ok(replay(first));
                 }
-                IdempotencyClaim::Completed(_) => return Err(ApiError::IdempotencyKeyReused),
+                IdempotencyClaim::Completed(first) => {
+                    return Err(ApiError::IdempotencyKeyReused(
+                        reused_detail(&state, &scope, &first, &report).await,
+                    ));
+                }
                 IdempotencyClaim::Claimed { token } => {
                     let accept = IdempotentAccept {
                         scope,
@@ -178,6 +185,29 @@ pub async fn submit(
         .body(response_body))
 }
 
+/// Says what differs from the report the key was first used for, read from the store (the
+/// recorded answer's `Location` names it); without it, just that it is another report.
+async fn reused_detail(
+    state: &AppState,
+    scope: &IdempotencyScope,
+    first: &RecordedResponse,
+    report: &RepaymentReport,
+) -> String {
+    let first_id = first
+        .location
+        .as_deref()
+        .and_then(|l| l.strip_prefix("/v1/reports/"))
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let differences = match first_id {
+        Some(id) => match state.store.report(&scope.partner_id, id).await {
+            Ok(Some((stored, batches))) => idempotency::differences(&stored, &batches, report),
+            _ => vec![],
+        },
+        None => vec![],
+    };
+    idempotency::reused_detail(&differences)
+}
+
 /// Turns an accept whose outcome is unknown (Redis took the script but its answer was lost)
 /// into the truth where it can be had: the report's id was chosen before the accept, so if
 /// it can be read now, it was stored and the answer is the 202. If it can't be read, it may
@@ -211,9 +241,11 @@ pub struct NormalizedReport {
     pub column_format: ColumnFormat,
     #[schema(example = "2026-10")]
     pub period: Option<String>,
+    #[schema(example = 2)]
     pub repayment_count: usize,
     #[schema(example = "65.00")]
     pub total_amount: String,
+    #[schema(example = 1)]
     pub batch_count: usize,
     /// The bodies of the calls to Kiva's repayments endpoint, one per batch, exactly as they
     /// would be sent: `client_id` only for three-column partners, `amount` a JSON number with
@@ -456,19 +488,6 @@ fn delimiter_parameter(parameters: &str) -> Option<&str> {
         return Some(";");
     }
     rest.split(';').next().map(str::trim)
-}
-
-/// What makes two reports the same for an Idempotency-Key: the report as normalized, so the
-/// same report sent again as JSON, CSV or Excel replays the first answer.
-fn fingerprint(report: &RepaymentReport, correction: bool) -> String {
-    let normalized = serde_json::json!({
-        "partner_id": report.partner_id().as_str(),
-        "column_format": report.column_format(),
-        "period": report.period().to_string(),
-        "correction": correction,
-        "repayments": report.repayments(),
-    });
-    hex::encode(Sha256::digest(normalized.to_string()))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

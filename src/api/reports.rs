@@ -11,7 +11,7 @@ use super::problem::{ApiError, Problem};
 use crate::config::Role;
 use crate::domain::{PartnerId, Period};
 use crate::intake::PartnerScope;
-use crate::store::{Batch, Report, ReportQuery, ReportStatus};
+use crate::store::{Batch, Report, ReportPage, ReportQuery, ReportStatus};
 
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 200;
@@ -70,7 +70,8 @@ pub struct ListParams {
     /// Only reports for this month, `YYYY-MM`. Empty: no filter.
     #[param(pattern = "^(20[0-9]{2}-(0[1-9]|1[0-2]))?$", example = "2026-10")]
     period: Option<String>,
-    /// The partner to list; required for an admin key that serves several partners.
+    /// Only this partner's reports. An admin key that serves every partner lists them all
+    /// without it.
     #[param(pattern = "^[A-Za-z0-9_-]{0,64}$", example = "123")]
     partner_id: Option<String>,
     /// `next_cursor` of the previous page. Empty: the first page.
@@ -93,6 +94,10 @@ pub struct ReportList {
 }
 
 /// List reports, newest first.
+///
+/// A branch key lists its branch's reports, a partner's admin key its partner's, and an
+/// admin key that serves every partner all partners' (or one, with `partner_id`).
+/// `next_cursor` pages on in every case.
 #[utoipa::path(
     get,
     path = "/v1/reports",
@@ -125,6 +130,7 @@ pub async fn list_reports(
             *value = None;
         }
     }
+    // `None`: every configured partner (an every-partner admin key without `partner_id`).
     let partner = match (&params.partner_id, &caller.scope) {
         (Some(named), scope) => {
             let id = PartnerId::parse(named).map_err(ApiError::BadRequest)?;
@@ -133,14 +139,10 @@ pub async fn list_reports(
                     "this API key may not read reports of partner {named:?}"
                 )));
             }
-            id
+            Some(id)
         }
-        (None, PartnerScope::One(id)) => id.clone(),
-        (None, PartnerScope::All) => {
-            return Err(ApiError::BadRequest(
-                "partner_id is required: this admin key serves several partners".into(),
-            ));
-        }
+        (None, PartnerScope::One(id)) => Some(id.clone()),
+        (None, PartnerScope::All) => None,
     };
     let period = params
         .period
@@ -180,11 +182,37 @@ pub async fn list_reports(
         after,
         limit,
     };
-    let page = state.store.reports(&partner, &query).await?;
+    let page = match partner {
+        Some(partner) => state.store.reports(&partner, &query).await?,
+        None => across_partners(&state, &query).await?,
+    };
     Ok(HttpResponse::Ok().json(ReportList {
         reports: page.reports,
         next_cursor: page.next.map(|id| id.to_string()),
     }))
+}
+
+/// One page over every configured partner, newest first. Report ids are UUIDv7, ordered by
+/// time across partners, and each store pages by id (`after` is exclusive), so the page is
+/// the newest `limit` of each partner's own page, and its last id is a cursor that is right
+/// for every partner: what the cut left out is older than it and comes on the next page.
+async fn across_partners(state: &AppState, query: &ReportQuery) -> Result<ReportPage, ApiError> {
+    let mut reports = Vec::new();
+    let mut more = false;
+    for partner in &state.partners {
+        let page = state.store.reports(partner, query).await?;
+        more |= page.next.is_some();
+        reports.extend(page.reports);
+    }
+    reports.sort_by_key(|r| std::cmp::Reverse(r.id));
+    more |= reports.len() > query.limit;
+    reports.truncate(query.limit);
+    let next = if more {
+        reports.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(ReportPage { reports, next })
 }
 
 fn visible_partners(state: &AppState, scope: &PartnerScope) -> Vec<PartnerId> {

@@ -113,8 +113,10 @@ pub struct WorkerHealth {
 pub struct WorkerStatus {
     pub running: bool,
     /// Times the delivery loop ended or panicked and was started again.
+    #[schema(example = 0)]
     pub restarts: u64,
     /// Seconds since the loop last started a round.
+    #[schema(example = 1)]
     pub seconds_since_last_round: Option<u64>,
 }
 

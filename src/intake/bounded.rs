@@ -39,12 +39,7 @@ pub(super) struct Parsed {
 pub(super) fn parse(body: &[u8], max_repayments: usize) -> Result<Parsed, IntakeError> {
     // Syntax first, over the whole body, without building anything: the raw value borrows
     // the body. Line and column are then those of the body.
-    let document: &RawValue =
-        serde_json::from_slice(body).map_err(|e| IntakeError::MalformedJson {
-            message: e.to_string(),
-            line: e.line(),
-            column: e.column(),
-        })?;
+    let document: &RawValue = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
     let mut reader = Reader {
         max_repayments,
         unknown: Violations::default(),
@@ -66,6 +61,18 @@ pub(super) fn parse(body: &[u8], max_repayments: usize) -> Result<Parsed, Intake
             line: 0,
             column: 0,
         }),
+    }
+}
+
+/// serde_json's message ends with " at line L column C"; the error carries the position on
+/// its own, so the message is kept without it (said once, by `IntakeError`'s text).
+fn malformed(error: &serde_json::Error) -> IntakeError {
+    let text = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    IntakeError::MalformedJson {
+        message: text.strip_suffix(&position).unwrap_or(&text).to_owned(),
+        line: error.line(),
+        column: error.column(),
     }
 }
 

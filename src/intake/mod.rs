@@ -116,7 +116,7 @@ impl Violations {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    #[error("the body is not valid JSON: {message} (line {line}, column {column})")]
+    #[error("the body is not valid JSON: {message}{}", position(*line, *column))]
     MalformedJson {
         message: String,
         line: usize,
@@ -479,6 +479,15 @@ impl Intake {
 }
 
 /// `count` threads that run parse jobs until the last `Intake` clone is dropped.
+/// " (line L, column C)", or nothing when the position is not known (line 0).
+fn position(line: usize, column: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" (line {line}, column {column})")
+    }
+}
+
 fn spawn_parsers(count: usize) -> std::sync::mpsc::Sender<ParseJob> {
     let (jobs, queue) = std::sync::mpsc::channel::<ParseJob>();
     let queue = Arc::new(std::sync::Mutex::new(queue));

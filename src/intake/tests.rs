@@ -39,6 +39,18 @@ fn malformed_json_reports_line_and_column() {
 }
 
 #[test]
+fn the_malformed_json_message_gives_the_position_once() {
+    let (intake, scope) = intake(ColumnFormat::TwoColumn);
+    let error = intake
+        .read(b"{\n \"repayments\": [,]}", &scope)
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the body is not valid JSON: expected value (line 2, column 17)"
+    );
+}
+
+#[test]
 fn every_problem_is_listed_in_document_order() {
     let (intake, scope) = intake(ColumnFormat::ThreeColumn);
     let body = br#"{"period":"2026-13","repayments":[

@@ -9,7 +9,14 @@ pub struct SandboxConfig {
     /// `expires_in` of issued tokens (Kiva: 43199).
     pub token_ttl_secs: u64,
     pub loans: Vec<SandboxLoan>,
+    /// Loan ids whose first batch, per partner, the sandbox answers 500 without processing
+    /// it: Kiva's answer says nothing certain, so the gateway holds the batch for an operator
+    /// (the demo's `L-HOLD`). A resend of it is then processed as usual.
+    pub unknown_outcome_once: Vec<String>,
 }
+
+/// The demo's loan that makes the first batch it is in `held` (see `unknown_outcome_once`).
+pub const DEMO_HOLD_LOAN: &str = "L-HOLD";
 
 #[derive(Clone)]
 pub struct SandboxPartner {
@@ -54,6 +61,9 @@ impl SandboxConfig {
     /// and one `ended` (`..06`), then has [`DEMO_EXTRA_LOANS`] more (`..07` on, clients to
     /// match): of each 20, 14 `payingBack` (every seventh delinquent), 2 `defaulted`, 3 `ended`
     /// and 1 `refunded`.
+    /// Partner 102 also has the README's example loans (`L-1042970` of `C-184729`, `L-1043223`
+    /// of `C-481395`), and each partner a `payingBack` loan `L-HOLD` (client `C-HOLD`) whose
+    /// first batch is answered 500, to see a held batch.
     pub fn demo() -> Self {
         let partner = |partner_id: &str, client_id: &str, client_secret: &str| SandboxPartner {
             partner_id: partner_id.to_owned(),
@@ -93,6 +103,23 @@ impl SandboxConfig {
         };
         let mut loans = loans_of("101", 1001, 2_400_101, "KES");
         loans.extend(loans_of("102", 2001, 2_401_001, "UGX"));
+        let paying_back =
+            |partner_id: &str, loan: &str, client: &str, kiva_id, currency: &str| SandboxLoan {
+                partner_id: partner_id.to_owned(),
+                internal_loan_id: loan.to_owned(),
+                internal_client_id: client.to_owned(),
+                kiva_id,
+                status: "payingBack".to_owned(),
+                loan_local_price: "50000.00".to_owned(),
+                loan_currency: currency.to_owned(),
+                delinquent: false,
+            };
+        loans.extend([
+            paying_back("102", "L-1042970", "C-184729", 2_409_001, "UGX"),
+            paying_back("102", "L-1043223", "C-481395", 2_409_002, "UGX"),
+            paying_back("101", DEMO_HOLD_LOAN, "C-HOLD", 2_409_003, "KES"),
+            paying_back("102", DEMO_HOLD_LOAN, "C-HOLD", 2_409_004, "UGX"),
+        ]);
         SandboxConfig {
             partners: vec![
                 partner("101", "demo-two-column", "demo-secret-101"),
@@ -101,6 +128,7 @@ impl SandboxConfig {
             audience: "https://partner-api.sandbox.local".to_owned(),
             token_ttl_secs: 43199,
             loans,
+            unknown_outcome_once: vec![DEMO_HOLD_LOAN.to_owned()],
         }
     }
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{SandboxConfig, SandboxLoan, SandboxPartner};
+pub use config::{DEMO_HOLD_LOAN, SandboxConfig, SandboxLoan, SandboxPartner};
 
 /// A repayments call the sandbox answered with 2xx.
 #[derive(Clone)]
@@ -205,6 +205,7 @@ impl Sandbox {
             audience,
             token_ttl_secs,
             loans,
+            unknown_outcome_once,
         } = config;
         let shared = Arc::new(Shared {
             base_url: format!("http://{host}"),
@@ -213,6 +214,7 @@ impl Sandbox {
             token_ttl: Duration::from_secs(token_ttl_secs),
             state: Mutex::new(State {
                 loans,
+                unknown_outcome_once,
                 ..State::default()
             }),
             repayment_requests: watch::Sender::new(0),
@@ -417,6 +419,9 @@ struct State {
     loans_requests: Vec<LoansRequest>,
     loans_faults: VecDeque<Fault>,
     total_records_field: TotalRecordsField,
+    /// See `SandboxConfig::unknown_outcome_once`; and the (partner, loan) already answered so.
+    unknown_outcome_once: Vec<String>,
+    answered_unknown: std::collections::HashSet<(String, String)>,
 }
 
 struct Grant {

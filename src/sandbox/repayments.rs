@@ -47,6 +47,13 @@ pub(super) async fn handle(
         Ok(accepted) => accepted,
         Err(refusal) => return Ok(*refusal),
     };
+    if let Some(loan_id) = unknown_outcome_once(shared, partner_id, &lines) {
+        return Ok(error_answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            &format!("the sandbox fails the first batch with loan {loan_id} on purpose"),
+        ));
+    }
     let (mut problems, shape) = {
         let state = shared.lock();
         (problems(&state, partner_id, &lines), state.shape)
@@ -93,6 +100,20 @@ pub(super) async fn handle(
         }
         _ => json_answer(StatusCode::OK, &body),
     })
+}
+
+/// The first batch of a partner with a loan of `unknown_outcome_once` is not processed.
+fn unknown_outcome_once(shared: &Shared, partner_id: &str, lines: &[Line]) -> Option<String> {
+    let mut state = shared.lock();
+    let state = &mut *state;
+    let loan_id = lines
+        .iter()
+        .map(|line| &line.loan_id)
+        .find(|id| state.unknown_outcome_once.contains(id))?;
+    state
+        .answered_unknown
+        .insert((partner_id.to_owned(), loan_id.clone()))
+        .then(|| loan_id.clone())
 }
 
 type Accepted = (String, Value, Vec<Line>);

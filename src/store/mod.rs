@@ -124,11 +124,13 @@ pub struct Report {
     pub correction: bool,
     pub column_format: ColumnFormat,
     pub status: ReportStatus,
+    #[schema(example = 2)]
     pub repayment_count: usize,
     /// Exact sum of the amounts, as a decimal string.
     #[schema(value_type = String, example = "65.00")]
     pub total_amount: Amount,
     /// Number of batches (Kiva calls) the report was split into.
+    #[schema(example = 1)]
     pub batch_count: usize,
 }
 
@@ -158,6 +160,7 @@ pub struct BatchDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StoredRepayment {
     /// Index of this repayment in the submitted `repayments` array.
+    #[schema(example = 0)]
     pub position: usize,
     #[schema(value_type = String)]
     pub loan_id: LoanId,
@@ -197,6 +200,7 @@ pub struct BatchResult {
     pub upload_id: Option<String>,
     /// Kiva's HTTP status, when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 200)]
     pub kiva_status: Option<u16>,
     /// Why the batch is in its state, in plain words.
     pub reason: String,
@@ -207,12 +211,15 @@ pub struct BatchResult {
 /// One try at sending a batch to Kiva.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
+    #[schema(example = 1)]
     pub number: u32,
     pub started_at: DateTime<Utc>,
+    #[schema(example = 840)]
     pub duration_ms: u64,
     /// The state the attempt left the batch in.
     pub outcome: BatchState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 200)]
     pub http_status: Option<u16>,
     /// A transport or token error, when Kiva did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,8 +290,10 @@ pub struct Batch {
     pub id: String,
     pub report_id: Uuid,
     /// 1 for the first batch of a report.
+    #[schema(example = 1)]
     pub number: usize,
     pub state: BatchState,
+    #[schema(example = 2)]
     pub repayment_count: usize,
     #[schema(value_type = String, example = "65.00")]
     pub total_amount: Amount,
@@ -428,7 +437,7 @@ pub struct IdempotencyScope {
 /// The first answer to an idempotent request, replayed to its repeats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedResponse {
-    /// SHA-256 of the request body the answer belongs to.
+    /// The report the answer belongs to (see `api::idempotency::fingerprint`).
     pub fingerprint: String,
     pub status: u16,
     pub location: Option<String>,

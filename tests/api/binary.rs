@@ -212,15 +212,22 @@ async fn the_demo_serves_swagger_and_its_printed_curl_delivers_a_report() {
     })
     .await
     .expect("the demo prints its banner");
-    let find = |prefix: &str| {
-        banner
+    // Every command is run exactly as printed (sh -c), as a newcomer pastes it.
+    let commands: Vec<&String> = banner.iter().filter(|l| l.starts_with("curl ")).collect();
+    let find = |what: &str| {
+        commands
             .iter()
-            .find(|l| l.starts_with(prefix))
-            .cloned()
-            .unwrap()
+            .filter(|l| l.contains(what))
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
     };
-    let submit = find("curl -s -i -X POST");
-    let follow = find("curl -s http");
+    let submits = find("-X POST http");
+    let (submit, submit_hold) = (&submits[0], &submits[1]);
+    let follow = &find("/v1/reports/$(")[0];
+    let attention = &find("status=needs_attention' ")[0];
+    let resend = &find("/resend")[0];
+    assert!(!banner.iter().any(|l| l.contains("REPORT_ID")));
+    assert!(banner.iter().any(|l| l.contains("L-1042970/C-184729")));
     assert!(
         banner
             .iter()
@@ -231,34 +238,59 @@ async fn the_demo_serves_swagger_and_its_printed_curl_delivers_a_report() {
         .await
         .unwrap();
     assert_eq!(swagger.status(), 200);
-    let answer = tokio::process::Command::new("sh")
-        .args(["-c", &submit])
-        .output()
-        .await
-        .unwrap();
-    let answer = String::from_utf8(answer.stdout).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
-    let id = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("location: /v1/reports/"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let follow = follow.replace("REPORT_ID", &id);
-    let mut report = serde_json::Value::Null;
-    wait_until("the demo delivers the report", async || {
+    let run = async |command: &str| {
         let out = tokio::process::Command::new("sh")
-            .args(["-c", &follow])
+            .args(["-c", command])
             .output()
             .await
             .unwrap();
-        report = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let answer = run(submit).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let id_in = |answer: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("location: /v1/reports/"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let id = id_in(&answer);
+    let mut report = serde_json::Value::Null;
+    wait_until("the demo delivers the report", async || {
+        report = serde_json::from_str(&run(follow).await).unwrap_or_default();
         report["status"] == "delivered"
     })
     .await;
+    assert_eq!(report["id"], id.as_str());
     let repayments = &report["batches"][0]["repayments"];
     assert_eq!(repayments[0]["state"], "accepted");
     assert_eq!(repayments[2]["state"], "rejected_by_kiva");
+
+    // The held batch: seen by the operator's command, resent by the printed one, delivered.
+    let answer = run(submit_hold).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let held = id_in(&answer);
+    wait_until("the demo holds the L-HOLD batch", async || {
+        let list: serde_json::Value =
+            serde_json::from_str(&run(attention).await).unwrap_or_default();
+        list["reports"][0]["id"] == held.as_str()
+    })
+    .await;
+    report = serde_json::from_str(&run(follow).await).unwrap();
+    assert_eq!(report["batches"][0]["state"], "held", "{report}");
+    let resent: serde_json::Value = serde_json::from_str(&run(resend).await).unwrap();
+    assert_eq!(resent["id"], format!("{held}.1"), "{resent}");
+    wait_until("the resent batch is delivered", async || {
+        report = serde_json::from_str(&run(follow).await).unwrap_or_default();
+        report["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(report["id"], held.as_str());
+    let repayments = &report["batches"][0]["repayments"];
+    assert_eq!(repayments[0]["state"], "accepted", "{report}");
+    assert_eq!(repayments[1]["state"], "accepted", "{report}");
     assert!(cwd.path().join("demo-data").join("gateway.db").exists());
 }
 

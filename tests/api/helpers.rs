@@ -888,6 +888,7 @@ pub async fn start_sandbox() -> repayment_gateway::sandbox::Sandbox {
             .collect(),
         audience: "https://partner-api.test".into(),
         token_ttl_secs: 43199,
+        unknown_outcome_once: vec![],
         loans: partners
             .iter()
             .flat_map(|(id, _)| {

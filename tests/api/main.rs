@@ -9,6 +9,7 @@ mod expected_loans;
 mod expected_store;
 mod fault_proxy;
 mod files;
+mod first_hour;
 mod hardening;
 mod hostile;
 mod idempotency;

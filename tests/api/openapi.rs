@@ -58,3 +58,109 @@ async fn swagger_ui_and_its_assets_are_served_without_network() {
     let initializer = app.get("/swagger-ui/swagger-initializer.js", None).await;
     assert!(initializer.text.contains("/api-docs/openapi.json"));
 }
+
+/// Swagger UI's "Try it out" pre-fills a parameter's example: the README's own key there
+/// made Execute, after following the README, a 422. The key's format is described instead.
+#[test]
+fn the_idempotency_key_is_a_plain_optional_string_with_no_reusable_example() {
+    let doc = repayment_gateway::api::openapi::document();
+    let params = doc["paths"]["/v1/repayments"]["post"]["parameters"]
+        .as_array()
+        .unwrap();
+    let key = params
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap();
+    assert_eq!(key["required"], false, "{key}");
+    assert_eq!(key["schema"]["type"], "string", "{key}");
+    assert!(
+        key.get("example").is_none() && key.get("examples").is_none(),
+        "{key}"
+    );
+    assert!(key["schema"].get("example").is_none(), "{key}");
+    assert!(
+        key["description"]
+            .as_str()
+            .unwrap()
+            .contains("<period>-<branch>-<n>"),
+        "{key}"
+    );
+}
+
+/// Each error answer shows an example of itself: its own status and type.
+#[test]
+fn every_error_answer_has_its_own_example() {
+    let doc = repayment_gateway::api::openapi::document();
+    let mut checked = 0;
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let Some(content) = response["content"].get("application/problem+json") else {
+                    continue;
+                };
+                let examples = content["examples"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{method} {path} {status}: no examples"));
+                assert!(!examples.is_empty(), "{method} {path} {status}");
+                for (name, example) in examples {
+                    let value = &example["value"];
+                    assert_eq!(
+                        value["status"].to_string(),
+                        *status,
+                        "{method} {path} {status} {name}"
+                    );
+                    assert_eq!(
+                        value["type"],
+                        format!("/problems/{name}"),
+                        "{method} {path} {status}"
+                    );
+                    assert!(value["detail"].as_str().is_some_and(|d| !d.is_empty()));
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 30, "{checked}");
+}
+
+/// Swagger UI makes up a value for a number without an example: `9007199254740991` ms.
+#[test]
+fn every_number_in_the_answers_has_an_example() {
+    fn walk(at: &str, schema: &Value, missing: &mut Vec<String>) {
+        let types = match &schema["type"] {
+            Value::Array(types) => types.clone(),
+            t => vec![t.clone()],
+        };
+        if types.iter().any(|t| t == "integer" || t == "number")
+            && schema.get("example").is_none()
+            && schema.get("examples").is_none()
+        {
+            missing.push(at.to_owned());
+        }
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, property) in properties {
+                walk(&format!("{at}.{name}"), property, missing);
+            }
+        }
+        if schema.get("items").is_some() {
+            walk(&format!("{at}[]"), &schema["items"], missing);
+        }
+        for key in ["oneOf", "anyOf", "allOf"] {
+            for (i, sub) in schema[key].as_array().into_iter().flatten().enumerate() {
+                walk(&format!("{at}.{key}[{i}]"), sub, missing);
+            }
+        }
+    }
+    let doc = repayment_gateway::api::openapi::document();
+    let mut missing = vec![];
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        // The request body's schema is the published JSON Schema, verbatim.
+        if name != "RepaymentReport" {
+            walk(name, schema, &mut missing);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "numbers without an example: {missing:?}"
+    );
+}
