@@ -27,8 +27,10 @@ pub struct ExpectedLoansView {
     pub taken_at: Option<DateTime<Utc>>,
     /// Pages requested from Kiva to build it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 2)]
     pub pages: Option<u32>,
     /// Loans Kiva expects a repayment for (`payingBack` and `defaulted`).
+    #[schema(example = 354)]
     pub expected: usize,
     /// Loans in the snapshot by Kiva's status.
     pub by_status: BTreeMap<String, usize>,

@@ -30,15 +30,19 @@ pub struct PartnerParam {
 pub struct PeriodSummary {
     #[schema(value_type = String, example = "2026-10")]
     pub period: Period,
+    #[schema(example = 12)]
     pub reports: usize,
+    #[schema(example = 320)]
     pub repayments: usize,
     #[schema(value_type = String, example = "1250.00")]
     pub amount: Amount,
     /// Expected loans with a repayment Kiva accepted (admin keys, with a snapshot).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 298)]
     pub reported: Option<usize>,
     /// Loans Kiva expects (admin keys, with a snapshot).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 354)]
     pub expected: Option<usize>,
     pub ready_to_finalize: bool,
     pub reasons: Vec<String>,
@@ -318,13 +322,12 @@ fn wants_csv(request: &HttpRequest) -> bool {
 fn csv_answer<const N: usize>(
     filename: &str,
     header: [&str; N],
-    rows: impl Iterator<Item = [String; N]>,
+    mut rows: impl Iterator<Item = [String; N]>,
 ) -> Result<HttpResponse, ApiError> {
     let mut out = csv::Writer::from_writer(Vec::new());
-    let written = out.write_record(header).and_then(|()| {
-        rows.map(|row| out.write_record(&row))
-            .collect::<Result<(), _>>()
-    });
+    let written = out
+        .write_record(header)
+        .and_then(|()| rows.try_for_each(|row| out.write_record(&row)));
     let body = written
         .map_err(|e| e.to_string())
         .and_then(|()| out.into_inner().map_err(|e| e.to_string()))

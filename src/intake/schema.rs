@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn exact_decimals_pass_multiple_of() {
         let v: Value = serde_json::from_str(
-            r#"{"repayments":[{"loan_id":"a","amount":1234567.891},{"loan_id":"b","amount":0.003},{"loan_id":"c","amount":"0.1"}]}"#,
+            r#"{"period":"2026-10","repayments":[{"loan_id":"a","amount":1234567.891},{"loan_id":"b","amount":0.003},{"loan_id":"c","amount":"0.1"}]}"#,
         )
         .unwrap();
         assert!(violations(&v).is_empty(), "{:?}", violations(&v));
@@ -163,14 +163,16 @@ mod tests {
 
     #[test]
     fn four_decimal_places_fail() {
-        let v: Value =
-            serde_json::from_str(r#"{"repayments":[{"loan_id":"a","amount":1.2345}]}"#).unwrap();
+        let v: Value = serde_json::from_str(
+            r#"{"period":"2026-10","repayments":[{"loan_id":"a","amount":1.2345}]}"#,
+        )
+        .unwrap();
         assert_eq!(pointers(&v), ["/repayments/0/amount"]);
     }
 
     #[test]
     fn missing_and_unexpected_fields_point_at_themselves() {
-        let v = json!({"repayments":[{"loan_id":"a","ammount":"1"}]});
+        let v = json!({"period":"2026-10","repayments":[{"loan_id":"a","ammount":"1"}]});
         let mut p = pointers(&v);
         p.sort();
         assert_eq!(p, ["/repayments/0/ammount", "/repayments/0/amount"]);

@@ -73,17 +73,19 @@ fn every_problem_is_listed_in_document_order() {
 #[test]
 fn another_partner_is_forbidden_and_an_admin_must_name_one() {
     let (intake, scope) = intake(ColumnFormat::TwoColumn);
-    let body = br#"{"partner_id":"p2","repayments":[{"loan_id":"L1","amount":1}]}"#;
+    let body =
+        br#"{"period":"2026-10","partner_id":"p2","repayments":[{"loan_id":"L1","amount":1}]}"#;
     assert!(matches!(
         intake.read(body, &scope),
         Err(IntakeError::PartnerNotAllowed(_))
     ));
-    let body = br#"{"repayments":[{"loan_id":"L1","amount":1}]}"#;
+    let body = br#"{"period":"2026-10","repayments":[{"loan_id":"L1","amount":1}]}"#;
     assert_eq!(
         pointers(intake.read(body, &PartnerScope::All).unwrap_err()),
         ["/partner_id"]
     );
-    let body = br#"{"partner_id":"p9","repayments":[{"loan_id":"L1","amount":1}]}"#;
+    let body =
+        br#"{"period":"2026-10","partner_id":"p9","repayments":[{"loan_id":"L1","amount":1}]}"#;
     assert_eq!(
         pointers(intake.read(body, &PartnerScope::All).unwrap_err()),
         ["/partner_id"]
@@ -96,7 +98,10 @@ fn too_many_repayments_is_its_own_error() {
     let items: Vec<_> = (0..11)
         .map(|i| format!(r#"{{"loan_id":"L{i}","amount":1}}"#))
         .collect();
-    let body = format!(r#"{{"repayments":[{}]}}"#, items.join(","));
+    let body = format!(
+        r#"{{"period":"2026-10","repayments":[{}]}}"#,
+        items.join(",")
+    );
     assert!(matches!(
         intake.read(body.as_bytes(), &scope),
         Err(IntakeError::TooManyRepayments {
@@ -109,12 +114,12 @@ fn too_many_repayments_is_its_own_error() {
 #[test]
 fn numeric_ids_must_be_whole_numbers() {
     let (intake, scope) = intake(ColumnFormat::TwoColumn);
-    let body = br#"{"repayments":[{"loan_id":12.5,"amount":1}]}"#;
+    let body = br#"{"period":"2026-10","repayments":[{"loan_id":12.5,"amount":1}]}"#;
     assert_eq!(
         pointers(intake.read(body, &scope).unwrap_err()),
         ["/repayments/0/loan_id"]
     );
-    let body = br#"{"repayments":[{"loan_id":12.0,"amount":1}]}"#;
+    let body = br#"{"period":"2026-10","repayments":[{"loan_id":12.0,"amount":1}]}"#;
     assert_eq!(
         intake.read(body, &scope).unwrap().repayments()[0]
             .loan_id
@@ -151,10 +156,14 @@ async fn large_bodies_wait_for_one_of_a_few_permits_and_parse_on_the_parser_thre
     held.pop();
     assert!(intake.large_body_permit().now_or_never().is_some());
 
-    let body = bytes::Bytes::from_static(br#"{"repayments":[{"loan_id":"L1","amount":"1.5"}]}"#);
+    let body = bytes::Bytes::from_static(
+        br#"{"period":"2026-10","repayments":[{"loan_id":"L1","amount":"1.5"}]}"#,
+    );
     let report = intake.read_large(body, scope.clone()).await.unwrap();
     assert_eq!(report.total_amount().to_string(), "1.5");
-    let bad = bytes::Bytes::from_static(br#"{"repayments":[{"loan_id":"L1","amount":"1.5000"}]}"#);
+    let bad = bytes::Bytes::from_static(
+        br#"{"period":"2026-10","repayments":[{"loan_id":"L1","amount":"1.5000"}]}"#,
+    );
     assert_eq!(
         pointers(intake.read_large(bad, scope).await.unwrap_err()),
         ["/repayments/0/amount"]

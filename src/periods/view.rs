@@ -21,9 +21,12 @@ use crate::store::{
 /// Counts for the whole partner or one branch.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Tally {
+    #[schema(example = 12)]
     pub reports: usize,
     /// Reports sent with `"correction": true`.
+    #[schema(example = 1)]
     pub corrections: usize,
+    #[schema(example = 320)]
     pub repayments: usize,
     /// Exact sum of the amounts reported, as a decimal string.
     #[schema(value_type = String, example = "1250.00")]
@@ -63,17 +66,22 @@ pub struct BranchTally {
 pub struct ExpectedSummary {
     /// When the snapshot of Kiva's loans list was taken.
     pub taken_at: DateTime<Utc>,
+    #[schema(example = 3600)]
     pub age_seconds: u64,
     /// Older than `reconcile.stale_after_hours`: loans may have changed status since.
     pub stale: bool,
     /// Loans in status `payingBack` or `defaulted`: Kiva expects a repayment for each.
+    #[schema(example = 354)]
     pub expected: usize,
     /// Expected loans with a repayment Kiva accepted this period: PA2's "N reported".
+    #[schema(example = 298)]
     pub reported: usize,
     /// Expected loans with a repayment in the gateway that Kiva has not accepted yet (queued,
     /// being sent, held...).
+    #[schema(example = 20)]
     pub pending: usize,
     /// Expected loans with no repayment at all this period.
+    #[schema(example = 36)]
     pub not_reported: usize,
 }
 
@@ -86,6 +94,7 @@ pub struct NotExpected {
     pub client_id: Option<String>,
     pub report_id: Uuid,
     /// Index of the repayment in its report.
+    #[schema(example = 2)]
     pub position: usize,
     pub branch: String,
     /// The loan's status at Kiva, when Kiva knows the loan.
