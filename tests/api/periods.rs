@@ -117,10 +117,177 @@ async fn a_correction_may_repeat_loans_and_is_marked_as_one(backend: Backend) {
     assert_eq!(third.status, 422, "{}", third.text);
 }
 
+/// Kiva's expected loans read into the store, as the schedule or an admin would.
+async fn refresh(rig: &DeliveryRig) {
+    let kiva = repayment_gateway::kiva::KivaClient::new(&rig.settings.kiva, &rig.settings.partners)
+        .unwrap();
+    let partner = repayment_gateway::domain::PartnerId::parse(THREE_COL).unwrap();
+    let outcome = repayment_gateway::periods::refresh::refresh_expected_loans(
+        rig.app.store.clone(),
+        &kiva,
+        &partner,
+    )
+    .await
+    .expect("the sandbox's loans are read");
+    assert!(matches!(
+        outcome,
+        repayment_gateway::periods::refresh::RefreshOutcome::Refreshed { .. }
+    ));
+}
+
+async fn the_month_counts_every_loan_and_its_lists_are_exact(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
+    // Before any snapshot: accepted, and the answer says nothing was compared.
+    let early = rig
+        .app
+        .submit(NAIROBI, &json!({"period": "2026-08", "repayments": [{"loan_id": "L-9", "client_id": "C-9", "amount": 1}]}))
+        .await;
+    assert_eq!(early.status, 202, "{}", early.text);
+    assert_eq!(early.body["expected_loans_check"]["made"], false);
+
+    rig.sandbox.set_loan_status(THREE_COL, "L-5", "ended");
+    refresh(&rig).await;
+    let nairobi = json!({"period": "2026-09", "repayments": [
+        {"loan_id": "L-0", "client_id": "C-0", "amount": "10.50"},
+        {"loan_id": "L-1", "client_id": "C-1", "amount": "20"},
+        {"loan_id": "L-2", "client_id": "C-2", "amount": "0.25"},
+        {"loan_id": "L-5", "client_id": "C-5", "amount": "7"}]});
+    let accepted = rig.app.submit(NAIROBI, &nairobi).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
+    assert_eq!(accepted.body["expected_loans_check"]["made"], true);
+    assert_eq!(
+        accepted.body["warnings"][0]["pointer"],
+        "/repayments/3/loan_id"
+    );
+    assert!(
+        accepted.body["warnings"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("PA2 will ignore"),
+        "{}",
+        accepted.text
+    );
+    let mombasa = json!({"period": "2026-09", "repayments": [
+        {"loan_id": "L-3", "client_id": "C-3", "amount": "100"}]});
+    assert_eq!(rig.app.submit(MOMBASA, &mombasa).await.status, 202);
+    rig.drain(&rig.worker()).await;
+
+    let month = rig.app.get("/v1/periods/2026-09", Some(HEAD_OFFICE)).await;
+    assert_eq!(month.status, 200, "{}", month.text);
+    let m = &month.body;
+    assert_eq!(m["total"]["reports"], 2);
+    assert_eq!(m["total"]["repayments"], 5);
+    assert_eq!(m["total"]["amount"], "137.75");
+    assert_eq!(
+        m["total"]["by_state"],
+        json!({"accepted": 4, "rejected_by_kiva": 1})
+    );
+    assert_eq!(m["branches"].as_array().unwrap().len(), 2);
+    let expected = &m["expected_loans"];
+    assert_eq!(expected["expected"], SANDBOX_LOANS - 1, "L-5 is ended");
+    assert_eq!(expected["reported"], 4);
+    assert_eq!(expected["not_reported"], SANDBOX_LOANS - 5);
+    assert_eq!(m["not_expected"][0]["loan_id"], "L-5");
+    assert_eq!(m["not_expected"][0]["kiva_status"], "ended");
+    assert_eq!(m["rejected_by_kiva"][0]["loan_id"], "L-5");
+    assert_eq!(m["ready_to_finalize"], false);
+    let reasons = m["reasons"].to_string();
+    assert!(
+        reasons.contains("refused by Kiva") && reasons.contains("not reported"),
+        "{reasons}"
+    );
+
+    // The CSV download is the JSON list, row for row.
+    let listed = rig
+        .app
+        .get("/v1/periods/2026-09/not-reported", Some(HEAD_OFFICE))
+        .await;
+    let csv = rig
+        .app
+        .send(
+            rig.app
+                .client
+                .get(format!(
+                    "{}/v1/periods/2026-09/not-reported",
+                    rig.app.address
+                ))
+                .header("X-Api-Key", plain_key(HEAD_OFFICE))
+                .header("Accept", "text/csv"),
+        )
+        .await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.content_type().starts_with("text/csv"));
+    let mut lines = csv.text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("internal_loan_id,internal_client_id,kiva_id,status,delinquent")
+    );
+    let from_csv: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
+    let from_json: Vec<&str> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["internal_loan_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(from_csv, from_json);
+    assert_eq!(from_json.len(), SANDBOX_LOANS - 5);
+
+    // A branch key sees its branch, and not Kiva's side.
+    let branch = rig.app.get("/v1/periods/2026-09", Some(NAIROBI)).await;
+    assert_eq!(branch.status, 200);
+    assert_eq!(branch.body["total"]["repayments"], 4);
+    assert_eq!(branch.body["branches"][0]["branch"], "Nairobi");
+    assert!(branch.body.get("expected_loans").is_none());
+    assert!(branch.body["not_reported"].as_array().unwrap().is_empty());
+    let refused = rig
+        .app
+        .get("/v1/periods/2026-09/not-reported", Some(NAIROBI))
+        .await;
+    assert_eq!(refused.status, 403);
+    let other = rig
+        .app
+        .get("/v1/periods/2026-09?partner_id=202", Some(NAIROBI))
+        .await;
+    assert_eq!(other.status, 403);
+
+    let list = rig.app.get("/v1/periods", Some(HEAD_OFFICE)).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let periods: Vec<&str> = list.body["periods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["period"].as_str().unwrap())
+        .collect();
+    assert_eq!(periods, ["2026-09", "2026-08"]);
+}
+
+async fn a_partner_that_rejects_unexpected_loans_gets_a_422_naming_them(backend: Backend) {
+    let rig = spawn_delivery_rig_with(backend, |s| {
+        s.partners[0].unexpected_loans = repayment_gateway::config::UnexpectedLoans::Reject;
+    })
+    .await;
+    refresh(&rig).await;
+    let answer = rig
+        .app
+        .submit(
+            NAIROBI,
+            &json!({"period": "2026-09", "repayments": [
+            {"loan_id": "L-1", "client_id": "C-1", "amount": 1},
+            {"loan_id": "L-unknown", "client_id": "C-1", "amount": 1}]}),
+        )
+        .await;
+    assert_eq!(answer.status, 422, "{}", answer.text);
+    assert_eq!(answer.pointers(), ["/repayments/1/loan_id"]);
+    assert!(rig.app.stored().await.is_empty());
+}
+
 on_both_stores!(
     a_report_without_a_period_is_refused_naming_it,
     a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_report,
     a_blind_retry_without_an_idempotency_key_is_refused_with_a_pointer_to_the_first,
     two_concurrent_reports_with_the_same_loan_get_exactly_one_202,
     a_correction_may_repeat_loans_and_is_marked_as_one,
+    the_month_counts_every_loan_and_its_lists_are_exact,
+    a_partner_that_rejects_unexpected_loans_gets_a_422_naming_them,
 );
