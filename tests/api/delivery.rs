@@ -1,18 +1,9 @@
 use std::time::Duration;
 
 use repayment_gateway::sandbox::Fault;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
-
-fn batch_states(report: &Value) -> Vec<String> {
-    report["batches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["state"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 fn expected_upload(range: std::ops::Range<usize>, amount: &str, with_client: bool) -> String {
     let items: Vec<String> = range

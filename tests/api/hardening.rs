@@ -10,19 +10,9 @@ use repayment_gateway::domain::PartnerId;
 use repayment_gateway::sandbox::Fault;
 use repayment_gateway::store::redis::{Persistence, RedisStore};
 use repayment_gateway::store::{Attempt, AttemptEnd, BatchResult, BatchState, BeginAttempt};
-use serde_json::Value;
 
 use crate::fault_proxy::{self, FaultProxy};
 use crate::helpers::*;
-
-fn batch_states(report: &Value) -> Vec<String> {
-    report["batches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["state"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 fn partner() -> PartnerId {
     PartnerId::parse(THREE_COL).unwrap()

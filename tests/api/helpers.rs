@@ -543,6 +543,16 @@ impl TestApp {
 }
 
 /// `count` three-column repayments, loans `L-0`…, each `amount`.
+/// The state of each batch of a report, as `GET /v1/reports/{id}` shows them.
+pub fn batch_states(report: &Value) -> Vec<String> {
+    report["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub fn three_column_report(count: usize, amount: &str) -> Value {
     let repayments: Vec<Value> = (0..count)
         .map(|i| serde_json::json!({"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": amount}))
