@@ -168,7 +168,8 @@ public static class Submit
             }
         }
         if (!isFinal) return 7;
-        if (status != "delivered") return 5;
+        // delivered_with_problems: delivered, and Kiva refused some loans (exit 6).
+        if (status != "delivered" && status != "delivered_with_problems") return 5;
         return refusedLoans ? 6 : 0;
     }
 

@@ -155,7 +155,8 @@ public class Submit {
         if (!isFinal) {
             return 7;
         }
-        if (!status.equals("delivered")) {
+        // delivered_with_problems: delivered, and Kiva refused some loans (exit 6).
+        if (!status.equals("delivered") && !status.equals("delivered_with_problems")) {
             return 5;
         }
         return refusedLoans ? 6 : 0;

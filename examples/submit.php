@@ -264,7 +264,8 @@ foreach ($report['batches'] ?? [] as $batch) {
 if (!$final) {
     exit(7);
 }
-if ($report_status !== 'delivered') {
+// delivered_with_problems: delivered, and Kiva refused some loans (exit 6).
+if ($report_status !== 'delivered' && $report_status !== 'delivered_with_problems') {
     exit(5);
 }
 exit($refused_loans ? 6 : 0);

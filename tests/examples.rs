@@ -175,7 +175,7 @@ async fn a_loan_kiva_refuses_is_printed_with_kivas_problem_and_exit_code_6() {
         let expected = format!(
             "idempotency-key: {}\n\
              accepted {}: 2 repayments, total 19.5\n\
-             status: delivered\n\
+             status: delivered_with_problems\n\
              L-5: accepted\n\
              L-6: rejected_by_kiva\n\
              \x20 error loan_not_paying_back: Loan is not in payingBack or defaulted status (status: ended)\n",

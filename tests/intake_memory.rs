@@ -80,7 +80,11 @@ fn hostile_8_mib_bodies_cost_a_bounded_amount_of_memory() {
     let partner = PartnerId::parse("p1").unwrap();
     let intake = Intake::new([(partner, ColumnFormat::TwoColumn)].into(), 10_000);
 
-    let zeros = hostile(r#"{"repayments":["#, |_| "0".into(), "]}");
+    let zeros = hostile(
+        r#"{"period":"2026-10","repayments":["#,
+        |_| "0".into(),
+        "]}",
+    );
     let (result, extra) = measured(&intake, &zeros);
     assert!(extra <= MAX_EXTRA_BYTES, "bare zeros: {extra} bytes");
     assert!(
@@ -92,7 +96,7 @@ fn hostile_8_mib_bodies_cost_a_bounded_amount_of_memory() {
     );
 
     let unknown_in_a_repayment = hostile(
-        r#"{"repayments":[{"loan_id":"L1","amount":1,"#,
+        r#"{"period":"2026-10","repayments":[{"loan_id":"L1","amount":1,"#,
         |i| format!(r#""p{i}":0"#),
         "}]}",
     );
@@ -119,7 +123,7 @@ fn hostile_8_mib_bodies_cost_a_bounded_amount_of_memory() {
     assert!(matches!(result, Err(IntakeError::Invalid { .. })));
 
     let array_for_an_id = hostile(
-        r#"{"repayments":[{"amount":1,"loan_id":["#,
+        r#"{"period":"2026-10","repayments":[{"amount":1,"loan_id":["#,
         |_| "0".into(),
         "]}]}",
     );
@@ -131,7 +135,7 @@ fn hostile_8_mib_bodies_cost_a_bounded_amount_of_memory() {
     assert!(matches!(result, Err(IntakeError::Invalid { total: 1, .. })));
 
     let bad_lines = hostile(
-        r#"{"repayments":["#,
+        r#"{"period":"2026-10","repayments":["#,
         |i| format!(r#"{{"loan_id":"L{i}","amount":"{}"}}"#, "x".repeat(900)),
         "]}",
     );

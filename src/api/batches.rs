@@ -8,7 +8,9 @@ use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 use crate::config::Role;
 use crate::intake::PartnerScope;
-use crate::store::{Batch, OperatorActionKind, OperatorOutcome, report_of_batch};
+use crate::store::{Batch, OperatorActionKind, OperatorCommand, OperatorOutcome, report_of_batch};
+use serde::Deserialize;
+use utoipa::ToSchema;
 
 /// Queue a held, failed or rejected batch again.
 ///
@@ -36,8 +38,23 @@ pub async fn resend(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&state, &caller, &id, OperatorActionKind::Resend).await
+    operate(&state, &caller, &id, OperatorActionKind::Resend, None, None).await
 }
+
+/// What an operator may say when closing a held batch (all optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkDeliveredBody {
+    /// Kiva's upload id of the batch, as PA2 shows it: recorded as the batch's `upload_id`.
+    #[schema(example = "884213")]
+    upload_id: Option<String>,
+    /// Why, in the operator's words: kept with the action.
+    #[schema(example = "found in PA2 as upload 884213, 12 Nov")]
+    note: Option<String>,
+}
+
+/// Longest upload id or note kept.
+const MAX_TEXT: usize = 500;
 
 /// Close a held batch as delivered without sending it.
 ///
@@ -49,8 +66,11 @@ pub async fn resend(
     tag = "operators",
     security(("api_key" = [])),
     params(("id" = String, Path, description = "Batch id, `{report id}.{number}`")),
+    request_body(content = Option<MarkDeliveredBody>, content_type = "application/json",
+        description = "Optional: the upload id found in PA2 and a note, recorded with the action."),
     responses(
         (status = 200, description = "Closed as delivered", body = Batch),
+        (status = 400, description = "The body is not the JSON described, or a text is over 500 characters.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin key.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such batch for this key.", body = Problem, content_type = "application/problem+json"),
@@ -63,8 +83,38 @@ pub async fn mark_delivered(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&state, &caller, &id, OperatorActionKind::MarkDelivered).await
+    let body: MarkDeliveredBody = if body.iter().all(u8::is_ascii_whitespace) {
+        MarkDeliveredBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the body must be {{\"upload_id\": \"...\", \"note\": \"...\"}} (both optional): {e}"
+            ))
+        })?
+    };
+    let clean = |text: Option<String>, name: &str| -> Result<Option<String>, ApiError> {
+        match text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
+            Some(t) if t.chars().count() > MAX_TEXT || t.chars().any(char::is_control) => {
+                Err(ApiError::BadRequest(format!(
+                    "{name} must be at most {MAX_TEXT} characters, without control characters"
+                )))
+            }
+            other => Ok(other),
+        }
+    };
+    let upload_id = clean(body.upload_id, "upload_id")?;
+    let note = clean(body.note, "note")?;
+    operate(
+        &state,
+        &caller,
+        &id,
+        OperatorActionKind::MarkDelivered,
+        upload_id,
+        note,
+    )
+    .await
 }
 
 async fn operate(
@@ -72,6 +122,8 @@ async fn operate(
     caller: &Caller,
     id: &str,
     action: OperatorActionKind,
+    upload_id: Option<String>,
+    note: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
     if caller.role != Role::Admin {
         return Err(ApiError::Forbidden(
@@ -86,11 +138,15 @@ async fn operate(
         PartnerScope::One(p) => vec![p.clone()],
         PartnerScope::All => state.partners.clone(),
     };
+    let command = OperatorCommand {
+        action,
+        by: caller.key_name.clone(),
+        at: Utc::now(),
+        upload_id,
+        note,
+    };
     for partner in partners {
-        let outcome = state
-            .store
-            .operate_batch(&partner, id, action, &caller.key_name, Utc::now())
-            .await?;
+        let outcome = state.store.operate_batch(&partner, id, &command).await?;
         match outcome {
             OperatorOutcome::NotFound => continue,
             OperatorOutcome::Conflict(found) => {

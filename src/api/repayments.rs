@@ -105,6 +105,7 @@ pub async fn submit(
         repayment_count: report.repayments().len(),
         total_amount: report.total_amount(),
         batch_count: batches.len(),
+        refused_by_kiva: 0,
     };
     let location = format!("/v1/reports/{id}");
     let response_body = serde_json::to_string(&AcceptedReport {

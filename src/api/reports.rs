@@ -21,6 +21,9 @@ pub const MAX_PAGE: usize = 200;
 pub struct ReportDetail {
     #[serde(flatten)]
     pub report: Report,
+    /// How many of the report's repayments are in each state (the sum of its batches').
+    #[schema(value_type = Object, example = json!({"accepted": 398, "rejected_by_kiva": 2}))]
+    pub repayment_states: std::collections::BTreeMap<crate::store::RepaymentState, usize>,
     pub batches: Vec<Batch>,
 }
 
@@ -54,7 +57,16 @@ pub async fn get_report(
             if !caller.may_read(&report.partner_id, &report.branch) {
                 return Err(not_found());
             }
-            return Ok(HttpResponse::Ok().json(ReportDetail { report, batches }));
+            let mut repayment_states: std::collections::BTreeMap<_, usize> =
+                std::collections::BTreeMap::new();
+            for (state, n) in batches.iter().flat_map(|b| &b.repayment_states) {
+                *repayment_states.entry(*state).or_insert(0) += n;
+            }
+            return Ok(HttpResponse::Ok().json(ReportDetail {
+                report,
+                repayment_states,
+                batches,
+            }));
         }
     }
     Err(not_found())
@@ -65,6 +77,8 @@ pub async fn get_report(
 pub struct ListParams {
     /// Only reports in this status.
     status: Option<ReportStatus>,
+    /// `true`: only reports with loans Kiva refused (`rejected_by_kiva`), delivered or not.
+    refused_by_kiva: Option<bool>,
     /// Only this branch's reports (admin keys; a branch key always sees only its own).
     branch: Option<String>,
     /// Only reports for this month, `YYYY-MM`. Empty: no filter.
@@ -179,6 +193,7 @@ pub async fn list_reports(
         branch,
         status: params.status,
         period,
+        refused_only: params.refused_by_kiva.unwrap_or(false),
         after,
         limit,
     };

@@ -363,7 +363,7 @@ impl Worker {
                 reason: format!("no outcome within {budget:?}"),
             },
         };
-        let end = self.conclude(
+        let mut end = self.conclude(
             &claimed,
             Tries {
                 attempt,
@@ -374,6 +374,21 @@ impl Worker {
             started.elapsed(),
             &outcome,
         );
+        if end.state == BatchState::Delivered {
+            // Counted as the report shows them: a repayment whose loan has an `error`.
+            let refused: std::collections::HashSet<&str> = end
+                .result
+                .problems
+                .iter()
+                .filter(|p| p.severity == "error")
+                .filter_map(|p| p.loan_id.as_deref())
+                .collect();
+            end.refused_by_kiva = batch
+                .repayments
+                .iter()
+                .filter(|r| refused.contains(r.loan_id.as_str()))
+                .count();
+        }
         log_outcome(&claimed, attempt, &end);
         self.record(&claimed, attempt, &end).await?;
         Ok(true)
@@ -508,6 +523,7 @@ impl Worker {
             result,
             attempt: record,
             retry_at,
+            refused_by_kiva: 0,
         }
     }
 

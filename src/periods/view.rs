@@ -412,6 +412,7 @@ mod tests {
                     .collect::<Vec<_>>(),
             ),
             batch_count: 1,
+            refused_by_kiva: 0,
         };
         let doc = crate::store::BatchDoc {
             id: format!("{id}.1"),

@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS reports (
     branch TEXT NOT NULL,
     period TEXT,
     doc TEXT NOT NULL,
-    status TEXT NOT NULL
+    status TEXT NOT NULL,
+    -- Repayments Kiva refused in delivered batches.
+    refused INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS reports_by_partner ON reports (partner, id);
 CREATE INDEX IF NOT EXISTS reports_by_branch ON reports (partner, branch, id);
@@ -98,9 +100,10 @@ CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at);
 
 /// Columns added after the first release: a database made by an older gateway gets them at
 /// start (`CREATE TABLE IF NOT EXISTS` leaves an existing table as it is).
-const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
     ("batches", "budget_from", "INTEGER NOT NULL DEFAULT 0"),
     ("batches", "fence", "TEXT"),
+    ("reports", "refused", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -237,18 +240,25 @@ fn idempotency_key(scope: &IdempotencyScope) -> String {
 
 fn report_row(tx: &Transaction<'_>, partner: &str, id: &str) -> Result<Option<Report>, StoreError> {
     tx.query_row(
-        "SELECT doc, status FROM reports WHERE partner = ?1 AND id = ?2",
+        "SELECT doc, status, refused FROM reports WHERE partner = ?1 AND id = ?2",
         params![partner, id],
-        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+        |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get(2)?,
+            ))
+        },
     )
     .optional()
     .map_err(other)?
-    .map(|(doc, status)| with_status(&doc, &status))
+    .map(|(doc, status, refused)| with_status(&doc, &status, refused))
     .transpose()
 }
 
-fn with_status(doc: &str, status: &str) -> Result<Report, StoreError> {
+fn with_status(doc: &str, status: &str, refused: i64) -> Result<Report, StoreError> {
     let mut report: Report = decode(doc)?;
+    report.refused_by_kiva = refused.max(0) as usize;
     report.status = parse_name(status)?;
     Ok(report)
 }
@@ -264,8 +274,17 @@ fn rollup(tx: &Transaction<'_>, report_id: &str) -> Result<(), StoreError> {
         .collect::<Result<_, _>>()
         .map_err(other)?;
     let count = |s: &str| states.iter().filter(|x| *x == s).count();
+    let refused: i64 = tx
+        .query_row(
+            "SELECT refused FROM reports WHERE id = ?1",
+            params![report_id],
+            |row| row.get(0),
+        )
+        .map_err(other)?;
     let status = if ["held", "rejected", "failed"].iter().any(|s| count(s) > 0) {
         ReportStatus::NeedsAttention
+    } else if count("delivered") == states.len() && refused > 0 {
+        ReportStatus::DeliveredWithProblems
     } else if count("delivered") == states.len() {
         ReportStatus::Delivered
     } else if count("queued") == states.len() {
@@ -551,16 +570,17 @@ impl ReportStore for EmbeddedStore {
             let limit = query.limit.max(1);
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT doc, status FROM reports
+                    "SELECT doc, status, refused FROM reports
                      WHERE partner = ?1
                        AND (?2 IS NULL OR branch = ?2)
                        AND (?3 IS NULL OR status = ?3)
                        AND (?4 IS NULL OR period = ?4)
                        AND (?5 IS NULL OR id < ?5)
+                       AND (?7 = 0 OR refused > 0)
                      ORDER BY id DESC LIMIT ?6",
                 )
                 .map_err(other)?;
-            let rows: Vec<(String, String)> = stmt
+            let rows: Vec<(String, String, i64)> = stmt
                 .query_map(
                     params![
                         partner,
@@ -568,16 +588,17 @@ impl ReportStore for EmbeddedStore {
                         query.status.map(name_of),
                         query.period.map(|p| p.to_string()),
                         query.after.map(|a| a.to_string()),
-                        limit as i64
+                        limit as i64,
+                        query.refused_only
                     ],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )
                 .map_err(other)?
                 .collect::<Result<_, _>>()
                 .map_err(other)?;
             let reports: Vec<Report> = rows
                 .iter()
-                .map(|(doc, status)| with_status(doc, status))
+                .map(|(doc, status, refused)| with_status(doc, status, *refused))
                 .collect::<Result<_, _>>()?;
             // As with Redis: a full page carries a cursor; the next page may be empty.
             let next = (reports.len() == limit)
@@ -790,6 +811,13 @@ impl ReportStore for EmbeddedStore {
                 ],
             )
             .map_err(other)?;
+            if end.state == BatchState::Delivered && end.refused_by_kiva > 0 {
+                tx.execute(
+                    "UPDATE reports SET refused = refused + ?2 WHERE id = ?1",
+                    params![report_id, end.refused_by_kiva as i64],
+                )
+                .map_err(other)?;
+            }
             if let (BatchState::RetryWait, Some(due)) = (end.state, due) {
                 tx.execute(
                     "INSERT OR REPLACE INTO retries (batch_id, partner, due) VALUES (?1, ?2, ?3)",
@@ -817,13 +845,12 @@ impl ReportStore for EmbeddedStore {
         &self,
         partner: &PartnerId,
         batch_id: &str,
-        kind: OperatorActionKind,
-        by: &str,
-        now: DateTime<Utc>,
+        command: &super::OperatorCommand,
     ) -> Result<OperatorOutcome, StoreError> {
         let partner = partner.to_string();
         let batch_id = batch_id.to_owned();
-        let by = by.to_owned();
+        let command = command.clone();
+        let kind = command.action;
         self.transaction(move |tx| {
             let row: Option<(String, String)> = tx
                 .query_row(
@@ -842,10 +869,13 @@ impl ReportStore for EmbeddedStore {
             }
             let action = super::OperatorAction {
                 action: kind,
-                by: by.clone(),
-                at: now,
+                by: command.by.clone(),
+                at: command.at,
+                upload_id: command.upload_id.clone(),
+                note: command.note.clone(),
                 from_state: from,
             };
+            let now = command.at;
             tx.execute(
                 "INSERT INTO actions (batch_id, doc) VALUES (?1, ?2)",
                 params![batch_id, encode(&action)],
@@ -864,7 +894,7 @@ impl ReportStore for EmbeddedStore {
                         .map_err(other)?;
                 }
                 OperatorActionKind::MarkDelivered => {
-                    let result = BatchResult::marked_delivered_by(&by);
+                    let result = BatchResult::marked_delivered(&command);
                     tx.execute(
                         "UPDATE batches SET state = 'delivered', result = ?2, fence = NULL WHERE id = ?1",
                         params![batch_id, encode(&result)],
@@ -933,7 +963,8 @@ impl ReportStore for EmbeddedStore {
         self.transaction(move |tx| {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT id FROM reports WHERE partner = ?1 AND id < ?2 AND status = 'delivered'
+                    "SELECT id FROM reports WHERE partner = ?1 AND id < ?2
+                       AND status IN ('delivered', 'delivered_with_problems')
                      ORDER BY id LIMIT ?3",
                 )
                 .map_err(other)?;
@@ -977,20 +1008,20 @@ impl ReportStore for EmbeddedStore {
         self.transaction(move |tx| {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT doc, status FROM reports WHERE partner = ?1 AND period = ?2
+                    "SELECT doc, status, refused FROM reports WHERE partner = ?1 AND period = ?2
                        AND (?3 IS NULL OR branch = ?3) ORDER BY id",
                 )
                 .map_err(other)?;
-            let rows: Vec<(String, String)> = stmt
+            let rows: Vec<(String, String, i64)> = stmt
                 .query_map(params![partner, period.to_string(), branch], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })
                 .map_err(other)?
                 .collect::<Result<_, _>>()
                 .map_err(other)?;
             rows.iter()
-                .map(|(doc, status)| {
-                    let report = with_status(doc, status)?;
+                .map(|(doc, status, refused)| {
+                    let report = with_status(doc, status, *refused)?;
                     let batches = batches_of_report(tx, &report)?;
                     Ok((report, batches))
                 })

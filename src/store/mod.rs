@@ -53,8 +53,11 @@ pub enum ReportStatus {
     Queued,
     /// Some batches are on their way (sending, waiting to retry, or delivered while others wait).
     Delivering,
-    /// Every batch was delivered (Kiva may still have refused single loans: see each repayment).
+    /// Every batch was delivered and Kiva accepted every loan (some perhaps with a warning).
     Delivered,
+    /// Every batch was delivered, but Kiva refused some loans (`rejected_by_kiva`): PA2 will
+    /// not count them; fix them in the MIS and report them again.
+    DeliveredWithProblems,
     /// A batch is held, rejected or failed: an operator must look (resend or mark delivered).
     NeedsAttention,
 }
@@ -105,6 +108,16 @@ pub enum RepaymentState {
     Failed,
 }
 
+impl ReportStatus {
+    /// Every batch delivered: nothing left for the gateway to do.
+    pub fn is_settled(self) -> bool {
+        matches!(
+            self,
+            ReportStatus::Delivered | ReportStatus::DeliveredWithProblems
+        )
+    }
+}
+
 /// A stored report, without its batches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Report {
@@ -132,6 +145,10 @@ pub struct Report {
     /// Number of batches (Kiva calls) the report was split into.
     #[schema(example = 1)]
     pub batch_count: usize,
+    /// Repayments Kiva refused in delivered batches (`rejected_by_kiva`).
+    #[serde(default)]
+    #[schema(example = 0)]
+    pub refused_by_kiva: usize,
 }
 
 impl Report {
@@ -264,9 +281,13 @@ impl BatchResult {
         }
     }
 
-    pub fn marked_delivered_by(by: &str) -> Self {
+    pub fn marked_delivered(command: &OperatorCommand) -> Self {
         BatchResult {
-            reason: format!("marked delivered by {by}: the upload was confirmed in PA2"),
+            upload_id: command.upload_id.clone(),
+            reason: format!(
+                "marked delivered by {}: the upload was confirmed in PA2",
+                command.by
+            ),
             ..BatchResult::default()
         }
     }
@@ -279,8 +300,28 @@ pub struct OperatorAction {
     /// Name of the admin API key used.
     pub by: String,
     pub at: DateTime<Utc>,
+    /// Kiva's upload id the operator found in PA2 (mark delivered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "884213")]
+    pub upload_id: Option<String>,
+    /// What the operator wrote about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "found in PA2 as upload 884213, 12 Nov")]
+    pub note: Option<String>,
     /// The batch's state before the action.
     pub from_state: BatchState,
+}
+
+/// An operator's action as asked for, before the store knows the batch's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperatorCommand {
+    pub action: OperatorActionKind,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A batch as shown to the MIS and the coordinator.
@@ -304,6 +345,9 @@ pub struct Batch {
     pub result: Option<BatchResult>,
     pub attempts: Vec<Attempt>,
     pub operator_actions: Vec<OperatorAction>,
+    /// How many of its repayments are in each state; states with none are left out.
+    #[schema(value_type = Object, example = json!({"accepted": 198, "rejected_by_kiva": 2}))]
+    pub repayment_states: std::collections::BTreeMap<RepaymentState, usize>,
     pub repayments: Vec<RepaymentView>,
 }
 
@@ -335,7 +379,7 @@ impl Batch {
             .result
             .as_ref()
             .map_or(&[][..], |r| r.problems.as_slice());
-        let repayments = doc
+        let repayments: Vec<RepaymentView> = doc
             .repayments
             .into_iter()
             .map(|repayment| {
@@ -363,6 +407,11 @@ impl Batch {
                 }
             })
             .collect();
+        let mut repayment_states: std::collections::BTreeMap<RepaymentState, usize> =
+            std::collections::BTreeMap::new();
+        for r in &repayments {
+            *repayment_states.entry(r.state).or_insert(0) += 1;
+        }
         Batch {
             id: doc.id,
             report_id: doc.report_id,
@@ -374,6 +423,7 @@ impl Batch {
             result: progress.result,
             attempts: progress.attempts,
             operator_actions: progress.operator_actions,
+            repayment_states,
             repayments,
         }
     }
@@ -416,6 +466,8 @@ pub struct AttemptEnd {
     pub attempt: Attempt,
     /// For `retry_wait`: when to send again.
     pub retry_at: Option<DateTime<Utc>>,
+    /// For `delivered`: how many of the batch's repayments Kiva refused.
+    pub refused_by_kiva: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -467,6 +519,8 @@ pub struct ReportQuery {
     pub branch: Option<String>,
     pub status: Option<ReportStatus>,
     pub period: Option<Period>,
+    /// Only reports with loans Kiva refused.
+    pub refused_only: bool,
     /// Reports older than this one (exclusive); `None` starts at the newest.
     pub after: Option<Uuid>,
     pub limit: usize,
@@ -568,14 +622,12 @@ pub trait ReportStore: Send + Sync + 'static {
 
     /// Operator: `Resend` queues a held, failed or rejected batch again; `MarkDelivered`
     /// closes a held batch as delivered without sending it (the upload is in PA2). Recorded
-    /// with `by` and `now`.
+    /// as the command says (who, when, the upload id and note given).
     async fn operate_batch(
         &self,
         partner: &PartnerId,
         batch_id: &str,
-        action: OperatorActionKind,
-        by: &str,
-        now: DateTime<Utc>,
+        command: &OperatorCommand,
     ) -> Result<OperatorOutcome, StoreError>;
 
     /// Batch ids on the partner's delivery queue, oldest first (claimed or not): the queue's

@@ -42,8 +42,8 @@ use uuid::Uuid;
 use super::{
     AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
     ClaimedBatch, Durability, IdempotencyClaim, IdempotencyScope, IdempotentAccept,
-    OperatorActionKind, OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery,
-    ReportStore, StoreError, report_of_batch,
+    OperatorActionKind, OperatorCommand, OperatorOutcome, RecordedResponse, Report, ReportPage,
+    ReportQuery, ReportStore, StoreError, report_of_batch,
 };
 use super::{ExpectedLoansSnapshot, RefreshStatus};
 use crate::domain::{PartnerId, Period};
@@ -167,6 +167,9 @@ local function rollup()
   if attention then status = 'needs_attention'
   elseif delivered == n then status = 'delivered'
   elseif queued == n then status = 'queued' end
+  if status == 'delivered' and tonumber(redis.call('HGET', KEYS[2], 'refused') or '0') > 0 then
+    status = 'delivered_with_problems'
+  end
   redis.call('HSET', KEYS[2], 'status', status)
 end
 local function settle(entry)
@@ -227,7 +230,7 @@ return 'left'
 "#;
 
 // ARGV: entry id, attempt number, new state, result JSON, attempt JSON, retry due (ms) or '',
-// batch id.
+// batch id, loans Kiva refused in the batch.
 const FINISH: &str = r#"
 settle(ARGV[1])
 if redis.call('HSETNX', KEYS[1], 'recorded:' .. ARGV[2], 1) == 0 then
@@ -244,6 +247,9 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'sending'
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4])
 redis.call('HDEL', KEYS[1], 'fence')
+if ARGV[3] == 'delivered' and tonumber(ARGV[8]) > 0 then
+  redis.call('HINCRBY', KEYS[2], 'refused', ARGV[8])
+end
 if ARGV[3] == 'retry_wait' then
   redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[6])
   redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
@@ -280,7 +286,8 @@ return {'done', state}
 // ARGV: report id. Deletes a report only when it is settled: `delivered` is rolled up from
 // every batch.
 const PURGE: &str = r#"#!lua
-if redis.call('HGET', KEYS[1], 'status') ~= 'delivered' then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'delivered' and status ~= 'delivered_with_problems' then return 0 end
 for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -605,17 +612,16 @@ impl RedisStore {
         id: Uuid,
     ) -> Result<Option<Report>, StoreError> {
         let key = self.report_key(partner, id);
-        let (doc, status): (Option<String>, Option<String>) = self
+        let (doc, status, refused): Live = self
             .with_connection(async |c| {
                 redis::cmd("HMGET")
                     .arg(&key)
-                    .arg("doc")
-                    .arg("status")
+                    .arg(&LIVE_FIELDS[..])
                     .query_async(c)
                     .await
             })
             .await?;
-        doc.map(|doc| report_with_status(&doc, status.as_deref()))
+        doc.map(|doc| report_with_status(&doc, status.as_deref(), refused))
             .transpose()
     }
 
@@ -744,8 +750,17 @@ impl RedisStore {
     }
 }
 
-fn report_with_status(doc: &str, status: Option<&str>) -> Result<Report, StoreError> {
+/// A report hash's fields read with its doc: what changes after the accept.
+const LIVE_FIELDS: [&str; 3] = ["doc", "status", "refused"];
+type Live = (Option<String>, Option<String>, Option<usize>);
+
+fn report_with_status(
+    doc: &str,
+    status: Option<&str>,
+    refused: Option<usize>,
+) -> Result<Report, StoreError> {
     let mut report: Report = decode(doc)?;
+    report.refused_by_kiva = refused.unwrap_or(0);
     if let Some(status) = status {
         report.status = serde_json::from_value(serde_json::Value::String(status.to_owned()))
             .map_err(|e| StoreError::Other(format!("unknown report status {status}: {e}")))?;
@@ -1020,19 +1035,19 @@ impl ReportStore for RedisStore {
             for id in &ids {
                 pipe.cmd("HMGET")
                     .arg(self.key(partner, &format!("report:{id}")))
-                    .arg("doc")
-                    .arg("status");
+                    .arg(&LIVE_FIELDS[..]);
             }
-            let docs: Vec<(Option<String>, Option<String>)> = self
+            let docs: Vec<Live> = self
                 .with_connection(async |c| pipe.query_async(c).await)
                 .await?;
             let exhausted = ids.len() < chunk;
-            for (id, (doc, status)) in ids.iter().zip(docs) {
+            for (id, (doc, status, refused)) in ids.iter().zip(docs) {
                 scanned += 1;
                 upper = format!("({id}");
                 let Some(doc) = doc else { continue };
-                let report = report_with_status(&doc, status.as_deref())?;
+                let report = report_with_status(&doc, status.as_deref(), refused)?;
                 let matches = query.status.is_none_or(|s| s == report.status)
+                    && (!query.refused_only || report.refused_by_kiva > 0)
                     && query.period.is_none_or(|p| Some(p) == report.period);
                 if matches {
                     found.push(report);
@@ -1260,6 +1275,7 @@ impl ReportStore for RedisStore {
                             .map_or(String::new(), |t| t.timestamp_millis().to_string()),
                     )
                     .arg(&claimed.batch_id)
+                    .arg(end.refused_by_kiva)
                     .invoke_async(c)
                     .await
             })
@@ -1271,19 +1287,16 @@ impl ReportStore for RedisStore {
         &self,
         partner: &PartnerId,
         batch_id: &str,
-        kind: OperatorActionKind,
-        by: &str,
-        now: DateTime<Utc>,
+        command: &OperatorCommand,
     ) -> Result<OperatorOutcome, StoreError> {
         let Some(report) = self.report_of(partner, batch_id).await? else {
             return Ok(OperatorOutcome::NotFound);
         };
+        let (kind, now) = (command.action, command.at);
         let keys = self.delivery_keys(partner, batch_id, &report);
         // `from_state` is appended by the script, which alone knows it atomically.
-        let action = serde_json::json!({
-            "action": kind, "by": by, "at": now,
-        });
-        let result = BatchResult::marked_delivered_by(by);
+        let action = encode(command);
+        let result = BatchResult::marked_delivered(command);
         let allowed: String = ALL_STATES
             .iter()
             .filter(|s| kind.allowed_from(**s))
@@ -1300,7 +1313,7 @@ impl ReportStore for RedisStore {
                 }
                 invocation
                     .arg(kind_arg)
-                    .arg(action.to_string())
+                    .arg(&action)
                     .arg(now.timestamp_millis())
                     .arg(encode(&result))
                     .arg(&allowed)
@@ -1388,7 +1401,7 @@ impl ReportStore for RedisStore {
                 let Some(report) = self.report_doc(partner, id).await? else {
                     continue;
                 };
-                if report.status != super::ReportStatus::Delivered {
+                if !report.status.is_settled() {
                     continue;
                 }
                 let mut invocation = self.purge.prepare_invoke();
@@ -1448,10 +1461,9 @@ impl ReportStore for RedisStore {
         for id in &ids {
             pipe.cmd("HMGET")
                 .arg(self.key(partner, &format!("report:{id}")))
-                .arg("doc")
-                .arg("status");
+                .arg(&LIVE_FIELDS[..]);
         }
-        let docs: Vec<(Option<String>, Option<String>)> = if ids.is_empty() {
+        let docs: Vec<Live> = if ids.is_empty() {
             Vec::new()
         } else {
             self.with_connection(async |c| pipe.query_async(c).await)
@@ -1459,7 +1471,9 @@ impl ReportStore for RedisStore {
         };
         let reports: Vec<Report> = docs
             .into_iter()
-            .filter_map(|(doc, status)| Some(report_with_status(&doc?, status.as_deref())))
+            .filter_map(|(doc, status, refused)| {
+                Some(report_with_status(&doc?, status.as_deref(), refused))
+            })
             .filter(|r| {
                 r.as_ref()
                     .map_or(true, |r| branch.is_none_or(|b| r.branch == b))

@@ -366,13 +366,79 @@ async fn problems_kiva_reports_per_loan_show_on_each_repayment(backend: Backend)
     rig.drain(&rig.worker()).await;
 
     let report = rig.report(&id).await;
-    assert_eq!(report["status"], "delivered");
+    // Every batch delivered, but Kiva refused a loan: not plain `delivered`.
+    assert_eq!(report["status"], "delivered_with_problems");
+    assert_eq!(report["refused_by_kiva"], 1);
+    let counts = json!({"accepted": 1, "rejected_by_kiva": 1, "warning": 1});
+    assert_eq!(report["repayment_states"], counts);
+    assert_eq!(report["batches"][0]["repayment_states"], counts);
     let repayments = &report["batches"][0]["repayments"];
     assert_eq!(repayments[0]["state"], "accepted");
     assert_eq!(repayments[1]["state"], "rejected_by_kiva");
     assert_eq!(repayments[1]["problems"][0]["severity"], "error");
     assert_eq!(repayments[2]["state"], "warning");
     assert_eq!(repayments[2]["problems"][0]["severity"], "warning");
+
+    // The list finds it by status and by "has loans refused by Kiva"; a clean report is not.
+    let clean = rig
+        .submit(NAIROBI, &json!({"period": "2026-07", "repayments": [{"loan_id": "L-3", "client_id": "C-3", "amount": 1}]}))
+        .await;
+    rig.drain(&rig.worker()).await;
+    assert_eq!(rig.report(&clean).await["status"], "delivered");
+    for query in ["refused_by_kiva=true", "status=delivered_with_problems"] {
+        let list = rig
+            .app
+            .get(&format!("/v1/reports?{query}"), Some(HEAD_OFFICE))
+            .await;
+        let ids: Vec<&str> = list.body["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [id.as_str()], "{query}: {}", list.text);
+    }
+}
+
+async fn mark_delivered_records_the_upload_id_and_note_given(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
+    let id = rig.submit(NAIROBI, &three_column_report(1, "5")).await;
+    rig.sandbox.push_fault(Fault::status(500, ""));
+    rig.drain(&rig.worker()).await;
+    let batch = format!("{id}.1");
+    let post = |body: &'static str| {
+        rig.app.send(
+            rig.app
+                .client
+                .post(format!(
+                    "{}/v1/batches/{batch}/mark-delivered",
+                    rig.app.address
+                ))
+                .header("X-Api-Key", plain_key(HEAD_OFFICE))
+                .header("Content-Type", "application/json")
+                .body(body),
+        )
+    };
+    let bad = post(r#"{"upload":"1"}"#).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(
+        batch_states(&rig.report(&id).await),
+        ["held"],
+        "a refused body changes nothing"
+    );
+
+    let done = post(r#"{"upload_id": "884213", "note": "found in PA2, 12 Nov"}"#).await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    let report = rig.report(&id).await;
+    let b = &report["batches"][0];
+    assert_eq!(b["state"], "delivered");
+    assert_eq!(b["result"]["upload_id"], "884213");
+    let action = &b["operator_actions"][0];
+    assert_eq!(action["action"], "mark_delivered");
+    assert_eq!(action["upload_id"], "884213");
+    assert_eq!(action["note"], "found in PA2, 12 Nov");
+    assert_eq!(action["by"], HEAD_OFFICE);
+    assert_eq!(rig.sandbox.repayment_requests(), 1, "nothing sent");
 }
 
 async fn an_array_shaped_answer_is_read_as_well(backend: Backend) {
@@ -429,20 +495,24 @@ async fn two_thousand_reports_drained_by_four_workers_are_each_uploaded_exactly_
     loans.sort();
     loans.dedup();
     assert_eq!(loans.len(), 2_000, "every batch exactly once");
+    // The sandbox knows 500 of these loans: the reports with the others are delivered, with
+    // the loan refused by Kiva.
     let mut delivered = 0;
-    let mut cursor = String::new();
-    loop {
-        let page = rig
-            .app
-            .get(
-                &format!("/v1/reports?status=delivered&limit=200&cursor={cursor}"),
-                Some(NAIROBI),
-            )
-            .await;
-        delivered += page.body["reports"].as_array().unwrap().len();
-        match page.body["next_cursor"].as_str() {
-            Some(next) => cursor = next.to_owned(),
-            None => break,
+    for status in ["delivered", "delivered_with_problems"] {
+        let mut cursor = String::new();
+        loop {
+            let page = rig
+                .app
+                .get(
+                    &format!("/v1/reports?status={status}&limit=200&cursor={cursor}"),
+                    Some(NAIROBI),
+                )
+                .await;
+            delivered += page.body["reports"].as_array().unwrap().len();
+            match page.body["next_cursor"].as_str() {
+                Some(next) => cursor = next.to_owned(),
+                None => break,
+            }
         }
     }
     assert_eq!(delivered, 2_000);
@@ -521,6 +591,7 @@ async fn a_redis_that_lost_everything_gets_its_delivery_group_back() {
 }
 
 on_both_stores!(
+    mark_delivered_records_the_upload_id_and_note_given,
     a_450_repayment_report_becomes_exactly_three_uploads_with_the_exact_json,
     a_two_column_partners_uploads_carry_no_client_id,
     one_token_serves_many_batches_and_a_401_triggers_exactly_one_refresh,

@@ -429,6 +429,7 @@ fn end(state: BatchState, number: u32) -> AttemptEnd {
             upload_id: None,
         },
         retry_at: Some(Utc::now()),
+        refused_by_kiva: 0,
     }
 }
 

@@ -16,8 +16,8 @@ use repayment_gateway::startup::Application;
 use repayment_gateway::store::redis::RedisStore;
 use repayment_gateway::store::{
     AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, ExpectedLoansSnapshot,
-    IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorActionKind, OperatorOutcome,
-    RefreshStatus, Report, ReportPage, ReportQuery, ReportStore, StoreError,
+    IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorOutcome, RefreshStatus, Report,
+    ReportPage, ReportQuery, ReportStore, StoreError,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -708,13 +708,9 @@ impl ReportStore for GatedStore {
         &self,
         partner: &PartnerId,
         batch_id: &str,
-        action: OperatorActionKind,
-        by: &str,
-        now: DateTime<Utc>,
+        command: &repayment_gateway::store::OperatorCommand,
     ) -> Result<OperatorOutcome, StoreError> {
-        self.inner
-            .operate_batch(partner, batch_id, action, by, now)
-            .await
+        self.inner.operate_batch(partner, batch_id, command).await
     }
 
     async fn purge_settled(
