@@ -445,6 +445,14 @@ fn body_kind(request: &HttpRequest) -> Result<BodyKind, ApiError> {
     let (essence, parameters) = content_type.split_once(';').unwrap_or((content_type, ""));
     let essence = essence.trim().to_ascii_lowercase();
     if essence == "application/json" {
+        // Silently ignoring `?period=` here would let a JSON report look like it had one.
+        if !request.query_string().is_empty() {
+            return Err(ApiError::BadRequest(
+                "query parameters (period, correction, partner_id, sheet, delimiter) are for CSV \
+                 and Excel files; a JSON report carries period, correction and partner_id in its body"
+                    .into(),
+            ));
+        }
         return Ok(BodyKind::Json);
     }
     if essence != CSV && essence != XLSX {

@@ -278,6 +278,22 @@ async fn oversized_bodies_and_reports_are_413(backend: Backend) {
     assert!(app.stored().await.is_empty());
 }
 
+async fn query_parameters_on_a_json_report_are_refused_not_ignored(backend: Backend) {
+    let app = spawn(backend).await;
+    let body =
+        r#"{"period":"2026-10","repayments":[{"loan_id":"L1","client_id":"C1","amount":"1"}]}"#;
+    for path in [
+        "/v1/repayments?period=",
+        "/v1/repayments/validate?period=2026-11",
+    ] {
+        let answer = app.send(app.post(path, NAIROBI, body)).await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.text);
+        assert_eq!(answer.content_type(), "application/problem+json");
+        assert!(answer.text.contains("in its body"), "{}", answer.text);
+    }
+    assert!(app.stored().await.is_empty());
+}
+
 async fn a_body_that_is_not_json_is_415(backend: Backend) {
     let app = spawn(backend).await;
     let answer = app
@@ -340,6 +356,7 @@ on_both_stores!(
     an_admin_key_for_every_partner_must_name_one,
     oversized_bodies_and_reports_are_413,
     a_body_that_is_not_json_is_415,
+    query_parameters_on_a_json_report_are_refused_not_ignored,
     unknown_paths_and_methods_are_problems_too,
     the_published_schema_is_the_enforced_one,
     a_10000_repayment_report_is_accepted_in_50_batches,
