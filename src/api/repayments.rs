@@ -436,6 +436,9 @@ struct FileQuery {
     delimiter: Option<String>,
 }
 
+/// Query parameters that carry a file's report fields (a JSON report has them in its body).
+const FILE_PARAMETERS: [&str; 5] = ["period", "correction", "partner_id", "sheet", "delimiter"];
+
 fn body_kind(request: &HttpRequest) -> Result<BodyKind, ApiError> {
     let content_type = request
         .headers()
@@ -446,7 +449,9 @@ fn body_kind(request: &HttpRequest) -> Result<BodyKind, ApiError> {
     let essence = essence.trim().to_ascii_lowercase();
     if essence == "application/json" {
         // Silently ignoring `?period=` here would let a JSON report look like it had one.
-        if !request.query_string().is_empty() {
+        let file_parameter = url::form_urlencoded::parse(request.query_string().as_bytes())
+            .any(|(name, _)| FILE_PARAMETERS.contains(&name.as_ref()));
+        if file_parameter {
             return Err(ApiError::BadRequest(
                 "query parameters (period, correction, partner_id, sheet, delimiter) are for CSV \
                  and Excel files; a JSON report carries period, correction and partner_id in its body"
