@@ -112,18 +112,27 @@ async fn an_accept_cut_off_after_it_was_written_is_found_and_answered_202() {
 
 // Items 1 and 6: the worker gives back what it did not send.
 
+/// A rig and a worker whose store reaches Redis through a fault proxy, after one delivery (so
+/// the scripts are loaded and a fault armed next hits the real BEGIN), and a new report with
+/// `loan` waiting: the worker, the proxy and the report's id.
+async fn proxied_worker_with_a_report(
+    rig: &DeliveryRig,
+    loan: &str,
+) -> (repayment_gateway::delivery::Worker, FaultProxy, String) {
+    let (store, proxy) = proxied_store(rig.app.redis(), Duration::from_secs(5)).await;
+    let worker = rig.worker_on(store);
+    rig.submit(NAIROBI, &three_column_report(1, "1")).await;
+    assert_eq!(rig.drain(&worker).await, 1);
+    let id = rig
+        .submit(NAIROBI, &serde_json::from_str(&one_loan(loan)).unwrap())
+        .await;
+    (worker, proxy, id)
+}
+
 #[tokio::test]
 async fn a_worker_that_got_no_answer_to_begin_gives_the_batch_back_and_it_is_sent_once() {
     let rig = spawn_delivery_rig(Backend::Redis).await;
-    let (store, proxy) = proxied_store(rig.app.redis(), Duration::from_secs(5)).await;
-    let worker = rig.worker_on(store);
-    // A first delivery loads the scripts, so the cut request below is the real BEGIN.
-    rig.submit(NAIROBI, &three_column_report(1, "1")).await;
-    assert_eq!(rig.drain(&worker).await, 1);
-
-    let id = rig
-        .submit(NAIROBI, &serde_json::from_str(&one_loan("L-7")).unwrap())
-        .await;
+    let (worker, proxy, id) = proxied_worker_with_a_report(&rig, "L-7").await;
     proxy.arm(fault_proxy::Fault::CutAfterRequest {
         pattern: format!("batch:{id}.1").into_bytes(),
     });
@@ -146,14 +155,7 @@ async fn a_worker_that_got_no_answer_to_begin_gives_the_batch_back_and_it_is_sen
 #[tokio::test]
 async fn a_worker_does_not_send_when_slow_store_calls_ate_its_claim_deadline() {
     let rig = spawn_delivery_rig(Backend::Redis).await;
-    let (store, proxy) = proxied_store(rig.app.redis(), Duration::from_secs(5)).await;
-    let worker = rig.worker_on(store);
-    rig.submit(NAIROBI, &three_column_report(1, "1")).await;
-    assert_eq!(rig.drain(&worker).await, 1);
-
-    let id = rig
-        .submit(NAIROBI, &serde_json::from_str(&one_loan("L-8")).unwrap())
-        .await;
+    let (worker, proxy, id) = proxied_worker_with_a_report(&rig, "L-8").await;
     // The rig's budget is claim deadline 8 s - margin 5 s = 3 s, and one Kiva call may take
     // 2 s: a 1.5 s store reply leaves too little.
     proxy.arm(fault_proxy::Fault::DelayReply {
