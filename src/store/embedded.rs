@@ -4,11 +4,15 @@
 //! the same contract suite.
 //!
 //! Crash safety: WAL journal with `synchronous = FULL`, so a committed accept survives a
-//! crash or power loss. Only one process may open a directory: a second one would claim the
+//! crash or power loss. Every write goes through one writer thread that commits whatever is
+//! waiting in one transaction and one fsync (`writer`: group commit), and answers each caller
+//! only after that commit; reads run on a second, read-only connection (WAL lets it read the
+//! last commit while the writer writes), so a long read never holds up an accept. Only one process may open a directory: a second one would claim the
 //! same queue entries without knowing of the first, so opening takes an exclusive lock on
 //! `<dir>/lock` for the life of the store.
 
 mod expected;
+mod writer;
 
 use std::fs::File;
 use std::path::Path;
@@ -126,7 +130,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 pub struct EmbeddedStore {
-    db: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
+    reader: Arc<Mutex<Connection>>,
     // Held for the life of the store: the lock is released when the file is closed.
     _lock: File,
 }
@@ -205,24 +210,49 @@ impl EmbeddedStore {
         conn.execute_batch(SCHEMA).map_err(other)?;
         conn.execute_batch(expected::SCHEMA).map_err(other)?;
         migrate(&conn)?;
+        let reader = Connection::open(&path)
+            .map_err(|e| other(format!("cannot open {}: {e}", path.display())))?;
+        // A read path that tried to write would fail its tests instead of writing behind the
+        // writer's back.
+        reader
+            .pragma_update(None, "query_only", "ON")
+            .map_err(other)?;
         Ok(Self {
-            db: Arc::new(Mutex::new(conn)),
+            writer: writer::Writer::start(conn)?,
+            reader: Arc::new(Mutex::new(reader)),
             _lock: lock,
         })
     }
 
-    /// Runs `work` in one IMMEDIATE transaction on the blocking pool; it commits when `work`
-    /// returns `Ok` and rolls back otherwise.
+    /// Runs `work` on the writer, inside its group's IMMEDIATE transaction: `Ok` once the
+    /// group committed (on disk), and rolled back alone (to its savepoint) when it returns
+    /// `Err`.
     async fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let (unit, answer) = writer::Job::new(work);
+        self.writer.submit(unit)?;
+        answer
+            .await
+            .map_err(|_| other("the store's writer stopped before answering"))?
+    }
+
+    /// Runs read-only `work` in one read transaction (one consistent snapshot of the last
+    /// commit) on the blocking pool.
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = db.lock().map_err(|_| other("the store lock is poisoned"))?;
+            let mut conn = reader
+                .lock()
+                .map_err(|_| other("the store lock is poisoned"))?;
             let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .transaction_with_behavior(TransactionBehavior::Deferred)
                 .map_err(other)?;
             let value = work(&tx)?;
             tx.commit().map_err(other)?;
@@ -549,7 +579,7 @@ impl ReportStore for EmbeddedStore {
         id: Uuid,
     ) -> Result<Option<(Report, Vec<Batch>)>, StoreError> {
         let partner = partner.to_string();
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let Some(report) = report_row(tx, &partner, &id.to_string())? else {
                 return Ok(None);
             };
@@ -566,7 +596,7 @@ impl ReportStore for EmbeddedStore {
     ) -> Result<ReportPage, StoreError> {
         let partner = partner.to_string();
         let query = query.clone();
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let limit = query.limit.max(1);
             let mut stmt = tx
                 .prepare_cached(
@@ -837,7 +867,7 @@ impl ReportStore for EmbeddedStore {
     ) -> Result<Option<(Batch, String)>, StoreError> {
         let partner = partner.to_string();
         let batch_id = batch_id.to_owned();
-        self.transaction(move |tx| one_batch(tx, &partner, &batch_id))
+        self.read(move |tx| one_batch(tx, &partner, &batch_id))
             .await
     }
 
@@ -1005,7 +1035,7 @@ impl ReportStore for EmbeddedStore {
     ) -> Result<Vec<(Report, Vec<Batch>)>, StoreError> {
         let partner = partner.to_string();
         let branch = branch.map(str::to_owned);
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT doc, status, refused FROM reports WHERE partner = ?1 AND period = ?2
@@ -1032,7 +1062,7 @@ impl ReportStore for EmbeddedStore {
 
     async fn periods(&self, partner: &PartnerId) -> Result<Vec<Period>, StoreError> {
         let partner = partner.to_string();
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT DISTINCT period FROM reports WHERE partner = ?1 AND period IS NOT NULL
@@ -1102,7 +1132,7 @@ impl ReportStore for EmbeddedStore {
 
     async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
         let partner = partner.to_string();
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let mut stmt = tx
                 .prepare_cached("SELECT batch_id FROM queue WHERE partner = ?1 ORDER BY seq")
                 .map_err(other)?;

@@ -149,7 +149,87 @@ async fn sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice(backend: Bac
     second.kill().await;
 }
 
-on_both_stores!(sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice);
+/// SIGKILL while many clients' accepts are in flight (on the embedded store, being
+/// group-committed: several accepts per transaction and fsync). A 202 means "on disk", so
+/// every report that got one is there after the restart, whole.
+async fn sigkill_during_concurrent_accepts_keeps_every_accepted_report(backend: Backend) {
+    const CLIENTS: usize = 16;
+    let sandbox = start_sandbox().await;
+    let data = tempfile::tempdir().unwrap();
+    let redis = match backend {
+        Backend::Redis => Some(TestRedis::start().await),
+        Backend::Embedded => None,
+    };
+    let store_url = match &redis {
+        Some(redis) => redis.url(),
+        None => format!("embedded:{}", data.path().join("store").display()),
+    };
+    let config = write_config(data.path(), &store_url, &sandbox);
+    let first = Gateway::start(&config).await;
+
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let accepted = accepted.clone();
+        let url = format!("{}/v1/repayments", first.remote.base);
+        clients.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for n in 0.. {
+                let loan = format!("L-{client}-{n}");
+                let body = serde_json::json!({"period": "2026-10", "repayments": [{"loan_id": loan, "client_id": format!("C-{client}-{n}"), "amount": "7.50"}]});
+                let sent = http
+                    .post(&url)
+                    .header("X-Api-Key", plain_key(NAIROBI))
+                    .json(&body)
+                    .send()
+                    .await;
+                // Once the process is gone, requests fail: that client is done.
+                let Ok(answer) = sent else { break };
+                if answer.status() != 202 {
+                    break;
+                }
+                let Ok(answer) = answer.json::<Value>().await else { break };
+                let id = answer["id"].as_str().expect("a 202 names its report").to_owned();
+                accepted.lock().unwrap().push((id, loan));
+            }
+        }));
+    }
+    wait_until("a few hundred reports are accepted", async || {
+        accepted.lock().unwrap().len() >= 300
+    })
+    .await;
+    // The clients are still sending: some accepts are waiting for their group's commit.
+    first.kill().await;
+    for client in clients {
+        client.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+
+    let second = Gateway::start(&config).await;
+    for (id, loan) in &accepted {
+        let report = second.remote.report(HEAD_OFFICE, id).await;
+        assert_eq!(
+            report["id"],
+            id.as_str(),
+            "an accepted report is lost: {report}"
+        );
+        assert_eq!(report["repayment_count"], 1, "{report}");
+        let loans: Vec<&str> = report["batches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|b| b["repayments"].as_array().into_iter().flatten())
+            .filter_map(|r| r["loan_id"].as_str())
+            .collect();
+        assert_eq!(loans, [loan.as_str()], "{report}");
+    }
+    second.kill().await;
+}
+
+on_both_stores!(
+    sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice,
+    sigkill_during_concurrent_accepts_keeps_every_accepted_report
+);
 
 #[tokio::test]
 async fn a_second_process_on_the_same_embedded_store_fails_with_a_clear_message() {
