@@ -30,11 +30,11 @@
 //! release) clears or replaces the fence first.
 
 mod expected;
+mod pool;
 
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use deadpool_redis::{Config, Pool, Runtime};
 use redis::Script;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -307,7 +307,7 @@ return #due
 "#;
 
 pub struct RedisStore {
-    pool: Pool,
+    pool: pool::Pool,
     prefix: String,
     timeout: Duration,
     /// How long a period's loan index outlives the period's last accept.
@@ -428,14 +428,11 @@ impl RedisStore {
         pool_size: usize,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let mut config = Config::from_url(url);
         let mut pool_config = deadpool_redis::PoolConfig::new(pool_size);
         pool_config.timeouts.wait = Some(timeout);
         pool_config.timeouts.create = Some(timeout);
         pool_config.timeouts.recycle = Some(timeout);
-        config.pool = Some(pool_config);
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
+        let pool = pool::pool(url, pool_config)
             .map_err(|e| StoreError::Other(format!("invalid store.url: {e}")))?;
         Ok(Self {
             pool,
@@ -496,7 +493,7 @@ impl RedisStore {
 
     /// After a write the gateway is about to acknowledge (a 202, or `sending` before a call to
     /// Kiva): waits until the local AOF has it on disk, when the server can say so.
-    async fn wait_for_aof(&self, c: &mut deadpool_redis::Connection) -> redis::RedisResult<()> {
+    async fn wait_for_aof(&self, c: &mut pool::Connection) -> redis::RedisResult<()> {
         if !self.waitaof.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
@@ -542,7 +539,7 @@ impl RedisStore {
     /// A pooled connection whose replies may take up to the store timeout (redis-rs's own
     /// default, 500 ms, would turn a slow fsync into an error for a write that happened).
     /// Failing here means nothing was sent.
-    async fn connection(&self) -> Result<deadpool_redis::Connection, StoreError> {
+    async fn connection(&self) -> Result<pool::Connection, StoreError> {
         let mut conn = self
             .pool
             .get()
@@ -553,55 +550,85 @@ impl RedisStore {
     }
 
     /// Runs a read (or a write whose loss is harmless) within the store timeout; any failure
-    /// to reach Redis becomes `Unavailable`.
+    /// to reach Redis becomes `Unavailable`. When the connection it got was handed out
+    /// without the pool's check (see `pool`) and turned out to be dead, it runs once more on
+    /// a checked one: what the check would have done.
     async fn with_connection<T, F>(&self, op: F) -> Result<T, StoreError>
     where
-        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut pool::Connection) -> redis::RedisResult<T> + Clone,
     {
-        self.run(Sent::No, op).await
+        match self.try_run(Sent::No, op.clone()).await {
+            Err(failed) if failed.dead_unchecked => self.run(Sent::No, op).await,
+            result => result.map_err(|failed| failed.error),
+        }
     }
 
     /// Runs a write whose effect matters: once it may have reached Redis, a missing answer is
     /// `OutcomeUnknown`, never "nothing was written".
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
-        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut pool::Connection) -> redis::RedisResult<T>,
     {
         self.run(Sent::Maybe, op).await
     }
 
     async fn run<T, F>(&self, sent: Sent, op: F) -> Result<T, StoreError>
     where
-        F: AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut pool::Connection) -> redis::RedisResult<T>,
     {
+        self.try_run(sent, op).await.map_err(|failed| failed.error)
+    }
+
+    async fn try_run<T, F>(&self, sent: Sent, op: F) -> Result<T, Failed>
+    where
+        F: AsyncFnOnce(&mut pool::Connection) -> redis::RedisResult<T>,
+    {
+        let failed = |error| Failed {
+            error,
+            dead_unchecked: false,
+        };
         let start = tokio::time::Instant::now();
         let mut conn = tokio::time::timeout(self.timeout, self.connection())
             .await
             .map_err(|_| {
-                StoreError::Unavailable(format!("no Redis connection within {:?}", self.timeout))
-            })??;
+                failed(StoreError::Unavailable(format!(
+                    "no Redis connection within {:?}",
+                    self.timeout
+                )))
+            })?
+            .map_err(failed)?;
         let left = self
             .timeout
             .saturating_sub(start.elapsed())
             .max(Duration::from_millis(1));
         // A connection whose reply is still owed is not given back to the pool: the next
         // caller (often the one checking what happened) would wait behind that reply too.
-        let retire = |conn| drop(deadpool_redis::Connection::take(conn));
+        let retire = |conn| drop(pool::Connection::take(conn));
         match tokio::time::timeout(left, op(&mut conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
+                let mut dead_unchecked = false;
+                if e.is_io_error() || e.is_connection_dropped() {
+                    // The connections handed out unchecked may all be as dead as this one
+                    // (Redis restarted): the pool checks each one again from now on.
+                    dead_unchecked = conn.unchecked();
+                    self.pool.manager().suspect();
+                }
                 if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
                     retire(conn);
                 }
-                Err(redis_error(e, sent))
+                Err(Failed {
+                    error: redis_error(e, sent),
+                    dead_unchecked,
+                })
             }
             Err(_) => {
                 retire(conn);
                 let reason = format!("no answer from Redis within {:?}", self.timeout);
-                Err(match sent {
+                Err(failed(match sent {
                     Sent::No => StoreError::Unavailable(reason),
                     Sent::Maybe => StoreError::OutcomeUnknown(reason),
-                })
+                }))
             }
         }
     }
@@ -834,6 +861,13 @@ fn redis_error(e: redis::RedisError, sent: Sent) -> StoreError {
     } else {
         StoreError::Other(e.to_string())
     }
+}
+
+/// A failed store operation, and whether it failed on a connection the pool handed out
+/// without checking it, which was dead.
+struct Failed {
+    error: StoreError,
+    dead_unchecked: bool,
 }
 
 fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
