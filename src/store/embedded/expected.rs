@@ -56,7 +56,7 @@ impl EmbeddedStore {
     ) -> Result<Option<ExpectedLoansSnapshot>, StoreError> {
         let partner = partner.to_string();
         let doc: Option<String> = self
-            .transaction(move |tx| {
+            .read(move |tx| {
                 tx.query_row(
                     "SELECT doc FROM expected_loans WHERE partner = ?1",
                     params![partner],
@@ -75,7 +75,7 @@ impl EmbeddedStore {
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let partner = partner.to_string();
         let taken_at: Option<String> = self
-            .transaction(move |tx| {
+            .read(move |tx| {
                 tx.query_row(
                     "SELECT taken_at FROM expected_loans WHERE partner = ?1",
                     params![partner],
@@ -163,7 +163,7 @@ impl EmbeddedStore {
     ) -> Result<RefreshStatus, StoreError> {
         let partner = partner.to_string();
         let (doc, running) = self
-            .transaction(move |tx| {
+            .read(move |tx| {
                 let doc: Option<String> = tx
                     .query_row(
                         "SELECT doc FROM refresh_status WHERE partner = ?1",
