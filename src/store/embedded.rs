@@ -210,6 +210,8 @@ impl EmbeddedStore {
         conn.execute_batch(SCHEMA).map_err(other)?;
         conn.execute_batch(expected::SCHEMA).map_err(other)?;
         migrate(&conn)?;
+        // Room for every statement the store runs, so that the accept's stay compiled.
+        conn.set_prepared_statement_cache_capacity(128);
         let reader = Connection::open(&path)
             .map_err(|e| other(format!("cannot open {}: {e}", path.display())))?;
         // A read path that tried to write would fail its tests instead of writing behind the
@@ -261,6 +263,18 @@ impl EmbeddedStore {
         .await
         .map_err(other)?
     }
+}
+
+/// `tx.execute` through the statement cache: the accept's statements run for every report,
+/// on the one writer thread, and compiling them each time was a good part of its work.
+fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, StoreError> {
+    tx.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute(params))
+        .map_err(other)
 }
 
 fn idempotency_key(scope: &IdempotencyScope) -> String {
@@ -469,8 +483,17 @@ impl ReportStore for EmbeddedStore {
         idempotency: Option<&IdempotentAccept>,
         idempotency_ttl: Duration,
     ) -> Result<(), StoreError> {
+        // Everything that needs no database is done here, on the caller's task, so that the
+        // one writer thread spends its time in SQLite only.
+        let doc = encode(report);
+        let loans: Vec<String> = batches
+            .iter()
+            .flat_map(|b| &b.repayments)
+            .map(|r| super::loan_key(report.column_format, r))
+            .collect();
+        let batches: Vec<(String, String)> =
+            batches.iter().map(|b| (b.id.clone(), encode(b))).collect();
         let report = report.clone();
-        let batches = batches.to_vec();
         let idempotency = idempotency.map(|i| {
             (
                 idempotency_key(&i.scope),
@@ -496,11 +519,6 @@ impl ReportStore for EmbeddedStore {
             let partner = report.partner_id.as_str();
             let id = report.id.to_string();
             let period = report.period.map(|p| p.to_string()).unwrap_or_default();
-            let loans: Vec<String> = batches
-                .iter()
-                .flat_map(|b| &b.repayments)
-                .map(|r| super::loan_key(report.column_format, r))
-                .collect();
             // Checked inside the same IMMEDIATE transaction that writes the report: two
             // reports with one loan can't both get in.
             if !report.correction {
@@ -539,35 +557,38 @@ impl ReportStore for EmbeddedStore {
                         .map_err(other)?;
                 }
             }
-            tx.execute(
+            execute(
+                tx,
                 "INSERT INTO reports (id, partner, branch, period, doc, status) VALUES (?1, ?2, ?3, ?4, ?5, 'queued')",
-                params![id, partner, report.branch, report.period.map(|p| p.to_string()), encode(&report)],
-            )
-            .map_err(other)?;
+                params![id, partner, report.branch, report.period.map(|p| p.to_string()), doc],
+            )?;
             let queued_at = report.created_at.timestamp_millis();
-            for batch in &batches {
-                tx.execute(
+            for (batch_id, batch_doc) in &batches {
+                execute(
+                    tx,
                     "INSERT INTO batches (id, partner, report_id, doc, state, attempt, queued_at) VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5)",
-                    params![batch.id, partner, id, encode(batch), queued_at],
-                )
-                .map_err(other)?;
-                tx.execute(
+                    params![batch_id, partner, id, batch_doc, queued_at],
+                )?;
+                execute(
+                    tx,
                     "INSERT INTO queue (partner, batch_id) VALUES (?1, ?2)",
-                    params![partner, batch.id],
-                )
-                .map_err(other)?;
+                    params![partner, batch_id],
+                )?;
             }
             if let Some((key, _, record)) = &idempotency {
-                tx.execute(
+                execute(
+                    tx,
                     "UPDATE idempotency SET state = 'done', record = ?2, expires_at = ?3 WHERE key = ?1",
                     params![key, record, now + idempotency_ttl.as_millis() as i64],
-                )
-                .map_err(other)?;
+                )?;
             }
             // Expired keys go here rather than in a background task: accepts are frequent
             // enough, and the index makes it cheap.
-            tx.execute("DELETE FROM idempotency WHERE expires_at <= ?1", params![now])
-                .map_err(other)?;
+            execute(
+                tx,
+                "DELETE FROM idempotency WHERE expires_at <= ?1",
+                params![now],
+            )?;
             Ok(())
         })
         .await
