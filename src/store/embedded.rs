@@ -234,7 +234,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (unit, answer) = writer::Job::new(work);
+        let (unit, answer) = writer::Job::unit(work);
         self.writer.submit(unit)?;
         answer
             .await

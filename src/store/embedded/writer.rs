@@ -49,7 +49,7 @@ where
     T: Send + 'static,
     F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
 {
-    pub(super) fn new(work: F) -> (Box<dyn Unit>, oneshot::Receiver<Result<T, StoreError>>) {
+    pub(super) fn unit(work: F) -> (Box<dyn Unit>, oneshot::Receiver<Result<T, StoreError>>) {
         let (reply, answer) = oneshot::channel();
         let job = Self {
             work: Some(work),
@@ -214,17 +214,17 @@ mod tests {
     #[tokio::test]
     async fn a_failed_unit_is_rolled_back_alone_and_the_rest_of_its_group_commits() {
         let mut conn = store();
-        let (a, a_answer) = Job::new(insert("a"));
+        let (a, a_answer) = Job::unit(insert("a"));
         // Writes, then fails: its write must not survive.
-        let (b, b_answer) = Job::new(|tx: &Transaction<'_>| -> Result<(), StoreError> {
+        let (b, b_answer) = Job::unit(|tx: &Transaction<'_>| -> Result<(), StoreError> {
             insert("b")(tx)?;
             Err(StoreError::ClaimLost)
         });
         // Sees `a` (same transaction) and is refused by the primary key, as a second
         // transaction would have been.
-        let (a_again, a_again_answer) = Job::new(insert("a"));
-        let (c, c_answer) = Job::new(insert("c"));
-        let (boom, boom_answer) = Job::new(|tx: &Transaction<'_>| -> Result<(), StoreError> {
+        let (a_again, a_again_answer) = Job::unit(insert("a"));
+        let (c, c_answer) = Job::unit(insert("c"));
+        let (boom, boom_answer) = Job::unit(|tx: &Transaction<'_>| -> Result<(), StoreError> {
             insert("d")(tx)?;
             panic!("a unit that panics");
         });
@@ -251,8 +251,8 @@ mod tests {
              CREATE TABLE child (k TEXT REFERENCES t (k) DEFERRABLE INITIALLY DEFERRED)",
         )
         .unwrap();
-        let (a, a_answer) = Job::new(insert("a"));
-        let (orphan, orphan_answer) = Job::new(|tx: &Transaction<'_>| {
+        let (a, a_answer) = Job::unit(insert("a"));
+        let (orphan, orphan_answer) = Job::unit(|tx: &Transaction<'_>| {
             tx.execute("INSERT INTO child (k) VALUES ('nobody')", [])
                 .map_err(|e| StoreError::Other(e.to_string()))?;
             Ok(())
@@ -272,7 +272,7 @@ mod tests {
         for i in 0..200 {
             let writer = writer.clone();
             answers.push(tokio::spawn(async move {
-                let (unit, answer) = Job::new(move |tx: &Transaction<'_>| {
+                let (unit, answer) = Job::unit(move |tx: &Transaction<'_>| {
                     tx.execute("INSERT INTO t (k) VALUES (?1)", [format!("k{i:03}")])
                         .map_err(|e| StoreError::Other(e.to_string()))?;
                     Ok(i)
@@ -284,7 +284,7 @@ mod tests {
         for (i, answer) in answers.into_iter().enumerate() {
             assert_eq!(answer.await.unwrap(), i);
         }
-        let (count, answer) = Job::new(|tx: &Transaction<'_>| {
+        let (count, answer) = Job::unit(|tx: &Transaction<'_>| {
             tx.query_row("SELECT COUNT(*) FROM t", [], |row| row.get::<_, i64>(0))
                 .map_err(|e| StoreError::Other(e.to_string()))
         });
