@@ -30,6 +30,7 @@
 //! release) clears or replaces the fence first.
 
 mod expected;
+mod summary;
 
 use std::time::Duration;
 
@@ -1352,6 +1353,10 @@ impl ReportStore for RedisStore {
             .into_iter()
             .map(|c| c.batch_id)
             .collect())
+    }
+
+    async fn queue_summary(&self, partner: &PartnerId) -> Result<super::QueueSummary, StoreError> {
+        self.read_queue_summary(partner).await
     }
 
     async fn batch(
