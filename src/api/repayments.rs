@@ -79,7 +79,7 @@ pub async fn submit(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let result = submit_report(&state, caller, request, payload).await;
+    let result = submit_report(state.clone(), caller, request, payload).await;
     state
         .metrics
         .intake_request(result.as_ref().map(|response| response.status().as_u16()));
@@ -87,7 +87,7 @@ pub async fn submit(
 }
 
 async fn submit_report(
-    state: &web::Data<AppState>,
+    state: web::Data<AppState>,
     caller: Caller,
     request: HttpRequest,
     payload: web::Payload,
