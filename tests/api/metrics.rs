@@ -2,11 +2,12 @@
 //! the text (and checked by `promtool check metrics`); the queue gauges come from the store.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use repayment_gateway::domain::PartnerId;
 use repayment_gateway::sandbox::Fault;
-use repayment_gateway::store::ExpectedLoansSnapshot;
+use repayment_gateway::store::{BeginAttempt, ExpectedLoansSnapshot};
 use serde_json::json;
 
 use crate::helpers::{
@@ -168,12 +169,15 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
     );
     assert_eq!(before.get("repayment_gateway_worker_up", &[]), None);
 
-    // Three reports accepted (2 + 1 + 1 repayments), one refused.
+    // Six reports accepted (2 + 1 + 1 + 1 + 1 + 1 repayments), one refused.
     let a = rig
         .submit(NAIROBI, &report_of(&[("L-1", "10.50"), ("L-2", "20.25")]))
         .await;
     let b = rig.submit(NAIROBI, &report_of(&[("L-3", "5.00")])).await;
     let c = rig.submit(NAIROBI, &report_of(&[("L-4", "1.25")])).await;
+    let d = rig.submit(NAIROBI, &report_of(&[("L-5", "2.00")])).await;
+    let e = rig.submit(NAIROBI, &report_of(&[("L-6", "3.00")])).await;
+    let f = rig.submit(NAIROBI, &report_of(&[("L-7", "4.00")])).await;
     let refused = app.submit(NAIROBI, &json!({"period": "2026-10"})).await;
     assert_eq!(refused.status, 422, "{}", refused.text);
     let created = |report: &serde_json::Value| {
@@ -187,7 +191,7 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
     );
 
     let queued = scrape(app).await;
-    assert_eq!(queued.value(B, &[("partner", p), ("state", "queued")]), 3.0);
+    assert_eq!(queued.value(B, &[("partner", p), ("state", "queued")]), 6.0);
     assert_eq!(
         queued.value(
             "repayment_gateway_oldest_queued_batch_timestamp_seconds",
@@ -197,15 +201,42 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
     );
 
     // A: the token endpoint fails (retry_wait). B: Kiva answers 500 (held). C: delivered.
+    // D: 422 (rejected). E: 503 with a Retry-After past the age limit (failed). F: claimed and
+    // begun, its answer not yet in (sending).
     rig.sandbox.push_token_fault(Fault::status(503, "down"));
     let worker = rig.worker();
     assert_eq!(worker.run_once().await.unwrap().claimed, 1);
     rig.sandbox.push_fault(Fault::status(500, "oops"));
     assert_eq!(worker.run_once().await.unwrap().claimed, 1);
     assert_eq!(worker.run_once().await.unwrap().claimed, 1);
-    assert_eq!(rig.report(&a).await["batches"][0]["state"], "retry_wait");
-    assert_eq!(rig.report(&b).await["batches"][0]["state"], "held");
-    assert_eq!(rig.report(&c).await["batches"][0]["state"], "delivered");
+    rig.sandbox
+        .push_fault(Fault::status(422, r#"{"message": "no"}"#));
+    assert_eq!(worker.run_once().await.unwrap().claimed, 1);
+    rig.sandbox.push_fault(Fault::Status {
+        status: 503,
+        retry_after: Some("31536000".into()),
+        body: "maintenance".into(),
+    });
+    assert_eq!(worker.run_once().await.unwrap().claimed, 1);
+    let partner = PartnerId::parse(p).unwrap();
+    let claimed = app
+        .store
+        .claim_batches(&partner, "metrics-test", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let begun = app.store.begin_attempt(&claimed[0], Utc::now()).await;
+    assert!(matches!(begun, Ok(BeginAttempt::Send { .. })), "{begun:?}");
+    for (report, state) in [
+        (&a, "retry_wait"),
+        (&b, "held"),
+        (&c, "delivered"),
+        (&d, "rejected"),
+        (&e, "failed"),
+        (&f, "sending"),
+    ] {
+        assert_eq!(rig.report(report).await["batches"][0]["state"], state);
+    }
 
     // A known snapshot time for the partner's expected loans.
     let taken_at = Utc.timestamp_opt(1_790_000_000, 250_000_000).unwrap();
@@ -235,11 +266,11 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
         counts,
         [
             ("queued", 0.0),
-            ("sending", 0.0),
+            ("sending", 1.0),
             ("retry_wait", 1.0),
             ("held", 1.0),
-            ("failed", 0.0),
-            ("rejected", 0.0)
+            ("failed", 1.0),
+            ("rejected", 1.0)
         ]
     );
     assert_eq!(
@@ -272,7 +303,7 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
     );
 
     let intake = "repayment_gateway_intake_requests_total";
-    assert_eq!(s.value(intake, &[("outcome", "accepted")]), 3.0);
+    assert_eq!(s.value(intake, &[("outcome", "accepted")]), 6.0);
     assert_eq!(s.value(intake, &[("outcome", "invalid")]), 1.0);
     assert_eq!(s.all(intake).len(), 2);
     assert_eq!(
@@ -280,35 +311,41 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
             "repayment_gateway_reports_accepted_total",
             &[("partner", p)]
         ),
-        3.0
+        6.0
     );
     assert_eq!(
         s.value(
             "repayment_gateway_repayments_accepted_total",
             &[("partner", p)]
         ),
-        4.0
+        7.0
     );
     assert_eq!(
         s.value(
             "repayment_gateway_repayment_amount_accepted_total",
             &[("partner", p)]
         ),
-        37.0
+        46.0
     );
 
     let attempts = "repayment_gateway_delivery_attempts_total";
-    for (outcome, n) in [("retry_wait", 1.0), ("held", 1.0), ("delivered", 1.0)] {
+    for (outcome, n) in [
+        ("retry_wait", 1.0),
+        ("held", 1.0),
+        ("delivered", 1.0),
+        ("rejected", 1.0),
+        ("failed", 1.0),
+    ] {
         assert_eq!(
             s.value(attempts, &[("outcome", outcome), ("partner", p)]),
             n
         );
     }
-    assert_eq!(s.all(attempts).len(), 3);
+    assert_eq!(s.all(attempts).len(), 5);
 
     // What Kiva was asked, as the sandbox counted it and the metrics say it.
     assert_eq!(rig.sandbox.token_requests(), 2);
-    assert_eq!(rig.sandbox.repayment_requests(), 2);
+    assert_eq!(rig.sandbox.repayment_requests(), 4);
     let kiva = "repayment_gateway_kiva_requests_total";
     let mut calls: Vec<(String, String, f64)> = s
         .all(kiva)
@@ -323,7 +360,9 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
         calls,
         [
             ("repayments".into(), "200".into(), 1.0),
+            ("repayments".into(), "422".into(), 1.0),
             ("repayments".into(), "500".into(), 1.0),
+            ("repayments".into(), "503".into(), 1.0),
             ("token".into(), "200".into(), 1.0),
             ("token".into(), "503".into(), 1.0),
         ]
@@ -337,7 +376,7 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
     let latency = "repayment_gateway_kiva_request_duration_seconds";
     assert_eq!(
         s.value(&format!("{latency}_count"), &[("endpoint", "repayments")]),
-        2.0
+        4.0
     );
     assert_eq!(
         s.value(
@@ -352,7 +391,7 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
             "repayment_gateway_store_operation_duration_seconds_count",
             &[("operation", "accept")]
         ),
-        3.0
+        6.0
     );
     assert!(
         s.all("repayment_gateway_store_errors_total").is_empty(),
