@@ -90,7 +90,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker { config } => {
             let settings = Settings::load(config.as_deref())?;
             crate::telemetry::init(&settings.log);
-            let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+            let partners: Vec<_> = settings.partners.iter().map(|p| p.id.clone()).collect();
+            let metrics =
+                std::sync::Arc::new(crate::metrics::Metrics::new().with_partners(&partners));
             let store: std::sync::Arc<dyn crate::store::ReportStore> =
                 std::sync::Arc::new(crate::metrics::store::MeasuredStore::new(
                     crate::startup::open_store(&settings).await?,

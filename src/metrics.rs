@@ -272,6 +272,18 @@ impl Metrics {
         }
     }
 
+    /// Starts the partners' token fetch counters at 0: a series that appears only with its
+    /// first failure shows no `increase()` for it, and the token alert would miss it.
+    pub fn with_partners(self, partners: &[PartnerId]) -> Self {
+        for partner in partners {
+            for outcome in ["ok", "failed"] {
+                self.token_fetches
+                    .with_label_values(&[partner.as_str(), outcome]);
+            }
+        }
+        self
+    }
+
     /// How a submission ended: a 202, a replayed answer, or the error it got.
     pub fn intake_request(&self, result: Result<u16, &ApiError>) {
         let outcome = match result {

@@ -51,7 +51,7 @@ impl Application {
         settings: &Settings,
         store: Arc<dyn ReportStore>,
     ) -> anyhow::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().with_partners(&partner_ids(settings)));
         let store: Arc<dyn ReportStore> = Arc::new(MeasuredStore::new(store, metrics.clone()));
         let worker = if settings.delivery.enabled {
             Some(Arc::new(build_worker(
@@ -194,6 +194,10 @@ impl Application {
     }
 }
 
+fn partner_ids(settings: &Settings) -> Vec<crate::domain::PartnerId> {
+    settings.partners.iter().map(|p| p.id.clone()).collect()
+}
+
 /// What `/metrics` reads in this process.
 pub fn metrics_endpoint_for(
     settings: &Settings,
@@ -204,7 +208,7 @@ pub fn metrics_endpoint_for(
     Endpoint {
         metrics,
         store,
-        partners: settings.partners.iter().map(|p| p.id.clone()).collect(),
+        partners: partner_ids(settings),
         worker,
         bearer_token: settings.metrics.bearer_token.clone(),
     }

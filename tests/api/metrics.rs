@@ -168,6 +168,18 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
             .is_empty()
     );
     assert_eq!(before.get("repayment_gateway_worker_up", &[]), None);
+    // Token fetches start at 0 for every configured partner (so `increase()` sees the first).
+    for partner in [p, TWO_COL] {
+        for outcome in ["ok", "failed"] {
+            assert_eq!(
+                before.value(
+                    "repayment_gateway_kiva_token_fetches_total",
+                    &[("outcome", outcome), ("partner", partner)]
+                ),
+                0.0
+            );
+        }
+    }
 
     // Six reports accepted (2 + 1 + 1 + 1 + 1 + 1 repayments), one refused.
     let a = rig
