@@ -284,11 +284,12 @@ impl Metrics {
         self
     }
 
-    /// How a submission ended: a 202, a replayed answer, or the error it got.
-    pub fn intake_request(&self, result: Result<u16, &ApiError>) {
+    /// How a submission ended: accepted, an earlier answer replayed (`Ok(true)`: the same
+    /// Idempotency-Key and report again), or the error it got.
+    pub fn intake_request(&self, result: Result<bool, &ApiError>) {
         let outcome = match result {
-            Ok(200) => "replayed",
-            Ok(_) => "accepted",
+            Ok(true) => "replayed",
+            Ok(false) => "accepted",
             Err(error) => match error {
                 ApiError::MalformedJson(_)
                 | ApiError::MalformedFile(_)
@@ -470,9 +471,6 @@ fn set_or_remove(gauge: &GaugeVec, partner: &str, at: Option<DateTime<Utc>>) {
     }
 }
 
-/// Shared by the HTTP handlers and the workers of one application.
-pub type SharedMetrics = Arc<Metrics>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,7 +478,7 @@ mod tests {
     #[test]
     fn every_family_is_registered_once_with_the_prefix() {
         let metrics = Metrics::new();
-        metrics.intake_request(Ok(202));
+        metrics.intake_request(Ok(false));
         metrics.token_fetch(&PartnerId::parse("1").unwrap(), false);
         let names: Vec<String> = metrics
             .registry

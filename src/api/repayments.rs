@@ -80,9 +80,11 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let result = submit_report(state.clone(), caller, request, payload).await;
-    state
-        .metrics
-        .intake_request(result.as_ref().map(|response| response.status().as_u16()));
+    state.metrics.intake_request(
+        result
+            .as_ref()
+            .map(|response| response.headers().contains_key(REPLAYED_HEADER)),
+    );
     result
 }
 

@@ -410,13 +410,21 @@ async fn counters_and_queue_gauges_after_a_known_sequence(backend: Backend) {
         "no store errors"
     );
 
-    // The operator resends the held batch: nothing is held, and it waits again.
+    // The operator resends the held batch: nothing is held, and it waits again. A report sent
+    // twice with one Idempotency-Key is accepted once, then its answer replayed.
     let held_batch = format!("{b}.1");
     let resent = rig.operate(HEAD_OFFICE, &held_batch, "resend").await;
     assert_eq!(resent.status, 200, "{}", resent.text);
+    let g = report_of(&[("L-8", "1.00")]).to_string();
+    for _ in 0..2 {
+        let answer = app.submit_idempotent(NAIROBI, "metrics-g", &g).await;
+        assert_eq!(answer.status, 202, "{}", answer.text);
+    }
     let after = scrape(app).await;
     assert_eq!(after.value(B, &[("partner", p), ("state", "held")]), 0.0);
-    assert_eq!(after.value(B, &[("partner", p), ("state", "queued")]), 1.0);
+    assert_eq!(after.value(B, &[("partner", p), ("state", "queued")]), 2.0);
+    assert_eq!(after.value(intake, &[("outcome", "accepted")]), 7.0);
+    assert_eq!(after.value(intake, &[("outcome", "replayed")]), 1.0);
     assert_eq!(
         after.get(
             "repayment_gateway_oldest_held_batch_timestamp_seconds",
