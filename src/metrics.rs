@@ -16,7 +16,6 @@
 pub mod endpoint;
 pub mod store;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
