@@ -90,20 +90,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker { config } => {
             let settings = Settings::load(config.as_deref())?;
             crate::telemetry::init(&settings.log);
-            let store = crate::startup::open_store(&settings).await?;
-            let kiva = std::sync::Arc::new(crate::kiva::KivaClient::new(
-                &settings.kiva,
-                &settings.partners,
-            )?);
+            let partners: Vec<_> = settings.partners.iter().map(|p| p.id.clone()).collect();
+            let metrics =
+                std::sync::Arc::new(crate::metrics::Metrics::new().with_partners(&partners));
+            let store: std::sync::Arc<dyn crate::store::ReportStore> =
+                std::sync::Arc::new(crate::metrics::store::MeasuredStore::new(
+                    crate::startup::open_store(&settings).await?,
+                    metrics.clone(),
+                ));
+            let kiva = std::sync::Arc::new(
+                crate::kiva::KivaClient::new(&settings.kiva, &settings.partners)?
+                    .with_metrics(metrics.clone()),
+            );
             let refresher = crate::startup::build_refresher(&settings, store.clone(), kiva);
-            let worker = std::sync::Arc::new(crate::startup::build_worker(&settings, store)?);
+            let worker = std::sync::Arc::new(crate::startup::build_worker(
+                &settings,
+                store.clone(),
+                metrics.clone(),
+            )?);
             let token = worker.shutdown_token();
             if let Some(refresher) = refresher {
                 tokio::spawn(refresher.run(token.clone()));
             }
+            // A worker has no HTTP API: it is scraped on `metrics.bind`, when set.
+            let endpoint = actix_web::web::Data::new(crate::startup::metrics_endpoint_for(
+                &settings,
+                store,
+                metrics,
+                Some(worker.health()),
+            ));
+            let metrics_server = crate::startup::serve_metrics_apart(&settings, endpoint)?;
+            let metrics_handle = metrics_server.map(|(server, port)| {
+                tracing::info!(port, "metrics served on metrics.bind");
+                let handle = server.handle();
+                tokio::spawn(server);
+                handle
+            });
             let running = tokio::spawn(crate::delivery::supervise(worker));
             crate::startup::stop_signal().await;
             token.cancel();
+            if let Some(handle) = metrics_handle {
+                handle.stop(false).await;
+            }
             let grace = std::time::Duration::from_secs(settings.delivery.shutdown_grace_secs);
             if tokio::time::timeout(grace, running).await.is_err() {
                 tracing::warn!(

@@ -23,7 +23,15 @@ pub const MAX_BATCH_SIZE: usize = 300;
 const ENV_PREFIX: &str = "GATEWAY_";
 /// Sections the environment may override; anything else under `GATEWAY_` (such as
 /// `GATEWAY_CONFIG` or a partner secret) is not a settings key.
-const ENV_SECTIONS: [&str; 6] = ["server", "store", "kiva", "delivery", "log", "reconcile"];
+const ENV_SECTIONS: [&str; 7] = [
+    "server",
+    "store",
+    "kiva",
+    "delivery",
+    "log",
+    "reconcile",
+    "metrics",
+];
 /// Time a worker keeps, after Kiva's answer is due, to record the outcome before another
 /// worker may take the batch over (and, finding it in `sending`, hold it).
 pub const CLAIM_MARGIN_SECS: u64 = 5;
@@ -39,6 +47,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub log: LogSettings,
     pub reconcile: ReconcileSettings,
+    pub metrics: MetricsSettings,
     #[serde(default)]
     pub partners: Vec<PartnerSettings>,
     #[serde(default)]
@@ -112,6 +121,26 @@ pub struct ReconcileSettings {
     pub refresh_minutes: u64,
     /// A snapshot older than this is called stale by the period view.
     pub stale_after_hours: u64,
+}
+
+/// `GET /metrics` (Prometheus).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// Serve `/metrics` only on this address (not on `server.bind`), e.g. one Prometheus
+    /// reaches and the MIS does not; also how a `worker` process (no HTTP API) is scraped.
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// When set, a scrape must send `Authorization: Bearer <token>`. A secret: never logged.
+    #[serde(default)]
+    pub bearer_token: Option<SecretString>,
+}
+
+impl MetricsSettings {
+    pub fn bind_addr(&self) -> Option<SocketAddr> {
+        self.bind.as_deref().and_then(|b| b.parse().ok())
+    }
 }
 
 /// What intake does with a repayment whose loan Kiva does not expect (not in the snapshot,
@@ -192,6 +221,12 @@ struct Defaults {
     delivery: DeliverySettings,
     log: LogSettings,
     reconcile: ReconcileSettings,
+    metrics: MetricsDefaults,
+}
+
+#[derive(Serialize)]
+struct MetricsDefaults {
+    enabled: bool,
 }
 
 #[derive(Serialize)]
@@ -242,6 +277,7 @@ fn defaults() -> Defaults {
             refresh_minutes: 60,
             stale_after_hours: 24,
         },
+        metrics: MetricsDefaults { enabled: true },
     }
 }
 
@@ -317,6 +353,19 @@ impl Settings {
                 "server.bind: {:?} is not an address like \"127.0.0.1:8080\"",
                 self.server.bind
             ),
+        );
+        if let Some(bind) = &self.metrics.bind {
+            check(
+                bind.parse::<SocketAddr>().is_ok(),
+                format!("metrics.bind: {bind:?} is not an address like \"127.0.0.1:9100\""),
+            );
+        }
+        check(
+            self.metrics
+                .bearer_token
+                .as_ref()
+                .is_none_or(|t| !secrecy::ExposeSecret::expose_secret(t).trim().is_empty()),
+            "metrics.bearer_token: must not be empty (leave it out for no token)".into(),
         );
         check(
             self.server.max_body_bytes >= 1024,

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod domain;
 pub mod intake;
 pub mod kiva;
+pub mod metrics;
 pub mod periods;
 pub mod sandbox;
 pub mod startup;

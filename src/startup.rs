@@ -18,6 +18,9 @@ use crate::config::Settings;
 use crate::delivery::{SystemClock, Worker, supervise};
 use crate::intake::Intake;
 use crate::kiva::KivaClient;
+use crate::metrics::Metrics;
+use crate::metrics::endpoint::{self as metrics_endpoint, Endpoint};
+use crate::metrics::store::MeasuredStore;
 use crate::periods::refresh::Scheduler;
 use crate::store::ReportStore;
 use crate::store::embedded::EmbeddedStore;
@@ -32,6 +35,9 @@ pub struct Application {
     worker: Option<Arc<Worker>>,
     refresher: Option<Scheduler>,
     shutdown_grace: Duration,
+    metrics: Arc<Metrics>,
+    /// `/metrics` on its own address (`metrics.bind`), with its port.
+    metrics_server: Option<(Server, u16)>,
 }
 
 impl Application {
@@ -45,16 +51,32 @@ impl Application {
         settings: &Settings,
         store: Arc<dyn ReportStore>,
     ) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new().with_partners(&partner_ids(settings)));
+        let store: Arc<dyn ReportStore> = Arc::new(MeasuredStore::new(store, metrics.clone()));
         let worker = if settings.delivery.enabled {
-            Some(Arc::new(build_worker(settings, store.clone())?))
+            Some(Arc::new(build_worker(
+                settings,
+                store.clone(),
+                metrics.clone(),
+            )?))
         } else {
             None
         };
-        let kiva = Arc::new(KivaClient::new(&settings.kiva, &settings.partners)?);
+        let kiva = Arc::new(
+            KivaClient::new(&settings.kiva, &settings.partners)?.with_metrics(metrics.clone()),
+        );
         let refresher = build_refresher(settings, store.clone(), kiva.clone());
         let listener = TcpListener::bind(settings.bind_addr())
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
+        let endpoint = web::Data::new(metrics_endpoint_for(
+            settings,
+            store.clone(),
+            metrics.clone(),
+            worker.as_ref().map(|w| w.health()),
+        ));
+        let metrics_server = serve_metrics_apart(settings, endpoint.clone())?;
+        let metrics_on_api = settings.metrics.enabled && settings.metrics.bind.is_none();
         let state = web::Data::new(AppState {
             intake: Intake::new(
                 settings
@@ -79,13 +101,20 @@ impl Application {
                 .map(|p| (p.id.clone(), p.unexpected_loans))
                 .collect(),
             kiva,
+            metrics: metrics.clone(),
         });
         let document = openapi::document();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(endpoint.clone())
                 .wrap(from_fn(request_log::log_request))
                 .configure(api::configure)
+                .configure(|cfg| {
+                    if metrics_on_api {
+                        metrics_endpoint::configure(cfg);
+                    }
+                })
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
                         .external_url_unchecked(OPENAPI_PATH, document.clone()),
@@ -103,6 +132,8 @@ impl Application {
             worker,
             refresher,
             shutdown_grace: Duration::from_secs(settings.delivery.shutdown_grace_secs),
+            metrics,
+            metrics_server,
         })
     }
 
@@ -110,11 +141,26 @@ impl Application {
         self.port
     }
 
+    /// This application's metrics (tests count what their own workers do in them).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The port of `/metrics` when it is served apart (`metrics.bind`).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(_, port)| *port)
+    }
+
     /// Serves (and delivers) until SIGTERM or Ctrl-C, then stops claiming, lets in-flight
     /// requests and deliveries finish within their grace periods, and returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
+        let metrics_handle = self.metrics_server.map(|(metrics_server, _)| {
+            let handle = metrics_server.handle();
+            tokio::spawn(metrics_server);
+            handle
+        });
         let worker = self
             .worker
             .map(|worker| (worker.shutdown_token(), tokio::spawn(supervise(worker))));
@@ -131,6 +177,9 @@ impl Application {
             token.cancel();
         }
         handle.stop(true).await;
+        if let Some(metrics_handle) = metrics_handle {
+            metrics_handle.stop(false).await;
+        }
         if let Some((_, task)) = worker
             && tokio::time::timeout(self.shutdown_grace, task)
                 .await
@@ -145,9 +194,51 @@ impl Application {
     }
 }
 
+fn partner_ids(settings: &Settings) -> Vec<crate::domain::PartnerId> {
+    settings.partners.iter().map(|p| p.id.clone()).collect()
+}
+
+/// What `/metrics` reads in this process.
+pub fn metrics_endpoint_for(
+    settings: &Settings,
+    store: Arc<dyn ReportStore>,
+    metrics: Arc<Metrics>,
+    worker: Option<Arc<crate::delivery::WorkerHealth>>,
+) -> Endpoint {
+    Endpoint {
+        metrics,
+        store,
+        partners: partner_ids(settings),
+        worker,
+        bearer_token: settings.metrics.bearer_token.clone(),
+    }
+}
+
+/// `/metrics` on `metrics.bind`, when set (and metrics are enabled), with its port.
+pub fn serve_metrics_apart(
+    settings: &Settings,
+    endpoint: web::Data<Endpoint>,
+) -> anyhow::Result<Option<(Server, u16)>> {
+    let Some(bind) = settings
+        .metrics
+        .bind_addr()
+        .filter(|_| settings.metrics.enabled)
+    else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(bind)
+        .map_err(|e| anyhow::anyhow!("cannot listen on metrics.bind {bind}: {e}"))?;
+    let port = listener.local_addr()?.port();
+    Ok(Some((metrics_endpoint::serve(listener, endpoint)?, port)))
+}
+
 /// The delivery worker for `settings`, sending through a real Kiva client.
-pub fn build_worker(settings: &Settings, store: Arc<dyn ReportStore>) -> anyhow::Result<Worker> {
-    let kiva = KivaClient::new(&settings.kiva, &settings.partners)?;
+pub fn build_worker(
+    settings: &Settings,
+    store: Arc<dyn ReportStore>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Worker> {
+    let kiva = KivaClient::new(&settings.kiva, &settings.partners)?.with_metrics(metrics.clone());
     Ok(Worker::new(
         store,
         Arc::new(kiva),
@@ -158,7 +249,8 @@ pub fn build_worker(settings: &Settings, store: Arc<dyn ReportStore>) -> anyhow:
     )
     .with_retention(Duration::from_secs(
         settings.store.retention_days * 24 * 3600,
-    )))
+    ))
+    .with_metrics(metrics))
 }
 
 /// The expected-loans schedule, unless `reconcile.refresh_minutes` is 0 or no partner is set.

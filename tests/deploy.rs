@@ -199,3 +199,130 @@ fn compose_takes_secrets_from_an_optional_env_file_documented_by_its_example() {
     let missing = example_settings(&[]).unwrap_err();
     assert!(missing.contains(&secret), "{missing}");
 }
+
+fn prometheus_service() -> serde_norway::Value {
+    let compose: serde_norway::Value = serde_norway::from_str(&read("docker-compose.yml")).unwrap();
+    compose["services"]["prometheus"].clone()
+}
+
+/// The optional Prometheus mounts files that exist, loads the shipped rules from where they
+/// are mounted, and scrapes the gateway where compose publishes it.
+#[test]
+fn the_optional_prometheus_service_mounts_the_shipped_rules_and_scrapes_the_gateway() {
+    let prometheus = prometheus_service();
+    let profiles: Vec<&str> = prometheus["profiles"]
+        .as_sequence()
+        .expect("the prometheus service is optional (a profile)")
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(profiles, ["monitoring"]);
+    let mut mounted = std::collections::BTreeMap::new();
+    for volume in prometheus["volumes"].as_sequence().unwrap() {
+        if volume["type"].as_str() != Some("bind") {
+            continue;
+        }
+        let source = volume["source"].as_str().unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+        assert!(path.is_file(), "{source} is mounted but does not exist");
+        assert_eq!(volume["read_only"].as_bool(), Some(true), "{source}");
+        mounted.insert(volume["target"].as_str().unwrap().to_owned(), source);
+    }
+    assert_eq!(
+        mounted.get("/etc/prometheus/prometheus.yml"),
+        Some(&"./deploy/prometheus/prometheus.yml")
+    );
+    let config: serde_norway::Value =
+        serde_norway::from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
+    // Rule files are found relative to the configuration file's directory.
+    for rule_file in config["rule_files"].as_sequence().unwrap() {
+        let target = format!("/etc/prometheus/{}", rule_file.as_str().unwrap());
+        assert_eq!(
+            mounted.get(&target).copied(),
+            Some("./deploy/prometheus/alerts.yml"),
+            "{target} is not mounted"
+        );
+    }
+    let job = &config["scrape_configs"][0];
+    assert_eq!(job["job_name"].as_str(), Some("repayment-gateway"));
+    assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
+    let bind = gateway_service()["environment"]["GATEWAY_SERVER__BIND"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let port = bind.rsplit_once(':').unwrap().1;
+    assert_eq!(
+        job["static_configs"][0]["targets"][0].as_str(),
+        Some(format!("gateway:{port}").as_str())
+    );
+}
+
+/// `promtool` (Debian's `prometheus` package, installed by `scripts/install-deps`).
+fn promtool(args: &[&str]) {
+    let output = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus"))
+        .output()
+        .expect("promtool must be installed (scripts/install-deps: apt-get install prometheus)");
+    assert!(
+        output.status.success(),
+        "promtool {args:?}:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_the_rules_and_the_scrape_config() {
+    promtool(&["check", "rules", "alerts.yml"]);
+    promtool(&["check", "config", "prometheus.yml"]);
+}
+
+#[test]
+fn the_alert_rules_pass_their_promtool_unit_tests() {
+    promtool(&["test", "rules", "alerts_test.yml"]);
+}
+
+/// Each alert has a case where it fires and one where it stays quiet, and README's table
+/// names it.
+#[test]
+fn every_alert_is_tested_firing_and_quiet_and_documented() {
+    let rules: serde_norway::Value =
+        serde_norway::from_str(&read("deploy/prometheus/alerts.yml")).unwrap();
+    let tests: serde_norway::Value =
+        serde_norway::from_str(&read("deploy/prometheus/alerts_test.yml")).unwrap();
+    let cases: Vec<(String, bool)> = tests["tests"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_sequence().unwrap().iter())
+        .map(|case| {
+            let fires = !case["exp_alerts"].as_sequence().unwrap().is_empty();
+            (case["alertname"].as_str().unwrap().to_owned(), fires)
+        })
+        .collect();
+    let readme = read("README.md");
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            alerts += 1;
+            for fires in [true, false] {
+                assert!(
+                    cases.contains(&(name.to_owned(), fires)),
+                    "{name}: no test where it {}",
+                    if fires { "fires" } else { "stays quiet" }
+                );
+            }
+            assert!(
+                rule["annotations"]["summary"].as_str().is_some(),
+                "{name} has no summary"
+            );
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README does not list {name}"
+            );
+        }
+    }
+    assert_eq!(alerts, 6);
+}

@@ -43,6 +43,7 @@ pub struct AppState {
     pub unexpected_loans: std::collections::HashMap<PartnerId, crate::config::UnexpectedLoans>,
     /// For reads of Kiva's loans list (expected-loans refreshes on demand).
     pub kiva: Arc<crate::kiva::KivaClient>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub const SCHEMA_PATH: &str = "/v1/schemas/repayment-report.json";

@@ -79,6 +79,21 @@ pub async fn submit(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let result = submit_report(state.clone(), caller, request, payload).await;
+    state.metrics.intake_request(
+        result
+            .as_ref()
+            .map(|response| response.headers().contains_key(REPLAYED_HEADER)),
+    );
+    result
+}
+
+async fn submit_report(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let kind = body_kind(&request)?;
     let idempotency_key = idempotency_key(request.headers())?;
     let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
@@ -180,6 +195,7 @@ pub async fn submit(
         }
     }
     tracing::Span::current().record("report_id", tracing::field::display(id));
+    state.metrics.report_accepted(&record);
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, location))
         .content_type("application/json")

@@ -150,3 +150,21 @@ fn an_unknown_key_without_a_close_match_lists_the_known_ones() {
     );
     assert!(err.contains("`batch_size`"), "{err}");
 }
+
+#[test]
+fn metrics_settings_are_checked_and_the_bearer_token_never_shown() {
+    let s = load(MINIMAL).unwrap();
+    assert!(s.metrics.enabled);
+    assert_eq!(s.metrics.bind, None);
+    let with = |extra: &str| load(&format!("[metrics]\n{extra}\n{MINIMAL}"));
+    let s = with("bind = \"127.0.0.1:9100\"\nbearer_token = \"scrape-secret-123\"").unwrap();
+    assert_eq!(
+        s.metrics.bind_addr(),
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    assert!(!format!("{s:?}").contains("scrape-secret-123"));
+    let bad = with("bind = \"everywhere\"").unwrap_err().to_string();
+    assert!(bad.contains("metrics.bind"), "{bad}");
+    let empty = with("bearer_token = \"  \"").unwrap_err().to_string();
+    assert!(empty.contains("metrics.bearer_token"), "{empty}");
+}

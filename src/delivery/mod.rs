@@ -93,6 +93,7 @@ pub struct Worker {
     health: Arc<WorkerHealth>,
     /// Settled reports older than this are deleted (`store.retention_days`).
     retention: Option<Duration>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// How often the loop looks for settled reports past the retention period.
@@ -131,6 +132,18 @@ impl WorkerHealth {
         }
     }
 
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// When the loop last started a round, if it has.
+    pub fn last_round_at(&self) -> Option<DateTime<Utc>> {
+        let last = self.last_round_ms.load(Ordering::Relaxed);
+        (last > 0)
+            .then(|| DateTime::<Utc>::from_timestamp_millis(last))
+            .flatten()
+    }
+
     fn round_started(&self) {
         self.last_round_ms
             .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
@@ -163,7 +176,14 @@ impl Worker {
             shutdown: CancellationToken::new(),
             health: Arc::default(),
             retention: None,
+            metrics: None,
         }
+    }
+
+    /// Counts this worker's attempts in `metrics` (`repayment_gateway_delivery_attempts_total`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn with_retention(mut self, retention: Duration) -> Self {
@@ -390,6 +410,9 @@ impl Worker {
                 .count();
         }
         log_outcome(&claimed, attempt, &end);
+        if let Some(metrics) = &self.metrics {
+            metrics.delivery_attempt(partner, end.state);
+        }
         self.record(&claimed, attempt, &end).await?;
         Ok(true)
     }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
+
+use crate::metrics::{KivaCallEnd, KivaEndpoint};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
@@ -44,6 +46,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Clone)]
 pub struct KivaClient {
     inner: Arc<Inner>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 struct Inner {
@@ -189,7 +192,34 @@ impl KivaClient {
                 api_base_url,
                 partners,
             }),
+            metrics: None,
         })
+    }
+
+    /// Counts this client's calls, their latency and token fetches in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// `perform`, timed and counted by endpoint and status.
+    async fn perform(
+        &self,
+        partner: &PartnerId,
+        endpoint: KivaEndpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<RawAnswer, Failure> {
+        let started = Instant::now();
+        let result = perform(request).await;
+        if let Some(metrics) = &self.metrics {
+            let end = match &result {
+                Ok(answer) => KivaCallEnd::Status(answer.status.as_u16()),
+                Err(Failure::NotSent(_)) => KivaCallEnd::NotSent,
+                Err(Failure::Unknown(_)) => KivaCallEnd::TransportError,
+            };
+            metrics.kiva_call(partner, endpoint, end, started.elapsed());
+        }
+        result
     }
 
     /// POSTs `body` (already the exact JSON bytes `{"repayments":[...]}`) to
@@ -274,13 +304,25 @@ impl KivaClient {
 
         let token = self.token(partner, auth, None).await?;
         let mut answer = self
-            .exchange(Method::GET, &url, &token, None)
+            .exchange(
+                (partner, KivaEndpoint::Loans),
+                Method::GET,
+                &url,
+                &token,
+                None,
+            )
             .await
             .map_err(|f| format!("loans list: {}", f.into_reason()))?;
         if is_token_refusal(answer.status) {
             let token = self.token(partner, auth, Some(token.generation)).await?;
             answer = self
-                .exchange(Method::GET, &url, &token, None)
+                .exchange(
+                    (partner, KivaEndpoint::Loans),
+                    Method::GET,
+                    &url,
+                    &token,
+                    None,
+                )
                 .await
                 .map_err(|f| format!("loans list: {}", f.into_reason()))?;
         }
@@ -339,7 +381,20 @@ impl KivaClient {
         }
     }
 
+    /// `request_token`, counted as a token fetch that succeeded or failed.
     async fn fetch_token(
+        &self,
+        partner: &PartnerId,
+        auth: &PartnerAuth,
+    ) -> Result<FetchedToken, String> {
+        let result = self.request_token(partner, auth).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.token_fetch(partner, result.is_ok());
+        }
+        result
+    }
+
+    async fn request_token(
         &self,
         partner: &PartnerId,
         auth: &PartnerAuth,
@@ -371,7 +426,8 @@ impl KivaClient {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(form);
-        let answer = perform(request)
+        let answer = self
+            .perform(partner, KivaEndpoint::Token, request)
             .await
             .map_err(|f| scrub(format!("token endpoint {}: {}", shown_url, f.into_reason())))?;
         if !answer.status.is_success() {
@@ -446,7 +502,15 @@ impl KivaClient {
         body: Bytes,
     ) -> Result<RawAnswer, Failure> {
         let started = Instant::now();
-        let result = self.exchange(Method::POST, url, token, Some(body)).await;
+        let result = self
+            .exchange(
+                (partner, KivaEndpoint::Repayments),
+                Method::POST,
+                url,
+                token,
+                Some(body),
+            )
+            .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(answer) => tracing::debug!(
@@ -473,6 +537,7 @@ impl KivaClient {
 
     async fn exchange(
         &self,
+        (partner, endpoint): (&PartnerId, KivaEndpoint),
         method: Method,
         url: &Url,
         token: &Token,
@@ -492,7 +557,7 @@ impl KivaClient {
         if let Some(body) = json_body {
             request = request.header(CONTENT_TYPE, "application/json").body(body);
         }
-        perform(request)
+        self.perform(partner, endpoint, request)
             .await
             .map_err(|f| redact_failure(f, token.access.expose_secret()))
     }

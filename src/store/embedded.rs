@@ -12,6 +12,7 @@
 //! `<dir>/lock` for the life of the store.
 
 mod expected;
+mod summary;
 mod writer;
 
 use std::fs::File;
@@ -76,6 +77,8 @@ CREATE TABLE IF NOT EXISTS batches (
     fence TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_report ON batches (report_id);
+-- The queue gauges of /metrics count batches per state at every scrape.
+CREATE INDEX IF NOT EXISTS batches_by_state ON batches (partner, state);
 CREATE TABLE IF NOT EXISTS attempts (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_by_batch ON attempts (batch_id, seq);
 CREATE TABLE IF NOT EXISTS actions (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, doc TEXT NOT NULL);
@@ -879,6 +882,10 @@ impl ReportStore for EmbeddedStore {
             rollup(tx, &report_id)
         })
         .await
+    }
+
+    async fn queue_summary(&self, partner: &PartnerId) -> Result<super::QueueSummary, StoreError> {
+        self.read_queue_summary(partner).await
     }
 
     async fn batch(

@@ -634,6 +634,12 @@ pub trait ReportStore: Send + Sync + 'static {
     /// depth, and what tests inspect.
     async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError>;
 
+    /// How many of the partner's batches are in each state other than `delivered`, and when
+    /// the oldest waiting and the oldest held batch were queued: the queue gauges of
+    /// `/metrics`, read at each scrape so every gateway process reports the same numbers.
+    /// Read-only.
+    async fn queue_summary(&self, partner: &PartnerId) -> Result<QueueSummary, StoreError>;
+
     /// The batch and the branch of its report (for access checks).
     async fn batch(
         &self,
@@ -707,6 +713,61 @@ pub trait ReportStore: Send + Sync + 'static {
 
     /// The last recorded status, with `running` from the lock.
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError>;
+}
+
+/// A partner's batches that are not delivered, as `queue_summary` counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    pub queued: usize,
+    pub sending: usize,
+    pub retry_wait: usize,
+    pub held: usize,
+    pub failed: usize,
+    pub rejected: usize,
+    /// When the oldest batch still on its way (queued, sending or retry_wait) was queued
+    /// (accepted, or last resent by an operator).
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+    /// When the oldest held batch was queued.
+    pub oldest_held_at: Option<DateTime<Utc>>,
+}
+
+impl QueueSummary {
+    /// The count of `state` (0 for `delivered`, which is not counted).
+    pub fn count(&self, state: BatchState) -> usize {
+        match state {
+            BatchState::Queued => self.queued,
+            BatchState::Sending => self.sending,
+            BatchState::RetryWait => self.retry_wait,
+            BatchState::Held => self.held,
+            BatchState::Failed => self.failed,
+            BatchState::Rejected => self.rejected,
+            BatchState::Delivered => 0,
+        }
+    }
+
+    /// Counts one batch in `state`, queued at `queued_at`.
+    pub fn add(&mut self, state: BatchState, count: usize, queued_at: Option<DateTime<Utc>>) {
+        let earliest = |current: Option<DateTime<Utc>>| match (current, queued_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match state {
+            BatchState::Queued => self.queued += count,
+            BatchState::Sending => self.sending += count,
+            BatchState::RetryWait => self.retry_wait += count,
+            BatchState::Held => self.held += count,
+            BatchState::Failed => self.failed += count,
+            BatchState::Rejected => self.rejected += count,
+            BatchState::Delivered => return,
+        }
+        match state {
+            BatchState::Queued | BatchState::Sending | BatchState::RetryWait => {
+                self.oldest_queued_at = earliest(self.oldest_queued_at);
+            }
+            BatchState::Held => self.oldest_held_at = earliest(self.oldest_held_at),
+            _ => {}
+        }
+    }
 }
 
 /// What a 202 (or `sending`) survives on this store.

@@ -31,6 +31,7 @@
 
 mod expected;
 mod pool;
+mod summary;
 
 use std::time::Duration;
 
@@ -1386,6 +1387,10 @@ impl ReportStore for RedisStore {
             .into_iter()
             .map(|c| c.batch_id)
             .collect())
+    }
+
+    async fn queue_summary(&self, partner: &PartnerId) -> Result<super::QueueSummary, StoreError> {
+        self.read_queue_summary(partner).await
     }
 
     async fn batch(

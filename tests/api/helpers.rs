@@ -279,6 +279,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The store the app uses (for the embedded store, the only handle there may be).
     pub store: Arc<dyn ReportStore>,
+    /// The app's metrics: workers a test drives itself count in them too.
+    pub metrics: Arc<repayment_gateway::metrics::Metrics>,
+    /// The port of `/metrics` when `metrics.bind` serves it apart.
+    pub metrics_port: Option<u16>,
     redis: Option<TestRedis>,
     /// The embedded store's directory (kept until the test ends).
     data: Option<tempfile::TempDir>,
@@ -393,11 +397,15 @@ fn build_app(
 ) -> TestApp {
     let app = Application::build_with_store(settings, store.clone()).expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let metrics = app.metrics();
+    let metrics_port = app.metrics_port();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         client: reqwest::Client::new(),
         store,
+        metrics,
+        metrics_port,
         redis,
         data,
     }
@@ -653,6 +661,13 @@ impl ReportStore for GatedStore {
 
     async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
         self.inner.queued_batches(partner).await
+    }
+
+    async fn queue_summary(
+        &self,
+        partner: &PartnerId,
+    ) -> Result<repayment_gateway::store::QueueSummary, StoreError> {
+        self.inner.queue_summary(partner).await
     }
 
     async fn promote_due_retries(
@@ -925,7 +940,8 @@ impl DeliveryRig {
     pub fn worker_on(&self, store: Arc<dyn ReportStore>) -> repayment_gateway::delivery::Worker {
         let kiva =
             repayment_gateway::kiva::KivaClient::new(&self.settings.kiva, &self.settings.partners)
-                .unwrap();
+                .unwrap()
+                .with_metrics(self.app.metrics.clone());
         repayment_gateway::delivery::Worker::new(
             store,
             Arc::new(kiva),
@@ -934,6 +950,7 @@ impl DeliveryRig {
             self.settings.delivery.clone(),
             Duration::from_secs(self.settings.kiva.request_timeout_secs),
         )
+        .with_metrics(self.app.metrics.clone())
     }
 
     /// Runs rounds until one finds nothing to claim; the number of calls made to Kiva.

@@ -13,6 +13,7 @@ mod first_hour;
 mod hardening;
 mod hostile;
 mod idempotency;
+mod metrics;
 mod openapi;
 mod outage;
 mod periods;
