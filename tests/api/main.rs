@@ -1,5 +1,7 @@
 //! Black-box tests of the gateway: real HTTP, real Redis (started per test).
 
+#[path = "../support/cluster.rs"]
+mod cluster_support;
 #[macro_use]
 mod helpers;
 mod binary;
