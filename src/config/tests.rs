@@ -150,3 +150,21 @@ fn an_unknown_key_without_a_close_match_lists_the_known_ones() {
     );
     assert!(err.contains("`batch_size`"), "{err}");
 }
+
+#[test]
+fn a_cluster_store_url_is_accepted_and_a_broken_one_refused_without_its_password() {
+    let cluster = MINIMAL.replace(
+        "[kiva]",
+        "[store]\nurl = \"redis+cluster://gw:hunter2@10.0.0.1:7000,10.0.0.2:7000\"\n[kiva]",
+    );
+    let s = load(&cluster).unwrap();
+    assert!(s.store.url.starts_with("redis+cluster://"));
+
+    let broken = cluster.replace("10.0.0.2:7000\"", "10.0.0.2:7000/2\"");
+    let err = load(&broken).unwrap_err().to_string();
+    assert!(
+        err.contains("store.url") && err.contains("database"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

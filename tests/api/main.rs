@@ -5,6 +5,7 @@ mod cluster_support;
 #[macro_use]
 mod helpers;
 mod binary;
+mod cluster;
 mod crash;
 mod delivery;
 mod expected_loans;
