@@ -206,7 +206,10 @@ fn unit(name: &str) -> (std::collections::HashMap<String, String>, Vec<String>) 
     let text = read(&format!("deploy/systemd/{name}"));
     let mut keys = std::collections::HashMap::new();
     let mut environment = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains('=')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+    {
         let (key, value) = line.split_once('=').unwrap();
         if key == "Environment" {
             environment.push(value.to_owned());

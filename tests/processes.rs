@@ -84,7 +84,12 @@ impl Gateway {
     }
 }
 
-fn write_config(dir: &Path, store_url: &str, prefix: &str, sandbox: &Sandbox) -> std::path::PathBuf {
+fn write_config(
+    dir: &Path,
+    store_url: &str,
+    prefix: &str,
+    sandbox: &Sandbox,
+) -> std::path::PathBuf {
     let toml = test_config(store_url)
         .replace(
             &format!("key_prefix = \"{PREFIX}\""),
@@ -223,9 +228,9 @@ async fn run(store_url: &str, prefix: &str, reports: usize) {
     let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
     let states = loop {
         let states = batch_states_by_report(&store, period).await;
-        let settled = states.values().all(|(state, _)| {
-            matches!(state, BatchState::Delivered | BatchState::Held)
-        });
+        let settled = states
+            .values()
+            .all(|(state, _)| matches!(state, BatchState::Delivered | BatchState::Held));
         if states.len() == reports && settled {
             break states;
         }
@@ -246,17 +251,25 @@ async fn run(store_url: &str, prefix: &str, reports: usize) {
     for upload in sandbox.uploads() {
         for repayment in upload.json["repayments"].as_array().unwrap() {
             let loan = repayment["loan_id"].as_str().unwrap().to_owned();
-            *uploads.entry((upload.partner_id.clone(), loan)).or_default() += 1;
+            *uploads
+                .entry((upload.partner_id.clone(), loan))
+                .or_default() += 1;
         }
     }
     let mut held = 0;
     for (i, id) in &accepted {
         let (_, partner, body) = report(*i);
-        let loan = body["repayments"][0]["loan_id"].as_str().unwrap().to_owned();
+        let loan = body["repayments"][0]["loan_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let (state, report_id) = states
             .get(&(partner.clone(), loan.clone()))
             .unwrap_or_else(|| panic!("report {i} ({loan}) is lost"));
-        assert_eq!(report_id, id, "report {i} is stored under the id its 202 named");
+        assert_eq!(
+            report_id, id,
+            "report {i} is stored under the id its 202 named"
+        );
         let sent = uploads.remove(&(partner, loan.clone())).unwrap_or(0);
         match state {
             BatchState::Delivered => {

@@ -19,6 +19,7 @@ mod idempotency;
 mod openapi;
 mod outage;
 mod periods;
+mod redis_tls;
 mod reports;
 mod secrets;
 mod submit;
