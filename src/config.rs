@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{ColumnFormat, PartnerId};
 
+mod cluster_url;
 mod redact;
+pub use cluster_url::cluster_node_urls;
 pub use redact::redact_url;
 
 /// `store.url` prefix of the embedded store: `embedded:PATH` (a directory).
@@ -378,15 +380,19 @@ impl Settings {
         let embedded_path = self.store.url.strip_prefix(EMBEDDED_PREFIX);
         check(
             embedded_path.is_some_and(|p| !p.trim().is_empty())
+                || cluster_node_urls(&self.store.url).is_some()
                 || ["redis://", "rediss://", "redis+unix://", "unix://"]
                     .iter()
                     .any(|s| self.store.url.starts_with(s)),
             format!(
                 "store.url: {:?} is not supported: use embedded:DIRECTORY, redis://host:port, \
-                 rediss://, or redis+unix:///path",
+                 rediss://, redis+unix:///path, or redis+cluster://host:port,host:port",
                 redact_url(&self.store.url)
             ),
         );
+        if let Some(Err(reason)) = cluster_node_urls(&self.store.url) {
+            check(false, format!("store.url: {reason}"));
+        }
         check(
             (1..=32).contains(&self.store.key_prefix.len())
                 && self

@@ -326,3 +326,66 @@ fn every_alert_is_tested_firing_and_quiet_and_documented() {
     }
     assert_eq!(alerts, 6);
 }
+
+/// `KEY=value` lines of a systemd unit under deploy/systemd (the last one of each key wins,
+/// as for systemd; `Environment=` lines are kept apart).
+fn unit(name: &str) -> (std::collections::HashMap<String, String>, Vec<String>) {
+    let text = read(&format!("deploy/systemd/{name}"));
+    let mut keys = std::collections::HashMap::new();
+    let mut environment = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+    {
+        let (key, value) = line.split_once('=').unwrap();
+        if key == "Environment" {
+            environment.push(value.to_owned());
+        } else {
+            keys.insert(key.to_owned(), value.to_owned());
+        }
+    }
+    (keys, environment)
+}
+
+/// The systemd template units for running N processes: what they start parses as the
+/// gateway's subcommand, SIGTERM gets the time compose gives it, and each variable they set
+/// is a setting the gateway reads.
+#[test]
+fn the_systemd_template_units_start_a_subcommand_and_give_sigterm_its_time() {
+    use clap::Parser;
+    use repayment_gateway::cli::{Cli, Command};
+    let secret = partner_secret_env_var(&PartnerId::parse("123").unwrap());
+    let base_env = [(secret.as_str(), "test-secret")];
+    let settings = example_settings(&base_env).unwrap();
+    let needed = SHUTDOWN_GRACE_SECS + settings.delivery.shutdown_grace_secs;
+    let base = format!("{settings:?}");
+    for (name, serves) in [
+        ("repayment-gateway@.service", true),
+        ("repayment-gateway-worker@.service", false),
+    ] {
+        let (keys, environment) = unit(name);
+        let exec: Vec<&str> = keys["ExecStart"].split_whitespace().collect();
+        assert!(exec[0].ends_with("/repayment-gateway"), "{name}: {exec:?}");
+        let cli = Cli::try_parse_from(&exec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            matches!(cli.command, Command::Serve { .. }),
+            serves,
+            "{name}: {exec:?}"
+        );
+        assert_eq!(
+            matches!(cli.command, Command::Worker { .. }),
+            !serves,
+            "{name}: {exec:?}"
+        );
+        let stop: u64 = keys["TimeoutStopSec"].parse().unwrap();
+        assert!(stop >= needed + 10, "{name}: TimeoutStopSec={stop}");
+        assert_eq!(keys["KillSignal"], "SIGTERM", "{name}");
+        for variable in environment {
+            let (var, value) = variable.split_once('=').unwrap();
+            let value = value.replace("%i", "8081");
+            let with = example_settings(&[base_env[0], (var, &value)])
+                .unwrap_or_else(|e| panic!("{name}: {var}={value}: {e}"));
+            assert_ne!(format!("{with:?}"), base, "{name}: {var} changes nothing");
+        }
+    }
+}

@@ -2,6 +2,9 @@
 //! real gateway whose delivery worker sends to the in-process Kiva sandbox. The output of every
 //! example is compared with one expected text, so all five print the same for the same input.
 
+#[allow(dead_code)]
+#[path = "support/cluster.rs"]
+mod cluster_support;
 #[allow(dead_code, unused_macros, unused_imports)]
 #[path = "api/helpers.rs"]
 mod helpers;

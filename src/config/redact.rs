@@ -19,6 +19,9 @@ const HIDDEN: &str = "***";
 /// query value replaced by `***`. Text that is not a URL at all is not shown, as it may still
 /// hold a password somewhere.
 pub fn redact_url(url: &str) -> String {
+    if let Some(shown) = super::cluster_url::redact_cluster_url(url) {
+        return shown;
+    }
     let Ok(mut parsed) = Url::parse(url) else {
         return "(not shown: not a readable URL)".to_owned();
     };

@@ -168,3 +168,21 @@ fn metrics_settings_are_checked_and_the_bearer_token_never_shown() {
     let empty = with("bearer_token = \"  \"").unwrap_err().to_string();
     assert!(empty.contains("metrics.bearer_token"), "{empty}");
 }
+
+#[test]
+fn a_cluster_store_url_is_accepted_and_a_broken_one_refused_without_its_password() {
+    let cluster = MINIMAL.replace(
+        "[kiva]",
+        "[store]\nurl = \"redis+cluster://gw:hunter2@10.0.0.1:7000,10.0.0.2:7000\"\n[kiva]",
+    );
+    let s = load(&cluster).unwrap();
+    assert!(s.store.url.starts_with("redis+cluster://"));
+
+    let broken = cluster.replace("10.0.0.2:7000\"", "10.0.0.2:7000/2\"");
+    let err = load(&broken).unwrap_err().to_string();
+    assert!(
+        err.contains("store.url") && err.contains("database"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

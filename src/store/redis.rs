@@ -29,9 +29,13 @@
 //! and anything else that moves the batch (a take-over that holds it, an operator, a
 //! release) clears or replaces the fence first.
 
+mod connection;
 mod expected;
 mod pool;
 mod summary;
+
+pub use connection::Connection;
+use connection::Pools;
 
 use std::time::Duration;
 
@@ -103,6 +107,12 @@ return 'OK'
 const ACCEPT: &str = r#"#!lua
 local batches = #KEYS - 8
 local first_loan = 11 + 2 * batches
+-- Report ids are never reused, so an existing report means this very accept ran already: a
+-- client that resends a command after a dropped connection (the cluster client does) gets the
+-- answer the first run gave.
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {'ok'}
+end
 if ARGV[1] == '1' then
   if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2]
      or redis.call('HGET', KEYS[1], 'state') ~= 'in_progress' then
@@ -308,7 +318,7 @@ return #due
 "#;
 
 pub struct RedisStore {
-    pool: pool::Pool,
+    pool: Pools,
     prefix: String,
     timeout: Duration,
     /// How long a period's loan index outlives the period's last accept.
@@ -433,8 +443,7 @@ impl RedisStore {
         pool_config.timeouts.wait = Some(timeout);
         pool_config.timeouts.create = Some(timeout);
         pool_config.timeouts.recycle = Some(timeout);
-        let pool = pool::pool(url, pool_config)
-            .map_err(|e| StoreError::Other(format!("invalid store.url: {e}")))?;
+        let pool = Pools::new(url, pool_config)?;
         Ok(Self {
             pool,
             prefix: prefix.to_owned(),
@@ -459,32 +468,13 @@ impl RedisStore {
         self
     }
 
-    /// Reads the server's persistence settings; from here on, writes that must survive a
-    /// Redis crash wait for the AOF fsync where the server supports `WAITAOF`.
+    /// Reads the server's persistence settings (on a cluster, every master's, as weak as the
+    /// weakest); from here on, writes that must survive a Redis crash wait for the AOF fsync
+    /// where the servers support `WAITAOF`.
     pub async fn check_persistence(&self) -> Result<Persistence, StoreError> {
-        let info: String = self
-            .with_connection(async |c| {
-                redis::cmd("INFO")
-                    .arg("server")
-                    .arg("persistence")
-                    .arg("memory")
-                    .query_async(c)
-                    .await
-            })
+        let persistence = self
+            .with_connection(async |c| c.persistence().await)
             .await?;
-        // CONFIG may be disabled (managed services rename it); then the fsync policy is unknown.
-        let appendfsync: Option<String> = self
-            .with_connection(async |c| {
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("appendfsync")
-                    .query_async::<Vec<String>>(c)
-                    .await
-            })
-            .await
-            .ok()
-            .and_then(|pair| pair.into_iter().nth(1));
-        let persistence = Persistence::from_info(&info, appendfsync.as_deref());
         self.waitaof.store(
             persistence.supports_waitaof(),
             std::sync::atomic::Ordering::Relaxed,
@@ -493,17 +483,13 @@ impl RedisStore {
     }
 
     /// After a write the gateway is about to acknowledge (a 202, or `sending` before a call to
-    /// Kiva): waits until the local AOF has it on disk, when the server can say so.
-    async fn wait_for_aof(&self, c: &mut pool::Connection) -> redis::RedisResult<()> {
+    /// Kiva): waits until the local AOF has it on disk, when the server can say so. `key` is
+    /// one the write touched: on a cluster, its master is the one asked.
+    async fn wait_for_aof(&self, c: &mut Connection, key: &str) -> redis::RedisResult<()> {
         if !self.waitaof.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        let (local, _replicas): (i64, i64) = redis::cmd("WAITAOF")
-            .arg(1)
-            .arg(0)
-            .arg(self.timeout.as_millis() as u64)
-            .query_async(c)
-            .await?;
+        let local = c.wait_aof(key, self.timeout.as_millis() as u64).await?;
         if local < 1 {
             return Err(redis::RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -540,14 +526,11 @@ impl RedisStore {
     /// A pooled connection whose replies may take up to the store timeout (redis-rs's own
     /// default, 500 ms, would turn a slow fsync into an error for a write that happened).
     /// Failing here means nothing was sent.
-    async fn connection(&self) -> Result<pool::Connection, StoreError> {
-        let mut conn = self
-            .pool
-            .get()
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        self.pool
+            .get(self.timeout)
             .await
-            .map_err(|e| redis_error(pool_error(e), Sent::No))?;
-        conn.as_mut().set_response_timeout(self.timeout);
-        Ok(conn)
+            .map_err(|e| redis_error(e, Sent::No))
     }
 
     /// Runs a read (or a write whose loss is harmless) within the store timeout; any failure
@@ -556,7 +539,7 @@ impl RedisStore {
     /// a checked one: what the check would have done.
     async fn with_connection<T, F>(&self, op: F) -> Result<T, StoreError>
     where
-        F: AsyncFnOnce(&mut pool::Connection) -> redis::RedisResult<T> + Clone,
+        F: AsyncFnOnce(&mut Connection) -> redis::RedisResult<T> + Clone,
     {
         match self.try_run(Sent::No, op.clone()).await {
             Err(failed) if failed.dead_unchecked => self.run(Sent::No, op).await,
@@ -568,21 +551,21 @@ impl RedisStore {
     /// `OutcomeUnknown`, never "nothing was written".
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
-        F: AsyncFnOnce(&mut pool::Connection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut Connection) -> redis::RedisResult<T>,
     {
         self.run(Sent::Maybe, op).await
     }
 
     async fn run<T, F>(&self, sent: Sent, op: F) -> Result<T, StoreError>
     where
-        F: AsyncFnOnce(&mut pool::Connection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut Connection) -> redis::RedisResult<T>,
     {
         self.try_run(sent, op).await.map_err(|failed| failed.error)
     }
 
     async fn try_run<T, F>(&self, sent: Sent, op: F) -> Result<T, Failed>
     where
-        F: AsyncFnOnce(&mut pool::Connection) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut Connection) -> redis::RedisResult<T>,
     {
         let failed = |error| Failed {
             error,
@@ -604,7 +587,7 @@ impl RedisStore {
             .max(Duration::from_millis(1));
         // A connection whose reply is still owed is not given back to the pool: the next
         // caller (often the one checking what happened) would wait behind that reply too.
-        let retire = |conn| drop(pool::Connection::take(conn));
+        let retire = Connection::retire;
         match tokio::time::timeout(left, op(&mut conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
@@ -613,7 +596,7 @@ impl RedisStore {
                     // The connections handed out unchecked may all be as dead as this one
                     // (Redis restarted): the pool checks each one again from now on.
                     dead_unchecked = conn.unchecked();
-                    self.pool.manager().suspect();
+                    self.pool.suspect();
                 }
                 if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
                     retire(conn);
@@ -830,10 +813,13 @@ enum Sent {
 
 /// Error replies by which Redis refuses a command without running it, while it is starting
 /// (LOADING), after a failover (READONLY, MASTERDOWN), during resharding (TRYAGAIN,
-/// CLUSTERDOWN), when full (OOM: `#!lua` scripts are refused whole) or unable to persist
+/// CLUSTERDOWN, and MOVED or ASK once redis-rs has followed as many redirects as it will),
+/// when full (OOM: `#!lua` scripts are refused whole) or unable to persist
 /// (MISCONF), or busy with a script (BUSY). All pass with time: the store is unavailable.
-const REFUSALS: [&str; 9] = [
+const REFUSALS: [&str; 11] = [
     "LOADING",
+    "MOVED",
+    "ASK",
     "READONLY",
     "MASTERDOWN",
     "TRYAGAIN",
@@ -869,16 +855,6 @@ fn redis_error(e: redis::RedisError, sent: Sent) -> StoreError {
 struct Failed {
     error: StoreError,
     dead_unchecked: bool,
-}
-
-fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
-    match e {
-        deadpool_redis::PoolError::Backend(e) => e,
-        other => redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            other.to_string(),
-        )),
-    }
 }
 
 type StreamEntries = Vec<(String, Vec<(String, String)>)>;
@@ -961,6 +937,7 @@ impl ReportStore for RedisStore {
         idempotency_ttl: Duration,
     ) -> Result<(), StoreError> {
         let partner = &report.partner_id;
+        let report_key = self.report_key(partner, report.id);
         let period = report.period.map(|p| p.to_string()).unwrap_or_default();
         let mut invocation = self.accept.prepare_invoke();
         invocation
@@ -969,7 +946,7 @@ impl ReportStore for RedisStore {
                 // Unused, but declared in the same slot so the script stays cluster-safe.
                 None => self.key(partner, "idem:none"),
             })
-            .key(self.report_key(partner, report.id))
+            .key(&report_key)
             .key(self.key(partner, "reports"))
             .key(self.key(partner, &format!("reports:branch:{}", report.branch)))
             .key(self.stream_key(partner))
@@ -1002,7 +979,7 @@ impl ReportStore for RedisStore {
         let reply: Vec<String> = self
             .write(async |c| {
                 let reply = invocation.invoke_async(c).await?;
-                self.wait_for_aof(c).await?;
+                self.wait_for_aof(c, &report_key).await?;
                 Ok(reply)
             })
             .await?;
@@ -1230,7 +1207,7 @@ impl ReportStore for RedisStore {
                 // `sending` must be on disk before Kiva is called: a Redis that lost it would
                 // hand the batch out again as queued, and it would be uploaded twice.
                 if reply.first().map(String::as_str) == Some("send") {
-                    self.wait_for_aof(c).await?;
+                    self.wait_for_aof(c, &keys[0]).await?;
                 }
                 Ok(reply)
             })

@@ -90,13 +90,22 @@ async fn sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice(backend: Bac
     let data = tempfile::tempdir().unwrap();
     let redis = match backend {
         Backend::Redis => Some(TestRedis::start().await),
-        Backend::Embedded => None,
+        Backend::Cluster | Backend::Embedded => None,
     };
-    let store_url = match &redis {
-        Some(redis) => redis.url(),
-        None => format!("embedded:{}", data.path().join("store").display()),
+    let store_url = match (&redis, backend) {
+        (Some(redis), _) => redis.url(),
+        (None, Backend::Cluster) => TestCluster::shared().url(),
+        (None, _) => format!("embedded:{}", data.path().join("store").display()),
     };
     let config = write_config(data.path(), &store_url, &sandbox);
+    if backend == Backend::Cluster {
+        // The cluster is shared by the binary's tests: this one keeps to a prefix of its own.
+        let toml = std::fs::read_to_string(&config).unwrap().replace(
+            &format!("key_prefix = \"{PREFIX}\""),
+            &format!("key_prefix = \"{}\"", TestCluster::unique_prefix()),
+        );
+        std::fs::write(&config, toml).unwrap();
+    }
 
     let first = Gateway::start(&config).await;
     let delivered = first.submit(0).await;

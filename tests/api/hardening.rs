@@ -311,7 +311,7 @@ fn redis_persistence_is_read_from_info_and_unsafe_settings_are_named() {
 
 #[tokio::test]
 async fn readiness_reports_the_durability_of_each_store() {
-    for backend in [Backend::Redis, Backend::Embedded] {
+    for backend in [Backend::Redis, Backend::Cluster, Backend::Embedded] {
         let app = spawn(backend).await;
         let ready = app.get("/health/ready", None).await;
         assert_eq!(ready.status, 200, "{}", ready.text);
@@ -322,6 +322,16 @@ async fn readiness_reports_the_durability_of_each_store() {
                 assert_eq!(
                     durability["may_lose_acknowledged_writes"], true,
                     "no AOF here"
+                );
+            }
+            Backend::Cluster => {
+                // Read from every master (each has AOF with everysec).
+                assert_eq!(durability["backend"], "redis");
+                let level = durability["level"].as_str().unwrap();
+                assert!(level.starts_with("AOF (appendfsync everysec)"), "{level}");
+                assert_eq!(
+                    durability["may_lose_acknowledged_writes"],
+                    !level.contains("WAITAOF confirms")
                 );
             }
             Backend::Embedded => {

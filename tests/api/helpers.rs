@@ -23,14 +23,23 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+pub use crate::cluster_support::TestCluster;
+
 /// Runs each named `async fn name(backend: Backend)` of the calling module once per store
-/// backend, as `redis_store::name` and `embedded_store::name`: one contract, two stores.
+/// backend, as `redis_store::name`, `cluster_store::name` (a 3-master Redis Cluster shared by
+/// the binary, a key prefix per test) and `embedded_store::name`: one contract, every store.
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod redis_store {
             $(#[tokio::test]
             async fn $name() {
                 super::$name(crate::helpers::Backend::Redis).await
+            })*
+        }
+        mod cluster_store {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::helpers::Backend::Cluster).await
             })*
         }
         mod embedded_store {
@@ -45,6 +54,9 @@ macro_rules! on_both_stores {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Redis,
+    /// The binary's shared Redis Cluster (`TestCluster::shared`), under a key prefix of the
+    /// test's own.
+    Cluster,
     Embedded,
 }
 
@@ -377,6 +389,11 @@ async fn store_for(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Store
             let store: Arc<dyn ReportStore> = Arc::new(redis_store(&redis));
             (settings, store, Some(redis), None)
         }
+        Backend::Cluster => {
+            let settings = cluster_settings(tweak);
+            let store: Arc<dyn ReportStore> = Arc::new(cluster_store(&settings));
+            (settings, store, None, None)
+        }
         Backend::Embedded => {
             let data = tempfile::tempdir().expect("temp dir");
             let url = format!("embedded:{}", data.path().join("store").display());
@@ -409,6 +426,25 @@ fn build_app(
         redis,
         data,
     }
+}
+
+/// Test settings on the shared cluster, with a key prefix no other test uses.
+pub fn cluster_settings(tweak: impl FnOnce(&mut Settings)) -> Settings {
+    let cluster = TestCluster::shared();
+    let mut settings = Settings::from_toml_str(&test_config(&cluster.url())).expect("test config");
+    settings.store.key_prefix = TestCluster::unique_prefix();
+    tweak(&mut settings);
+    settings
+}
+
+pub fn cluster_store(settings: &Settings) -> RedisStore {
+    RedisStore::new(
+        &settings.store.url,
+        &settings.store.key_prefix,
+        32,
+        Duration::from_secs(5),
+    )
+    .unwrap()
 }
 
 pub fn redis_store(redis: &TestRedis) -> RedisStore {

@@ -1,8 +1,11 @@
 //! Black-box tests of the gateway: real HTTP, real Redis (started per test).
 
+#[path = "../support/cluster.rs"]
+mod cluster_support;
 #[macro_use]
 mod helpers;
 mod binary;
+mod cluster;
 mod crash;
 mod delivery;
 mod expected_loans;
@@ -17,6 +20,7 @@ mod metrics;
 mod openapi;
 mod outage;
 mod periods;
+mod redis_tls;
 mod reports;
 mod secrets;
 mod submit;
