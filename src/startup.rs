@@ -80,11 +80,14 @@ impl Application {
                 .collect(),
             kiva,
         });
+        let web_config = web::Data::new(crate::web::session::WebConfig::new(&settings.web));
         let document = openapi::document();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(web_config.clone())
                 .wrap(from_fn(request_log::log_request))
+                .configure(crate::web::configure)
                 .configure(api::configure)
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
