@@ -19,3 +19,4 @@ mod periods;
 mod reports;
 mod secrets;
 mod submit;
+mod web;

@@ -79,6 +79,14 @@ impl EmbeddedStore {
                         params![id_hash, now, idle],
                     )
                     .map_err(other)?;
+                } else {
+                    // An expired session is gone for good, as on Redis: a reader with an
+                    // earlier clock must not bring it back.
+                    tx.execute(
+                        "DELETE FROM web_sessions WHERE id_hash = ?1",
+                        params![id_hash],
+                    )
+                    .map_err(other)?;
                 }
                 Ok(doc)
             })
