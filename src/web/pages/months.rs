@@ -22,6 +22,8 @@ use crate::web::{Ctx, Failure, PageError};
 
 /// Months shown on the home page (as `GET /v1/periods`).
 const MAX_MONTHS: usize = 24;
+/// Rows of a loan list shown on the page; the search finds the others, the CSV has them all.
+const LIST_ROWS: usize = 100;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct MonthQuery {
@@ -277,7 +279,8 @@ pub async fn month(
             }
             section aria-labelledby="h-not-reported" {
                 h2 id="h-not-reported" { (lang.t("month.not_reported_title")) " (" (v.not_reported.len()) ")" }
-                p { a download href={ "/web/months/" (v.period) "/not-reported.csv?partner=" (pq) } { (lang.t("month.download_csv")) } }
+                p { a download href={ "/web/months/" (v.period) "/not-reported.csv?partner=" (pq) } { (lang.t("month.download_csv")) }
+                    @if v.not_reported.len() > LIST_ROWS { " " span.hint { (lang.f("month.first_rows", &[("n", &LIST_ROWS)])) } } }
                 div.table-wrap { table id="not-reported" {
                     thead { tr {
                         th scope="col" { (lang.t("month.loan")) }
@@ -285,7 +288,7 @@ pub async fn month(
                         th scope="col" { (lang.t("month.kiva_id")) }
                         th scope="col" { (lang.t("month.kiva_status")) }
                     } }
-                    tbody { @for l in v.not_reported.iter().filter(|l| matches(&[Some(l.internal_loan_id.as_str()), l.internal_client_id.as_deref()])) {
+                    tbody { @for l in v.not_reported.iter().filter(|l| matches(&[Some(l.internal_loan_id.as_str()), l.internal_client_id.as_deref()])).take(LIST_ROWS) {
                         tr { td { (l.internal_loan_id) } td { (l.internal_client_id.as_deref().unwrap_or("")) }
                              td { @if let Some(k) = l.kiva_id { (k) } } td { (l.status) } }
                     } }
@@ -293,7 +296,8 @@ pub async fn month(
             }
             section aria-labelledby="h-not-expected" {
                 h2 id="h-not-expected" { (lang.t("month.not_expected_title")) " (" (v.not_expected.len()) ")" }
-                p { a download href={ "/web/months/" (v.period) "/not-expected.csv?partner=" (pq) } { (lang.t("month.download_csv")) } }
+                p { a download href={ "/web/months/" (v.period) "/not-expected.csv?partner=" (pq) } { (lang.t("month.download_csv")) }
+                    @if v.not_expected.len() > LIST_ROWS { " " span.hint { (lang.f("month.first_rows", &[("n", &LIST_ROWS)])) } } }
                 div.table-wrap { table id="not-expected" {
                     thead { tr {
                         th scope="col" { (lang.t("month.loan")) }
@@ -302,7 +306,7 @@ pub async fn month(
                         th scope="col" { (lang.t("month.branch")) }
                         th scope="col" { (lang.t("month.report")) }
                     } }
-                    tbody { @for r in v.not_expected.iter().filter(|r| matches(&[Some(r.loan_id.as_str()), r.client_id.as_deref()])) {
+                    tbody { @for r in v.not_expected.iter().filter(|r| matches(&[Some(r.loan_id.as_str()), r.client_id.as_deref()])).take(LIST_ROWS) {
                         tr { td { (r.loan_id) } td { (r.client_id.as_deref().unwrap_or("")) }
                              td { (r.kiva_status.as_deref().unwrap_or(lang.t("month.not_in_list"))) }
                              td { (r.branch) }

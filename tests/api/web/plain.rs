@@ -91,8 +91,7 @@ async fn sessions_live_in_the_store_with_an_absolute_expiry(backend: Backend) {
 on_both_stores!(sessions_live_in_the_store_with_an_absolute_expiry);
 
 #[tokio::test]
-async fn a_session_outlives_its_idle_time_only_while_used_on_redis() {
-    // On Redis the idle expiry is the key's own expiry: a session's key carries it.
+async fn the_store_keys_a_session_by_the_hash_of_its_id_never_the_id() {
     let app = spawn(Backend::Redis).await;
     let answer = post_sign_in(&app.address, &plain_key(NAIROBI)).await;
     assert_eq!(answer.status(), 303);
