@@ -148,6 +148,7 @@ mod tests {
             include_str!("pages/reports.rs"),
             include_str!("pages/attention.rs"),
             include_str!("pages/sign_in.rs"),
+            include_str!("pages/upload.rs"),
         ];
         let en = messages(Lang::En);
         for source in sources {

@@ -29,6 +29,7 @@ pub fn page(lang: Lang, ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup 
                                 li { a href=(HOME) aria-current=[current(here, HOME)] { (lang.t("nav.months")) } }
                                 li { a href="/web/reports" aria-current=[current(here, "/web/reports")] { (lang.t("nav.reports")) } }
                                 li { a href="/web/attention" aria-current=[current(here, "/web/attention")] { (lang.t("nav.attention")) } }
+                                li { a href="/web/upload" aria-current=[current(here, "/web/upload")] { (lang.t("nav.upload")) } }
                                 li { a href="/swagger-ui/" { (lang.t("nav.api")) } }
                             }
                         }

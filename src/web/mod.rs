@@ -44,6 +44,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(web::resource("/web/reports").route(web::get().to(pages::reports::list)))
     .service(web::resource("/web/reports/{id}").route(web::get().to(pages::reports::detail)))
+    .service(
+        web::resource("/web/upload")
+            .route(web::get().to(pages::upload::form))
+            .route(web::post().to(pages::upload::upload)),
+    )
     .service(web::resource("/web/attention").route(web::get().to(pages::attention::list)))
     .service(
         web::resource("/web/batches/{id}/{action}")

@@ -4,3 +4,4 @@ pub mod attention;
 pub mod months;
 pub mod reports;
 pub mod sign_in;
+pub mod upload;

@@ -93,7 +93,7 @@ pub async fn list(
         form.filters method="get" action="/web/reports" {
             input type="hidden" name="partner" value=(partner);
             div { label for="period" { (lang.t("reports.period")) }
-                  input id="period" name="period" type="month" placeholder="2026-10" value=[f.period.as_deref()]; }
+                  input id="period" name="period" type="text" inputmode="numeric" pattern="[0-9]{4}-[0-9]{2}" placeholder="2026-10" value=[f.period.as_deref()]; }
             @if admin {
                 div { label for="branch" { (lang.t("reports.branch")) }
                       input id="branch" name="branch" type="text" value=[f.branch.as_deref()]; }
@@ -161,7 +161,11 @@ pub async fn detail(
         h1 { (title) }
         @if let Some(done) = done.done.as_deref() {
             p.notice.good role="status" id="done" {
-                (match done { "resend" => lang.t("report.done_resend"), _ => lang.t("report.done_mark_delivered") })
+                (match done {
+                    "resend" => lang.t("report.done_resend"),
+                    "sent" => lang.t("report.done_sent"),
+                    _ => lang.t("report.done_mark_delivered"),
+                })
             }
         }
         dl.facts {

@@ -87,6 +87,22 @@ impl Browser {
             .unwrap()
     }
 
+    /// After a click that leads elsewhere: until the browser is at `path`.
+    pub async fn wait_path(&self, path: &str) {
+        wait_until(&format!("the browser is at {path}"), async || {
+            self.path().await == path
+        })
+        .await;
+    }
+
+    /// After a form is sent: until the page that answers has `css`.
+    pub async fn wait_for(&self, css: &str) {
+        wait_until(&format!("{css} is on the page"), async || {
+            self.count(css).await > 0
+        })
+        .await;
+    }
+
     pub async fn count(&self, css: &str) -> usize {
         self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }

@@ -96,12 +96,12 @@ async fn sign_in(b: &Browser, address: &str, key: &str) {
     b.goto(&format!("{address}/web/sign-in")).await;
     b.type_into("#api_key", &plain_key(key)).await;
     b.click("form.card button[type=submit]").await;
-    assert_eq!(b.path().await, "/web/", "signed in, the months page opens");
+    b.wait_path("/web/").await;
 }
 
 async fn sign_out(b: &Browser) {
     b.click("form[action='/web/sign-out'] button").await;
-    assert_eq!(b.path().await, "/web/sign-in");
+    b.wait_path("/web/sign-in").await;
 }
 
 #[tokio::test]
@@ -180,7 +180,108 @@ async fn a_branch_user_sees_only_their_branch(b: &Browser, m: &Month) {
     b.goto(&format!("{address}/web/batches/{}.1/resend", m.mombasa))
         .await;
     assert_eq!(b.text("h1").await, "Not found");
+    a_clerk_uploads_a_file_fixes_its_problems_and_sends_it_once(b, m).await;
     sign_out(b).await;
+}
+
+/// The MIS export with two problems, then fixed; sent twice from the same page (a double
+/// click, or the back button): one report.
+async fn a_clerk_uploads_a_file_fixes_its_problems_and_sends_it_once(b: &Browser, m: &Month) {
+    let address = &m.rig.app.address;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web-uploads");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("nairobi-2026-10.csv");
+    std::fs::write(
+        &file,
+        "loan_id,client_id,amount\nL-10,C-10,1.2345\nL-11,,5\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+
+    b.goto(&format!("{address}/web/upload")).await;
+    b.screenshot("upload-en").await;
+    b.type_into("#file", path).await;
+    b.type_into("#period", "2026-10").await;
+    b.click("#check").await;
+    b.wait_for("#refused").await;
+    assert!(b.text("#refused").await.contains("2 problem(s)"));
+    let rows = b.text("#problems tbody").await;
+    assert!(rows.contains("line 2") && rows.contains("line 3"), "{rows}");
+    b.screenshot("upload-problems-en").await;
+    let reports = async || {
+        let stored = m.rig.app.stored().await;
+        stored.iter().filter(|s| s.starts_with("report ")).count()
+    };
+    let reports_before = reports().await;
+
+    std::fs::write(
+        &file,
+        "loan_id,client_id,amount\nL-10,C-10,1.234\nL-11,C-11,5\n",
+    )
+    .unwrap();
+    b.type_into("#file", path).await;
+    b.click("#check").await;
+    b.wait_for("#checked").await;
+    assert!(
+        b.text("#checked")
+            .await
+            .contains("2 repayment(s), 6.234 in total, month 2026-10")
+    );
+    b.screenshot("upload-checked-en").await;
+    // What the page's form will post: its idempotency key and CSRF token.
+    let key = b
+        .attr("input[name=idempotency_key]", "value")
+        .await
+        .unwrap();
+    let csrf = b.attr("form.card input[name=csrf]", "value").await.unwrap();
+    b.type_into("#file", path).await;
+    b.click("#send").await;
+    b.wait_for("#done").await;
+    let first = b.path().await;
+    assert!(first.starts_with("/web/reports/"), "{first}");
+    assert!(b.text("#done").await.contains("stored"));
+    // The second click of a double click: the very same form posted again. One report.
+    let boundary = "----rg-test-boundary";
+    let part = |name: &str, value: &str| {
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        )
+    };
+    let body = [
+        part("csrf", &csrf),
+        part("idempotency_key", &key),
+        part("period", "2026-10"),
+        part("step", "send"),
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"nairobi-2026-10.csv\"\r\nContent-Type: text/csv\r\n\r\n{}\r\n--{boundary}--\r\n",
+            std::fs::read_to_string(&file).unwrap()
+        ),
+    ]
+    .concat();
+    let again = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{address}/web/upload"))
+        .header(
+            "Cookie",
+            format!("rg_session={}", b.cookie("rg_session").await.unwrap()),
+        )
+        .header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 303);
+    assert_eq!(
+        again.headers()["location"].to_str().unwrap(),
+        format!("{first}?done=sent")
+    );
+    assert_eq!(reports().await, reports_before + 1);
+    assert_eq!(m.rig.drain(&m.worker).await, 1);
 }
 
 /// Signs in as admin; returns the session cookie.
@@ -233,7 +334,7 @@ async fn the_month_page_shows_the_numbers_of_the_api(b: &Browser, m: &Month) -> 
         api["reasons"].as_array().unwrap().len()
     );
     let not_reported = api["not_reported"].as_array().unwrap().len();
-    assert_eq!(not_reported, 496, "500 loans, L-7 ended, 3 reported");
+    assert_eq!(not_reported, 494, "500 loans, L-7 ended, 5 reported");
     assert_eq!(
         b.count("#not-reported tbody tr").await,
         100,
@@ -249,6 +350,7 @@ async fn the_month_page_shows_the_numbers_of_the_api(b: &Browser, m: &Month) -> 
     // The search narrows the list without JavaScript (a GET form).
     b.type_into("#q", "L-40").await;
     b.click("form.search button").await;
+    b.wait_for("input#q[value='L-40']").await;
     assert_eq!(
         b.count("#not-reported tbody tr").await,
         11,
@@ -256,7 +358,7 @@ async fn the_month_page_shows_the_numbers_of_the_api(b: &Browser, m: &Month) -> 
     );
 
     b.goto(&format!("{address}/web/reports")).await;
-    assert_eq!(b.count("#reports tbody tr").await, 2);
+    assert_eq!(b.count("#reports tbody tr").await, 3);
     b.screenshot("reports-en").await;
     b.goto(&format!("{address}/web/reports/{}", m.nairobi))
         .await;
@@ -295,6 +397,7 @@ async fn a_held_batch_is_resent_after_a_refused_forged_form_and_then_shows_deliv
         .await
         .unwrap();
     b.click("#confirm").await;
+    b.wait_for("p.notice.bad[role=alert]").await;
     assert_eq!(b.text("h1").await, "Form refused");
     b.screenshot("csrf-refused-en").await;
     assert_eq!(batch_state(&m.rig, &m.mombasa).await, "held");
@@ -312,7 +415,7 @@ async fn a_held_batch_is_resent_after_a_refused_forged_form_and_then_shows_deliv
     b.goto(&format!("{address}/web/batches/{batch}/resend"))
         .await;
     b.click("#confirm").await;
-    assert_eq!(b.path().await, format!("/web/reports/{}", m.mombasa));
+    b.wait_path(&format!("/web/reports/{}", m.mombasa)).await;
     assert!(b.text("#done").await.contains("queued"));
     let report = m.rig.report(&m.mombasa).await;
     let actions = &report["batches"][0]["operator_actions"];
@@ -380,6 +483,7 @@ async fn the_spanish_pages_have_no_english_left(b: &Browser, m: &Month) {
 
     b.goto(&format!("{address}/web/")).await;
     b.click(".lang a[hreflang=es]").await;
+    b.wait_for("html[lang=es]").await;
     assert_eq!(b.attr("html", "lang").await.as_deref(), Some("es"));
     let mut pages: HashMap<&str, String> = HashMap::new();
     pages.insert("months", format!("{address}/web/"));
@@ -391,6 +495,7 @@ async fn the_spanish_pages_have_no_english_left(b: &Browser, m: &Month) {
         format!("{address}/web/reports/{}", m.mombasa),
     );
     pages.insert("attention", format!("{address}/web/attention"));
+    pages.insert("upload", format!("{address}/web/upload"));
     pages.insert(
         "confirm",
         format!("{address}/web/batches/{held}.1/mark-delivered"),
@@ -416,6 +521,7 @@ async fn the_spanish_pages_have_no_english_left(b: &Browser, m: &Month) {
     b.goto(&pages["confirm"]).await;
     b.type_into("#upload_id", "884213").await;
     b.click("#confirm").await;
+    b.wait_for("#done").await;
     assert!(b.text("#done").await.contains("entregado"));
     let report = m.rig.report(&held).await;
     assert_eq!(report["batches"][0]["state"], "delivered");
@@ -480,6 +586,10 @@ async fn every_page_works_without_javascript(m: &Month, cookie: &str) {
         (
             "/web/attention".to_owned(),
             vec![format!("data-batch=\"{}.1\"", m.mombasa)],
+        ),
+        (
+            "/web/upload".to_owned(),
+            vec!["enctype=\"multipart/form-data\"".to_owned()],
         ),
         (
             format!("/web/batches/{}.1/resend", m.mombasa),
