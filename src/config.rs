@@ -25,7 +25,7 @@ pub const MAX_BATCH_SIZE: usize = 300;
 const ENV_PREFIX: &str = "GATEWAY_";
 /// Sections the environment may override; anything else under `GATEWAY_` (such as
 /// `GATEWAY_CONFIG` or a partner secret) is not a settings key.
-const ENV_SECTIONS: [&str; 7] = [
+const ENV_SECTIONS: [&str; 8] = [
     "server",
     "store",
     "kiva",
@@ -33,6 +33,7 @@ const ENV_SECTIONS: [&str; 7] = [
     "log",
     "reconcile",
     "metrics",
+    "web",
 ];
 /// Time a worker keeps, after Kiva's answer is due, to record the outcome before another
 /// worker may take the batch over (and, finding it in `sending`, hold it).
@@ -50,6 +51,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub reconcile: ReconcileSettings,
     pub metrics: MetricsSettings,
+    pub web: WebSettings,
     #[serde(default)]
     pub partners: Vec<PartnerSettings>,
     #[serde(default)]
@@ -145,6 +147,21 @@ impl MetricsSettings {
     }
 }
 
+/// The web pages' sign-in sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// Marks the session cookie `Secure` (sent over HTTPS only). Set it when a TLS proxy
+    /// serves the gateway; a request that arrives over TLS gets a `Secure` cookie anyway.
+    pub secure_cookies: bool,
+    /// A session unused this long ends.
+    pub session_idle_minutes: u64,
+    /// A session ends this long after sign-in, however active.
+    pub session_max_hours: u64,
+    /// Failed sign-ins allowed per client address per minute (a burst of as many).
+    pub sign_in_attempts_per_minute: u32,
+}
+
 /// What intake does with a repayment whose loan Kiva does not expect (not in the snapshot,
 /// or in a status PA2 ignores).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +240,7 @@ struct Defaults {
     delivery: DeliverySettings,
     log: LogSettings,
     reconcile: ReconcileSettings,
+    web: WebSettings,
     metrics: MetricsDefaults,
 }
 
@@ -280,6 +298,12 @@ fn defaults() -> Defaults {
             stale_after_hours: 24,
         },
         metrics: MetricsDefaults { enabled: true },
+        web: WebSettings {
+            secure_cookies: false,
+            session_idle_minutes: 30,
+            session_max_hours: 12,
+            sign_in_attempts_per_minute: 5,
+        },
     }
 }
 
@@ -492,6 +516,19 @@ impl Settings {
         check(
             self.reconcile.stale_after_hours >= 1,
             "reconcile.stale_after_hours: must be at least 1".into(),
+        );
+        let w = &self.web;
+        check(
+            (1..=24 * 60).contains(&w.session_idle_minutes),
+            "web.session_idle_minutes: must be between 1 and 1440".into(),
+        );
+        check(
+            (1..=30 * 24).contains(&w.session_max_hours),
+            "web.session_max_hours: must be between 1 and 720".into(),
+        );
+        check(
+            w.sign_in_attempts_per_minute >= 1,
+            "web.sign_in_attempts_per_minute: must be at least 1".into(),
         );
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),

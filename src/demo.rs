@@ -130,6 +130,9 @@ fn banner(base: &str, keys: &DemoKeys, expected: &[String]) -> String {
         r#"
 repayment-gateway demo: data in ./{DEMO_STORE}, "Kiva" is the sandbox inside this process.
 
+  The page for the Kiva Coordinator and the operator (English or Spanish):
+               {base}/   sign in with the admin key below (sees every branch, can act);
+                         a branch key shows that branch only
   Swagger UI:  {base}/swagger-ui/
   API keys (new at each start):
     partner 102 (three-column), branch Nairobi:  {k102}
@@ -159,6 +162,7 @@ curl -s '{base}/v1/reports?status=needs_attention' -H 'X-Api-Key: {admin}'
 report id and its number, ".1"); or, had the upload been in PA2, use /mark-delivered instead:
 curl -s -X POST "{base}/v1/batches/{newest_held}.1/resend" -H 'X-Api-Key: {admin}'
 Then follow Nairobi's newest report again: it is delivered.
+Or, on the page: "Needs attention" lists the held batch, with "Mark delivered" and "Resend".
 
 The month as the Kiva Coordinator sees it before finalizing in PA2 ("reported of expected", the
 loans not reported, those PA2 will ignore, and why it is not ready yet):

@@ -103,12 +103,15 @@ impl Application {
             kiva,
             metrics: metrics.clone(),
         });
+        let web_config = web::Data::new(crate::web::session::WebConfig::new(&settings.web));
         let document = openapi::document();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(endpoint.clone())
+                .app_data(web_config.clone())
                 .wrap(from_fn(request_log::log_request))
+                .configure(crate::web::configure)
                 .configure(api::configure)
                 .configure(|cfg| {
                     if metrics_on_api {

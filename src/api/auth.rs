@@ -59,6 +59,11 @@ impl ApiKeys {
     pub fn identify(&self, presented: &str) -> Option<&Caller> {
         self.by_hash.get(&hash_key(presented))
     }
+
+    /// The key with this SHA-256 (hex), as a web session remembers it.
+    pub fn by_hash(&self, key_sha256: &str) -> Option<&Caller> {
+        self.by_hash.get(key_sha256)
+    }
 }
 
 pub fn hash_key(key: &str) -> String {

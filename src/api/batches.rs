@@ -94,18 +94,8 @@ pub async fn mark_delivered(
             ))
         })?
     };
-    let clean = |text: Option<String>, name: &str| -> Result<Option<String>, ApiError> {
-        match text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
-            Some(t) if t.chars().count() > MAX_TEXT || t.chars().any(char::is_control) => {
-                Err(ApiError::BadRequest(format!(
-                    "{name} must be at most {MAX_TEXT} characters, without control characters"
-                )))
-            }
-            other => Ok(other),
-        }
-    };
-    let upload_id = clean(body.upload_id, "upload_id")?;
-    let note = clean(body.note, "note")?;
+    let upload_id = clean_text(body.upload_id, "upload_id")?;
+    let note = clean_text(body.note, "note")?;
     operate(
         &state,
         &caller,
@@ -117,6 +107,18 @@ pub async fn mark_delivered(
     .await
 }
 
+/// An operator's text, trimmed; empty is none; too long or with control characters refused.
+pub(crate) fn clean_text(text: Option<String>, name: &str) -> Result<Option<String>, ApiError> {
+    match text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
+        Some(t) if t.chars().count() > MAX_TEXT || t.chars().any(char::is_control) => {
+            Err(ApiError::BadRequest(format!(
+                "{name} must be at most {MAX_TEXT} characters, without control characters"
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
 async fn operate(
     state: &AppState,
     caller: &Caller,
@@ -125,6 +127,20 @@ async fn operate(
     upload_id: Option<String>,
     note: Option<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let batch = operate_batch(state, caller, id, action, upload_id, note).await?;
+    Ok(HttpResponse::Ok().json(batch))
+}
+
+/// The action as the API and the web pages both take it: admin keys only, recorded with the
+/// key's name.
+pub(crate) async fn operate_batch(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    action: OperatorActionKind,
+    upload_id: Option<String>,
+    note: Option<String>,
+) -> Result<Batch, ApiError> {
     if caller.role != Role::Admin {
         return Err(ApiError::Forbidden(
             "only an admin key may resend or close a batch".into(),
@@ -168,7 +184,7 @@ async fn operate(
             }
             OperatorOutcome::Done(batch) => {
                 tracing::info!(batch = %id, by = %caller.key_name, state = ?batch.state, "operator action");
-                return Ok(HttpResponse::Ok().json(batch));
+                return Ok(*batch);
             }
         }
     }

@@ -55,12 +55,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into()),
     )
     .service(
-        web::resource("/")
-            .route(web::get().to(to_swagger_ui))
-            .route(web::head().to(to_swagger_ui))
-            .default_service(web::to(not_allowed("GET"))),
-    )
-    .service(
         web::resource("/v1/repayments")
             .route(web::post().to(repayments::submit))
             .default_service(web::to(not_allowed("POST"))),
@@ -137,13 +131,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// A browser opening the gateway's address lands on Swagger UI, the only page there is yet.
-async fn to_swagger_ui() -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((actix_web::http::header::LOCATION, "/swagger-ui/"))
-        .finish()
-}
-
 /// The JSON Schema of the report body, for MIS developers' own validators.
 #[utoipa::path(get, path = "/v1/schemas/repayment-report.json", tag = "repayments", security(()),
     responses((status = 200, description = "JSON Schema 2020-12 of the body of `POST /v1/repayments`",
@@ -155,7 +142,7 @@ pub async fn report_schema() -> HttpResponse {
 }
 
 /// A 405 problem naming the one method the resource takes, in `Allow` as RFC 9110 asks.
-fn not_allowed(
+pub(crate) fn not_allowed(
     allow: &'static str,
 ) -> impl Fn(HttpRequest) -> std::future::Ready<HttpResponse> + Clone {
     move |req: HttpRequest| {

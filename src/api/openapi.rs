@@ -22,7 +22,7 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
 #[openapi(
     info(
         title = "repayment-gateway",
-        description = "Accepts monthly loan repayment reports from an MFI's MIS, checks them, queues them durably and delivers them to Kiva's Partner API.\n\nAuthenticate with the `X-Api-Key` header. Errors are RFC 9457 `application/problem+json`; a refused report lists every problem with a JSON Pointer.",
+        description = "Accepts monthly loan repayment reports from an MFI's MIS, checks them, queues them durably and delivers them to Kiva's Partner API.\n\nAuthenticate with the `X-Api-Key` header. Errors are RFC 9457 `application/problem+json`; a refused report lists every problem with a JSON Pointer.\n\nKiva Coordinators and operators: the month, the reports and what needs attention are on [the gateway's pages](/web/) (sign in with an API key).",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     servers((url = "/", description = "This gateway")),

@@ -159,27 +159,7 @@ pub async fn not_reported(
     let (view, partner) =
         admin_month(&state, &caller, &period, params.partner_id.as_deref()).await?;
     if wants_csv(&request) {
-        let rows = view.not_reported.iter().map(|l| {
-            [
-                l.internal_loan_id.clone(),
-                l.internal_client_id.clone().unwrap_or_default(),
-                l.kiva_id.map(|k| k.to_string()).unwrap_or_default(),
-                l.status.clone(),
-                l.delinquent.map(|d| d.to_string()).unwrap_or_default(),
-            ]
-        });
-        let header = [
-            "internal_loan_id",
-            "internal_client_id",
-            "kiva_id",
-            "status",
-            "delinquent",
-        ];
-        return csv_answer(
-            &format!("{partner}-{}-not-reported.csv", view.period),
-            header,
-            rows,
-        );
+        return not_reported_csv(&view, &partner);
     }
     Ok(HttpResponse::Ok().json(view.not_reported))
 }
@@ -210,36 +190,73 @@ pub async fn not_expected(
     let (view, partner) =
         admin_month(&state, &caller, &period, params.partner_id.as_deref()).await?;
     if wants_csv(&request) {
-        let rows = view.not_expected.iter().map(|r| {
-            [
-                r.loan_id.clone(),
-                r.client_id.clone().unwrap_or_default(),
-                r.kiva_status
-                    .clone()
-                    .unwrap_or_else(|| "not in Kiva's list".into()),
-                r.branch.clone(),
-                r.report_id.to_string(),
-                r.position.to_string(),
-            ]
-        });
-        let header = [
-            "loan_id",
-            "client_id",
-            "kiva_status",
-            "branch",
-            "report_id",
-            "position",
-        ];
-        return csv_answer(
-            &format!("{partner}-{}-not-expected.csv", view.period),
-            header,
-            rows,
-        );
+        return not_expected_csv(&view, &partner);
     }
     Ok(HttpResponse::Ok().json(view.not_expected))
 }
 
-async fn admin_month(
+/// The not-reported list as a CSV file (the API's answer to `Accept: text/csv`, and the
+/// pages' download).
+pub(crate) fn not_reported_csv(
+    view: &PeriodView,
+    partner: &PartnerId,
+) -> Result<HttpResponse, ApiError> {
+    let rows = view.not_reported.iter().map(|l| {
+        [
+            l.internal_loan_id.clone(),
+            l.internal_client_id.clone().unwrap_or_default(),
+            l.kiva_id.map(|k| k.to_string()).unwrap_or_default(),
+            l.status.clone(),
+            l.delinquent.map(|d| d.to_string()).unwrap_or_default(),
+        ]
+    });
+    let header = [
+        "internal_loan_id",
+        "internal_client_id",
+        "kiva_id",
+        "status",
+        "delinquent",
+    ];
+    csv_answer(
+        &format!("{partner}-{}-not-reported.csv", view.period),
+        header,
+        rows,
+    )
+}
+
+/// The not-expected list as a CSV file.
+pub(crate) fn not_expected_csv(
+    view: &PeriodView,
+    partner: &PartnerId,
+) -> Result<HttpResponse, ApiError> {
+    let rows = view.not_expected.iter().map(|r| {
+        [
+            r.loan_id.clone(),
+            r.client_id.clone().unwrap_or_default(),
+            r.kiva_status
+                .clone()
+                .unwrap_or_else(|| "not in Kiva's list".into()),
+            r.branch.clone(),
+            r.report_id.to_string(),
+            r.position.to_string(),
+        ]
+    });
+    let header = [
+        "loan_id",
+        "client_id",
+        "kiva_status",
+        "branch",
+        "report_id",
+        "position",
+    ];
+    csv_answer(
+        &format!("{partner}-{}-not-expected.csv", view.period),
+        header,
+        rows,
+    )
+}
+
+pub(crate) async fn admin_month(
     state: &AppState,
     caller: &Caller,
     period: &str,
@@ -255,8 +272,9 @@ async fn admin_month(
     Ok((month(state, caller, &partner, period).await?, partner))
 }
 
-/// The month as `caller` may see it: a branch key its branch, without Kiva's side.
-async fn month(
+/// The month as `caller` may see it: a branch key its branch, without Kiva's side. The web
+/// pages show this very view, so page and API can't disagree.
+pub(crate) async fn month(
     state: &AppState,
     caller: &Caller,
     partner: &PartnerId,

@@ -97,13 +97,26 @@ async fn submit_report(
     let kind = body_kind(&request)?;
     let idempotency_key = idempotency_key(request.headers())?;
     let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
+    accept_report(&state, &caller, &kind, report, idempotency_key).await
+}
+
+/// Stores a report read by intake, as `POST /v1/repayments` does (the pages' upload too): the
+/// expected-loans check, the atomic accept, and the Idempotency-Key rules. The 202 answer, or
+/// the replay of the first one.
+pub(crate) async fn accept_report(
+    state: &AppState,
+    caller: &Caller,
+    kind: &BodyKind,
+    report: RepaymentReport,
+    idempotency_key: Option<String>,
+) -> Result<HttpResponse, ApiError> {
     // A file says `correction` in the query, a JSON report in its body.
     let correction = report.correction() || kind.correction();
     let report = report.with_correction(correction);
     if caller.scope == PartnerScope::All {
         tracing::Span::current().record("partner", report.partner_id().as_str());
     }
-    let (warnings, expected_loans_check) = expected_loans_check(&state, &report).await?;
+    let (warnings, expected_loans_check) = expected_loans_check(state, &report).await?;
 
     let id = Uuid::now_v7();
     let batches = batches_of(id, &report, state.batch_size);
@@ -136,7 +149,7 @@ async fn submit_report(
                 .store
                 .accept(&record, &batches, None, state.idempotency_ttl)
                 .await;
-            settle_accept(&state, &record, &location, accepted).await?;
+            settle_accept(state, &record, &location, accepted).await?;
         }
         Some(key) => {
             let scope = IdempotencyScope {
@@ -158,7 +171,7 @@ async fn submit_report(
                 }
                 IdempotencyClaim::Completed(first) => {
                     return Err(ApiError::IdempotencyKeyReused(
-                        reused_detail(&state, &scope, &first, &report).await,
+                        reused_detail(state, &scope, &first, &report).await,
                     ));
                 }
                 IdempotencyClaim::Claimed { token } => {
@@ -189,7 +202,7 @@ async fn submit_report(
                             .release_idempotency(&accept.scope, &accept.token)
                             .await;
                     }
-                    settle_accept(&state, &record, &location, accepted).await?;
+                    settle_accept(state, &record, &location, accepted).await?;
                 }
             }
         }
@@ -382,11 +395,19 @@ pub async fn validate(
 ) -> Result<HttpResponse, ApiError> {
     let kind = body_kind(&request)?;
     let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
-    let (warnings, expected_loans_check) = expected_loans_check(&state, &report).await?;
-    let mut normalized = NormalizedReport::of(&report, state.batch_size);
+    Ok(HttpResponse::Ok().json(check_report(&state, &report).await?))
+}
+
+/// What `validate` answers for a report intake read (the pages' check too).
+pub(crate) async fn check_report(
+    state: &AppState,
+    report: &RepaymentReport,
+) -> Result<NormalizedReport, ApiError> {
+    let (warnings, expected_loans_check) = expected_loans_check(state, report).await?;
+    let mut normalized = NormalizedReport::of(report, state.batch_size);
     normalized.warnings = warnings;
     normalized.expected_loans_check = Some(expected_loans_check);
-    Ok(HttpResponse::Ok().json(normalized))
+    Ok(normalized)
 }
 
 /// Stands in the OpenAPI document for `schemas/repayment-report.schema.json`, which replaces
@@ -419,7 +440,7 @@ fn replay(first: RecordedResponse) -> HttpResponse {
 
 /// What the body is, from its Content-Type, and for a file what the query parameters add.
 #[derive(Debug)]
-enum BodyKind {
+pub(crate) enum BodyKind {
     Json,
     File {
         kind: FileKind,
@@ -552,8 +573,23 @@ async fn read_report(
     headers: &HeaderMap,
     payload: web::Payload,
 ) -> Result<RepaymentReport, ApiError> {
-    let (body, mut permit) =
-        read_body(payload, headers, state.max_body_bytes, &state.intake).await?;
+    let (body, permit) = read_body(payload, headers, state.max_body_bytes, &state.intake).await?;
+    parse_report(state, caller, kind, body, permit).await
+}
+
+/// The report in a body already read (the pages' upload reads its file from a form), parsed as
+/// `read_report` parses it: a large body or a workbook only with a large-body permit, on a
+/// parser thread.
+pub(crate) async fn parse_report(
+    state: &AppState,
+    caller: &Caller,
+    kind: &BodyKind,
+    body: web::Bytes,
+    mut permit: Option<OwnedSemaphorePermit>,
+) -> Result<RepaymentReport, ApiError> {
+    if permit.is_none() && body.len() > LARGE_BODY_BYTES {
+        permit = Some(state.intake.large_body_permit().await);
+    }
     let file = match kind {
         BodyKind::Json => None,
         BodyKind::File { kind, fields, .. } => Some((kind.clone(), fields.clone())),

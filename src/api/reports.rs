@@ -50,52 +50,63 @@ pub async fn get_report(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    let (report, batches) = find_report(&state, &caller, &id).await?;
+    let mut repayment_states: std::collections::BTreeMap<_, usize> =
+        std::collections::BTreeMap::new();
+    for (state, n) in batches.iter().flat_map(|b| &b.repayment_states) {
+        *repayment_states.entry(*state).or_insert(0) += n;
+    }
+    Ok(HttpResponse::Ok().json(ReportDetail {
+        report,
+        repayment_states,
+        batches,
+    }))
+}
+
+/// The report if `caller` may read it; another branch's report is "not found", as one that
+/// does not exist (its existence is not the branch's business either).
+pub(crate) async fn find_report(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(Report, Vec<Batch>), ApiError> {
     let not_found = || ApiError::NotFound("no such report for this API key".into());
-    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    for partner in visible_partners(&state, &caller.scope) {
+    let id = Uuid::parse_str(id).map_err(|_| not_found())?;
+    for partner in visible_partners(state, &caller.scope) {
         if let Some((report, batches)) = state.store.report(&partner, id).await? {
             if !caller.may_read(&report.partner_id, &report.branch) {
                 return Err(not_found());
             }
-            let mut repayment_states: std::collections::BTreeMap<_, usize> =
-                std::collections::BTreeMap::new();
-            for (state, n) in batches.iter().flat_map(|b| &b.repayment_states) {
-                *repayment_states.entry(*state).or_insert(0) += n;
-            }
-            return Ok(HttpResponse::Ok().json(ReportDetail {
-                report,
-                repayment_states,
-                batches,
-            }));
+            return Ok((report, batches));
         }
     }
     Err(not_found())
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only reports in this status.
-    status: Option<ReportStatus>,
+    pub(crate) status: Option<ReportStatus>,
     /// `true`: only reports with loans Kiva refused (`rejected_by_kiva`), delivered or not.
-    refused_by_kiva: Option<bool>,
+    pub(crate) refused_by_kiva: Option<bool>,
     /// Only this branch's reports (admin keys; a branch key always sees only its own).
-    branch: Option<String>,
+    pub(crate) branch: Option<String>,
     /// Only reports for this month, `YYYY-MM`. Empty: no filter.
     #[param(pattern = "^(20[0-9]{2}-(0[1-9]|1[0-2]))?$", example = "2026-10")]
-    period: Option<String>,
+    pub(crate) period: Option<String>,
     /// Only this partner's reports. An admin key that serves every partner lists them all
     /// without it.
     #[param(pattern = "^[A-Za-z0-9_-]{0,64}$", example = "123")]
-    partner_id: Option<String>,
+    pub(crate) partner_id: Option<String>,
     /// `next_cursor` of the previous page. Empty: the first page.
     #[param(
         pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$"
     )]
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// Reports per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -132,7 +143,19 @@ pub async fn list_reports(
     caller: Caller,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut params = params.into_inner();
+    let page = list(&state, &caller, params.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(ReportList {
+        reports: page.reports,
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+/// One page of the reports `caller` may see, as the API lists them (the web pages too).
+pub(crate) async fn list(
+    state: &AppState,
+    caller: &Caller,
+    mut params: ListParams,
+) -> Result<ReportPage, ApiError> {
     // `?branch=&cursor=` is how many HTTP clients say "no filter".
     for value in [
         &mut params.branch,
@@ -180,10 +203,10 @@ pub async fn list_reports(
     }
     // A branch key asking for another branch gets an empty page, as for a branch with none.
     if caller.role == Role::Branch && params.branch.as_ref().is_some_and(|b| b != &caller.branch) {
-        return Ok(HttpResponse::Ok().json(ReportList {
+        return Ok(ReportPage {
             reports: vec![],
-            next_cursor: None,
-        }));
+            next: None,
+        });
     }
     let branch = match caller.role {
         Role::Admin => params.branch,
@@ -197,14 +220,10 @@ pub async fn list_reports(
         after,
         limit,
     };
-    let page = match partner {
+    Ok(match partner {
         Some(partner) => state.store.reports(&partner, &query).await?,
-        None => across_partners(&state, &query).await?,
-    };
-    Ok(HttpResponse::Ok().json(ReportList {
-        reports: page.reports,
-        next_cursor: page.next.map(|id| id.to_string()),
-    }))
+        None => across_partners(state, &query).await?,
+    })
 }
 
 /// One page over every configured partner, newest first. Report ids are UUIDv7, ordered by

@@ -2,5 +2,6 @@
 //! finalized in PA2.
 
 pub mod expected;
+pub mod reason;
 pub mod refresh;
 pub mod view;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub use super::reason::Reason;
 use crate::domain::{Amount, ColumnFormat, PartnerId, Period};
 use crate::store::{
     Batch, BatchState, ExpectedLoan, ExpectedLoansSnapshot, RepaymentState, Report,
@@ -147,6 +148,9 @@ pub struct PeriodView {
     pub ready_to_finalize: bool,
     /// Why the month is not ready to finalize in PA2, in plain words.
     pub reasons: Vec<String>,
+    /// The same reasons as data, for the web pages to say in the reader's language.
+    #[serde(skip)]
+    pub why: Vec<Reason>,
 }
 
 /// What the view is built from.
@@ -241,31 +245,27 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
 
     let mut reasons = Vec::new();
     if total.reports == 0 {
-        reasons.push("no report was received for this period".to_owned());
+        reasons.push(Reason::NoReport);
     }
     if unsent > 0 {
-        reasons.push(format!(
-            "{unsent} batch(es) not yet delivered to Kiva ({} repayment(s) queued or being sent)",
-            total.count(RepaymentState::Queued) + total.count(RepaymentState::Sending)
-        ));
+        reasons.push(Reason::NotDelivered {
+            batches: unsent,
+            repayments: total.count(RepaymentState::Queued) + total.count(RepaymentState::Sending),
+        });
     }
     if attention > 0 {
-        reasons.push(format!(
-            "{attention} batch(es) held, failed or rejected: an operator must resend or mark them delivered"
-        ));
+        reasons.push(Reason::NeedsOperator { batches: attention });
     }
     if !rejected_by_kiva.is_empty() {
-        reasons.push(format!(
-            "{} loan(s) refused by Kiva: fix them in the MIS and report them again",
-            rejected_by_kiva.len()
-        ));
+        reasons.push(Reason::RefusedByKiva {
+            loans: rejected_by_kiva.len(),
+        });
     }
 
     let (mut expected_loans, mut not_reported, mut not_expected) = (None, Vec::new(), Vec::new());
     if input.whole_partner {
         match input.snapshot {
-            None => reasons
-                .push("Kiva's list of expected loans has not been read yet: refresh it".to_owned()),
+            None => reasons.push(Reason::NoSnapshot),
             Some(snapshot) => {
                 let loans = &snapshot.loans;
                 let index: HashMap<&str, Vec<usize>> =
@@ -326,16 +326,14 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
                 let age_seconds = age.num_seconds().max(0) as u64;
                 let stale = age_seconds > input.stale_after.as_secs();
                 if stale {
-                    reasons.push(format!(
-                        "Kiva's list of expected loans is {} h old: refresh it before finalizing",
-                        age_seconds / 3600
-                    ));
+                    reasons.push(Reason::StaleSnapshot {
+                        hours: age_seconds / 3600,
+                    });
                 }
                 if !not_reported.is_empty() {
-                    reasons.push(format!(
-                        "{} expected loan(s) not reported this period",
-                        not_reported.len()
-                    ));
+                    reasons.push(Reason::NotReported {
+                        loans: not_reported.len(),
+                    });
                 }
                 expected_loans = Some(ExpectedSummary {
                     taken_at: snapshot.taken_at,
@@ -367,7 +365,8 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
         repeated,
         rejected_by_kiva,
         ready_to_finalize: reasons.is_empty(),
-        reasons,
+        reasons: reasons.iter().map(Reason::to_string).collect(),
+        why: reasons,
     }
 }
 

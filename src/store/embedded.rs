@@ -12,6 +12,7 @@
 //! `<dir>/lock` for the life of the store.
 
 mod expected;
+mod sessions;
 mod summary;
 mod writer;
 
@@ -31,7 +32,7 @@ use super::{
     OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStatus, ReportStore,
     StoreError, report_of_batch,
 };
-use super::{ExpectedLoansSnapshot, RefreshStatus};
+use super::{ExpectedLoansSnapshot, RefreshStatus, WebSession};
 use crate::domain::{PartnerId, Period};
 
 /// Retries promoted per call at most, as in the Redis backend.
@@ -212,6 +213,7 @@ impl EmbeddedStore {
             .map_err(other)?;
         conn.execute_batch(SCHEMA).map_err(other)?;
         conn.execute_batch(expected::SCHEMA).map_err(other)?;
+        conn.execute_batch(sessions::SCHEMA).map_err(other)?;
         migrate(&conn)?;
         // Room for every statement the store runs, so that the accept's stay compiled.
         conn.set_prepared_statement_cache_capacity(128);
@@ -1170,6 +1172,28 @@ impl ReportStore for EmbeddedStore {
                 .map_err(other)
         })
         .await
+    }
+
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &WebSession,
+        idle: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_session(id_hash, session, idle).await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        idle: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebSession>, StoreError> {
+        self.touch_session(id_hash, idle, now).await
+    }
+
+    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        self.delete_session(id_hash).await
     }
 }
 

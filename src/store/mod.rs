@@ -8,8 +8,10 @@
 pub mod embedded;
 pub mod expected;
 pub mod redis;
+pub mod sessions;
 
 pub use expected::{EXPECTED_STATUSES, ExpectedLoan, ExpectedLoansSnapshot, RefreshStatus};
+pub use sessions::WebSession;
 
 use std::time::Duration;
 
@@ -713,6 +715,28 @@ pub trait ReportStore: Send + Sync + 'static {
 
     /// The last recorded status, with `running` from the lock.
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError>;
+
+    // Web sessions (see `sessions`), keyed by the SHA-256 of the session id.
+
+    /// Stores a new session; it lives `idle` without use, and never past `expires_at`.
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &WebSession,
+        idle: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// The session if it is alive at `now`; its idle expiry moves to `now + idle` (never past
+    /// its absolute expiry) in the same step.
+    async fn session(
+        &self,
+        id_hash: &str,
+        idle: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebSession>, StoreError>;
+
+    /// Ends the session (sign-out); ending one that is gone is not an error.
+    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError>;
 }
 
 /// A partner's batches that are not delivered, as `queue_summary` counts them.

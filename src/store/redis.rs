@@ -32,6 +32,7 @@
 mod connection;
 mod expected;
 mod pool;
+mod sessions;
 mod summary;
 
 pub use connection::Connection;
@@ -50,7 +51,7 @@ use super::{
     OperatorActionKind, OperatorCommand, OperatorOutcome, RecordedResponse, Report, ReportPage,
     ReportQuery, ReportStore, StoreError, report_of_batch,
 };
-use super::{ExpectedLoansSnapshot, RefreshStatus};
+use super::{ExpectedLoansSnapshot, RefreshStatus, WebSession};
 use crate::domain::{PartnerId, Period};
 
 /// Reports examined per listing call at most, so a filter that matches little can't make one
@@ -1564,5 +1565,27 @@ impl ReportStore for RedisStore {
 
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         self.get_refresh_status(partner).await
+    }
+
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &WebSession,
+        idle: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_session(id_hash, session, idle).await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        idle: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebSession>, StoreError> {
+        self.touch_session(id_hash, idle, now).await
+    }
+
+    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        self.delete_session(id_hash).await
     }
 }

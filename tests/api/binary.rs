@@ -236,6 +236,26 @@ async fn the_demo_serves_swagger_and_its_printed_curl_delivers_a_report() {
             .any(|l| l.contains(&format!("http://127.0.0.1:{port}/swagger-ui/")))
     );
 
+    // The page's address and the key to sign in with are printed, and `/` leads to the page.
+    let page_line = banner
+        .iter()
+        .position(|l| {
+            l.contains(&format!(
+                "http://127.0.0.1:{port}/   sign in with the admin key"
+            ))
+        })
+        .expect("the demo prints the page's address");
+    assert!(
+        banner[page_line..]
+            .iter()
+            .any(|l| l.contains("admin, every partner:") && l.contains("rg_"))
+    );
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(page.url().path(), "/web/sign-in");
+    assert_eq!(page.status(), 200);
+
     let swagger = reqwest::get(format!("http://127.0.0.1:{port}/swagger-ui/"))
         .await
         .unwrap();

@@ -131,7 +131,7 @@ on_both_stores!(
 );
 
 #[tokio::test]
-async fn a_browser_at_the_root_is_sent_to_swagger_ui() {
+async fn a_browser_at_the_root_is_sent_to_the_pages_which_link_swagger_ui() {
     let app = spawn(Backend::Embedded).await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -139,11 +139,16 @@ async fn a_browser_at_the_root_is_sent_to_swagger_ui() {
         .unwrap();
     let answer = app.send(client.get(format!("{}/", app.address))).await;
     assert_eq!(answer.status, 303, "{}", answer.text);
-    assert_eq!(answer.header("location"), Some("/swagger-ui/"));
-    // Followed, as a browser does, it is the Swagger UI page.
+    assert_eq!(answer.header("location"), Some("/web/"));
+    // Followed, as a browser does, it is the sign-in page, which links Swagger UI.
     let page = app.send(app.client.get(format!("{}/", app.address))).await;
     assert_eq!(page.status, 200);
-    assert!(page.text.contains("swagger-ui"), "{}", page.text);
+    assert!(page.text.contains("href=\"/swagger-ui/\""), "{}", page.text);
+    let swagger = app
+        .send(app.client.get(format!("{}/swagger-ui/", app.address)))
+        .await;
+    assert_eq!(swagger.status, 200);
+    assert!(swagger.text.contains("swagger-ui"), "{}", swagger.text);
 }
 
 /// The README's error table lists every problem the API documents (each one's examples are

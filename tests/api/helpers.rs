@@ -846,6 +846,28 @@ impl ReportStore for GatedStore {
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         self.inner.refresh_status(partner).await
     }
+
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &repayment_gateway::store::WebSession,
+        idle: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.create_session(id_hash, session, idle).await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        idle: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<repayment_gateway::store::WebSession>, StoreError> {
+        self.inner.session(id_hash, idle, now).await
+    }
+
+    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        self.inner.end_session(id_hash).await
+    }
 }
 
 /// A clock the test moves by hand, so retry delays are tested without waiting for them.

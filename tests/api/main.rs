@@ -24,3 +24,4 @@ mod redis_tls;
 mod reports;
 mod secrets;
 mod submit;
+mod web;

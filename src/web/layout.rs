@@ -1,0 +1,150 @@
+//! The frame every page shares: skip link, navigation, language switch, who is signed in.
+
+use chrono::{DateTime, Utc};
+use maud::{DOCTYPE, Markup, html};
+
+use super::i18n::Lang;
+use super::{Ctx, HOME};
+use crate::config::Role;
+use crate::store::{BatchState, RepaymentState, ReportStatus};
+
+pub fn page(lang: Lang, ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup {
+    let here = ctx.map_or("/web/sign-in", |c| c.path.as_str());
+    html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · " (lang.t("app.name")) }
+                link rel="stylesheet" href="/web/assets/site.css";
+            }
+            body {
+                a.skip href="#main" { (lang.t("nav.skip")) }
+                header.top {
+                    a.brand href=(HOME) { (lang.t("app.name")) }
+                    @if let Some(ctx) = ctx {
+                        nav aria-label=(lang.t("nav.label")) {
+                            ul {
+                                li { a href=(HOME) aria-current=[current(here, HOME)] { (lang.t("nav.months")) } }
+                                li { a href="/web/reports" aria-current=[current(here, "/web/reports")] { (lang.t("nav.reports")) } }
+                                li { a href="/web/attention" aria-current=[current(here, "/web/attention")] { (lang.t("nav.attention")) } }
+                                li { a href="/web/upload" aria-current=[current(here, "/web/upload")] { (lang.t("nav.upload")) } }
+                                li { a href="/swagger-ui/" { (lang.t("nav.api")) } }
+                            }
+                        }
+                        div.who {
+                            span { (lang.t("nav.signed_in_as")) " " strong { (ctx.viewer.caller.key_name) }
+                                " (" (ctx.viewer.caller.branch) ", "
+                                (match ctx.viewer.caller.role { Role::Admin => lang.t("role.admin"), Role::Branch => lang.t("role.branch") })
+                                ")" }
+                            form method="post" action="/web/sign-out" {
+                                input type="hidden" name="csrf" value=(ctx.viewer.csrf);
+                                button.link type="submit" { (lang.t("nav.sign_out")) }
+                            }
+                        }
+                    } @else {
+                        nav aria-label=(lang.t("nav.label")) {
+                            ul { li { a href="/swagger-ui/" { (lang.t("nav.api")) } } }
+                        }
+                    }
+                    div.lang {
+                        @for other in Lang::ALL {
+                            @if other == lang {
+                                span aria-current="true" lang=(other.code()) { (other.code().to_uppercase()) }
+                            } @else {
+                                a href={ "/web/language?lang=" (other.code()) "&back=" (encode(here)) }
+                                    lang=(other.code()) hreflang=(other.code()) {
+                                    (other.code().to_uppercase())
+                                    span.visually-hidden { " " (other_name(other)) }
+                                }
+                            }
+                        }
+                    }
+                }
+                main id="main" tabindex="-1" { (body) }
+                footer { p { (lang.t("footer.text")) " " a href="/swagger-ui/" { "Swagger UI" } } }
+            }
+        }
+    }
+}
+
+fn current(here: &str, link: &str) -> Option<&'static str> {
+    let this = if link == HOME {
+        here == HOME || here.starts_with("/web/months")
+    } else {
+        here.starts_with(link)
+    };
+    this.then_some("page")
+}
+
+/// Each language's name in itself, so a reader finds their own.
+fn other_name(lang: Lang) -> &'static str {
+    match lang {
+        Lang::En => "English",
+        Lang::Es => "Español",
+    }
+}
+
+pub fn encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+pub fn when(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+pub fn wire_name<T: serde::Serialize>(value: T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// How bad a state is, for the chip's colour (the text says it too: colour is never alone).
+fn tone(name: &str) -> &'static str {
+    match name {
+        "delivered" | "accepted" => "good",
+        "needs_attention" | "held" | "failed" | "rejected" | "rejected_by_kiva" => "bad",
+        "delivered_with_problems" | "warning" => "warn",
+        _ => "wait",
+    }
+}
+
+pub fn report_status(lang: Lang, status: ReportStatus) -> Markup {
+    let name = wire_name(status);
+    chip(&name, status_text(lang, &name))
+}
+
+pub fn batch_state(lang: Lang, state: BatchState) -> Markup {
+    let name = wire_name(state);
+    chip(&name, status_text(lang, &name))
+}
+
+pub fn repayment_state(lang: Lang, state: RepaymentState) -> Markup {
+    let name = wire_name(state);
+    chip(&name, status_text(lang, &name))
+}
+
+fn chip(name: &str, text: &str) -> Markup {
+    html! { span class={ "chip " (tone(name)) } data-state=(name) { (text) } }
+}
+
+pub fn status_text(lang: Lang, name: &str) -> &'static str {
+    match name {
+        "queued" => lang.t("state.queued"),
+        "delivering" => lang.t("state.delivering"),
+        "delivered" => lang.t("state.delivered"),
+        "delivered_with_problems" => lang.t("state.delivered_with_problems"),
+        "needs_attention" => lang.t("state.needs_attention"),
+        "sending" => lang.t("state.sending"),
+        "retry_wait" => lang.t("state.retry_wait"),
+        "rejected" => lang.t("state.rejected"),
+        "held" => lang.t("state.held"),
+        "failed" => lang.t("state.failed"),
+        "accepted" => lang.t("state.accepted"),
+        "warning" => lang.t("state.warning"),
+        "rejected_by_kiva" => lang.t("state.rejected_by_kiva"),
+        _ => lang.t("state.unknown"),
+    }
+}
