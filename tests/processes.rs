@@ -115,7 +115,7 @@ fn write_config(
 
 /// Report `i`: one repayment of a loan no other report has, for one of the two partners.
 fn report(i: usize) -> (&'static str, String, serde_json::Value) {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let body = serde_json::json!({"period": PERIOD, "repayments": [
             {"loan_id": format!("P-{i}"), "client_id": format!("C-{i}"), "amount": "7.50"}]});
         (NAIROBI, THREE_COL.to_owned(), body)

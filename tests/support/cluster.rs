@@ -55,7 +55,8 @@ impl TestCluster {
         std::thread::Builder::new()
             .name("redis-cluster-keeper".into())
             .spawn(move || {
-                let ports = spawn_nodes(&keeper_dir);
+                // The nodes are never waited for: they live as long as this thread.
+                let (ports, _nodes) = spawn_nodes(&keeper_dir);
                 sender.send(ports).expect("cluster ports");
                 loop {
                     std::thread::park();
@@ -102,9 +103,10 @@ impl TestCluster {
     }
 }
 
-fn spawn_nodes(dir: &Path) -> Vec<u16> {
+fn spawn_nodes(dir: &Path) -> (Vec<u16>, Vec<std::process::Child>) {
     let ports = free_ports(2 * MASTERS);
     let (ports, bus_ports) = ports.split_at(MASTERS);
+    let mut nodes = Vec::new();
     for (port, bus) in ports.iter().zip(bus_ports) {
         let node_dir = dir.join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("node dir");
@@ -137,11 +139,13 @@ fn spawn_nodes(dir: &Path) -> Vec<u16> {
                 Ok(())
             });
         }
-        command
-            .spawn()
-            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        nodes.push(
+            command
+                .spawn()
+                .expect("redis-server must be installed (apt-get install -y redis-server)"),
+        );
     }
-    ports.to_vec()
+    (ports.to_vec(), nodes)
 }
 
 /// Ports nothing listens on now (held open together, so they differ from each other).
