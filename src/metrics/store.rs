@@ -13,6 +13,7 @@ use crate::store::{
     AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, Durability, ExpectedLoansSnapshot,
     IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorCommand, OperatorOutcome,
     QueueSummary, RefreshStatus, Report, ReportPage, ReportQuery, ReportStore, StoreError,
+    WebSession,
 };
 
 pub struct MeasuredStore {
@@ -290,5 +291,31 @@ impl ReportStore for MeasuredStore {
 
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         measured!(self, "refresh_status", self.inner.refresh_status(partner))
+    }
+
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &WebSession,
+        idle: Duration,
+    ) -> Result<(), StoreError> {
+        measured!(
+            self,
+            "create_session",
+            self.inner.create_session(id_hash, session, idle)
+        )
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        idle: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebSession>, StoreError> {
+        measured!(self, "session", self.inner.session(id_hash, idle, now))
+    }
+
+    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
+        measured!(self, "end_session", self.inner.end_session(id_hash))
     }
 }

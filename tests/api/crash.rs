@@ -85,9 +85,13 @@ fn write_config(dir: &Path, store_url: &str, sandbox: &Sandbox) -> std::path::Pa
     path
 }
 
-async fn sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice(backend: Backend) {
-    let sandbox = start_sandbox().await;
-    let data = tempfile::tempdir().unwrap();
+/// The gateway's configuration in `dir` on `backend`'s store, and the Redis it needs (kept
+/// alive by the caller).
+async fn gateway_config(
+    backend: Backend,
+    dir: &std::path::Path,
+    sandbox: &Sandbox,
+) -> (Option<TestRedis>, std::path::PathBuf) {
     let redis = match backend {
         Backend::Redis => Some(TestRedis::start().await),
         Backend::Cluster | Backend::Embedded => None,
@@ -95,9 +99,9 @@ async fn sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice(backend: Bac
     let store_url = match (&redis, backend) {
         (Some(redis), _) => redis.url(),
         (None, Backend::Cluster) => TestCluster::shared().url(),
-        (None, _) => format!("embedded:{}", data.path().join("store").display()),
+        (None, _) => format!("embedded:{}", dir.join("store").display()),
     };
-    let config = write_config(data.path(), &store_url, &sandbox);
+    let config = write_config(dir, &store_url, sandbox);
     if backend == Backend::Cluster {
         // The cluster is shared by the binary's tests: this one keeps to a prefix of its own.
         let toml = std::fs::read_to_string(&config).unwrap().replace(
@@ -107,6 +111,13 @@ async fn sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice(backend: Bac
         std::fs::write(&config, toml).unwrap();
     }
 
+    (redis, config)
+}
+
+async fn sigkill_mid_delivery_loses_nothing_and_sends_nothing_twice(backend: Backend) {
+    let sandbox = start_sandbox().await;
+    let data = tempfile::tempdir().unwrap();
+    let (_redis, config) = gateway_config(backend, data.path(), &sandbox).await;
     let first = Gateway::start(&config).await;
     let delivered = first.submit(0).await;
     wait_until("the first report is delivered", async || {
@@ -165,15 +176,7 @@ async fn sigkill_during_concurrent_accepts_keeps_every_accepted_report(backend: 
     const CLIENTS: usize = 16;
     let sandbox = start_sandbox().await;
     let data = tempfile::tempdir().unwrap();
-    let redis = match backend {
-        Backend::Redis => Some(TestRedis::start().await),
-        Backend::Embedded => None,
-    };
-    let store_url = match &redis {
-        Some(redis) => redis.url(),
-        None => format!("embedded:{}", data.path().join("store").display()),
-    };
-    let config = write_config(data.path(), &store_url, &sandbox);
+    let (_redis, config) = gateway_config(backend, data.path(), &sandbox).await;
     let first = Gateway::start(&config).await;
 
     let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));

@@ -51,11 +51,9 @@ impl Pools {
                     .map(Pools::Cluster)
                     .map_err(|e| StoreError::Other(format!("invalid store.url: {e}")))
             }
-            None => {
-                super::pool::pool(url, pool_config)
-                    .map(Pools::Single)
-                    .map_err(|e| StoreError::Other(format!("invalid store.url: {e}")))
-            }
+            None => super::pool::pool(url, pool_config)
+                .map(Pools::Single)
+                .map_err(|e| StoreError::Other(format!("invalid store.url: {e}"))),
         }
     }
 
@@ -68,7 +66,7 @@ impl Pools {
     ) -> Result<Connection, redis::RedisError> {
         match self {
             Pools::Single(pool) => {
-                let mut conn = super::pool::Connection::from(pool.get().await.map_err(pool_error)?);
+                let mut conn = pool.get().await.map_err(pool_error)?;
                 conn.as_mut().set_response_timeout(timeout);
                 Ok(Connection::Single(conn))
             }

@@ -4,8 +4,9 @@
 //! deadpool-redis checks every connection it hands out with `UNWATCH` + `PING` and waits for
 //! the answer: a round trip per store operation, the largest single cost of a small accept
 //! (bench/RESULTS.md). Neither half is needed for a connection that just answered:
-//! - `UNWATCH` undoes a `WATCH` left behind, and the gateway never sends `WATCH` (nor `MULTI`
-//!   or a blocking command): its operations are single commands, pipelines and scripts.
+//! - `UNWATCH` undoes a `WATCH` left behind, and the gateway never sends `WATCH` (nor a
+//!   blocking command): its operations are single commands, pipelines and scripts, and its
+//!   one `MULTI` (a web session's write) goes out with its `EXEC` as one atomic pipeline.
 //! - `PING` finds a connection that died while idle. One that answered within `FRESH_FOR`
 //!   and was given back is very likely alive; if it is not, its next command fails at once
 //!   with an I/O error, which `RedisStore::run` already maps (503, or "outcome unknown" for a
@@ -94,7 +95,7 @@ impl managed::Manager for QuickRecycle {
 }
 
 /// A pooled connection (as `deadpool_redis::Connection`, for this pool's manager).
-pub(super) struct Connection {
+pub struct Connection {
     conn: managed::Object<QuickRecycle>,
 }
 
