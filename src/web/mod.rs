@@ -27,33 +27,43 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(to_home))
             .default_service(web::to(crate::api::not_allowed("GET"))),
     )
-    .service(web::resource("/web").route(web::get().to(to_home)))
-    .service(web::resource(HOME).route(web::get().to(pages::months::months)))
-    .service(web::resource("/web/assets/site.css").route(web::get().to(stylesheet)))
-    .service(web::resource("/web/language").route(web::get().to(pages::sign_in::language)))
     .service(
-        web::resource("/web/sign-in")
-            .route(web::get().to(pages::sign_in::form))
-            .route(web::post().to(pages::sign_in::sign_in)),
-    )
-    .service(web::resource("/web/sign-out").route(web::post().to(pages::sign_in::sign_out)))
-    .service(web::resource("/web/months/{period}").route(web::get().to(pages::months::month)))
-    .service(
-        web::resource("/web/months/{period}/{list}.csv")
-            .route(web::get().to(pages::months::month_csv)),
-    )
-    .service(web::resource("/web/reports").route(web::get().to(pages::reports::list)))
-    .service(web::resource("/web/reports/{id}").route(web::get().to(pages::reports::detail)))
-    .service(
-        web::resource("/web/upload")
-            .route(web::get().to(pages::upload::form))
-            .route(web::post().to(pages::upload::upload)),
-    )
-    .service(web::resource("/web/attention").route(web::get().to(pages::attention::list)))
-    .service(
-        web::resource("/web/batches/{id}/{action}")
-            .route(web::get().to(pages::attention::confirm))
-            .route(web::post().to(pages::attention::act)),
+        // The pages' own answer to a query string they can't read: a page, not the API's
+        // problem+json.
+        web::scope("/web")
+            .app_data(
+                web::QueryConfig::default().error_handler(|_, req| {
+                    PageError::new(Lang::of(req), Failure::BadRequest).into()
+                }),
+            )
+            .service(web::resource("").route(web::get().to(to_home)))
+            .service(web::resource("/").route(web::get().to(pages::months::months)))
+            .service(web::resource("/assets/site.css").route(web::get().to(stylesheet)))
+            .service(web::resource("/language").route(web::get().to(pages::sign_in::language)))
+            .service(
+                web::resource("/sign-in")
+                    .route(web::get().to(pages::sign_in::form))
+                    .route(web::post().to(pages::sign_in::sign_in)),
+            )
+            .service(web::resource("/sign-out").route(web::post().to(pages::sign_in::sign_out)))
+            .service(web::resource("/months/{period}").route(web::get().to(pages::months::month)))
+            .service(
+                web::resource("/months/{period}/{list}.csv")
+                    .route(web::get().to(pages::months::month_csv)),
+            )
+            .service(web::resource("/reports").route(web::get().to(pages::reports::list)))
+            .service(web::resource("/reports/{id}").route(web::get().to(pages::reports::detail)))
+            .service(
+                web::resource("/upload")
+                    .route(web::get().to(pages::upload::form))
+                    .route(web::post().to(pages::upload::upload)),
+            )
+            .service(web::resource("/attention").route(web::get().to(pages::attention::list)))
+            .service(
+                web::resource("/batches/{id}/{action}")
+                    .route(web::get().to(pages::attention::confirm))
+                    .route(web::post().to(pages::attention::act)),
+            ),
     );
 }
 

@@ -215,3 +215,19 @@ async fn the_gateways_address_leads_to_the_pages_and_they_to_sign_in() {
     assert!(html.contains("<html lang=\"es\">"), "{html}");
     assert!(html.contains("href=\"/swagger-ui/\""));
 }
+
+#[tokio::test]
+async fn a_page_given_a_query_it_cannot_read_answers_with_a_page_not_problem_json() {
+    let app = spawn(Backend::Embedded).await;
+    let answer = no_redirects()
+        .get(format!("{}/web/language?back=/web/", app.address))
+        .header("Accept-Language", "es")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let content_type = answer.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let html = answer.text().await.unwrap();
+    assert!(html.contains("<html lang=\"es\">"), "{html}");
+}
