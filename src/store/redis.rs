@@ -147,8 +147,14 @@ for i = 1, batches do
              'queued_at', ARGV[7])
   redis.call('XADD', KEYS[5], '*', 'batch', ARGV[10 + batches + i])
 end
-for i = first_loan, #ARGV do
-  redis.call('HSET', KEYS[6], ARGV[i], ARGV[5] .. ':' .. tostring(i - first_loan))
+-- One HSET per chunk, not per loan: a call from Lua costs more than a field.
+for i = first_loan, #ARGV, 500 do
+  local fields = {}
+  for j = i, math.min(i + 499, #ARGV) do
+    fields[#fields + 1] = ARGV[j]
+    fields[#fields + 1] = ARGV[5] .. ':' .. tostring(j - first_loan)
+  end
+  redis.call('HSET', KEYS[6], unpack(fields))
 end
 -- The period's loans are needed while its reports are; a new report extends that.
 redis.call('EXPIRE', KEYS[6], ARGV[9])
