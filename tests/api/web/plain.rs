@@ -226,7 +226,10 @@ async fn a_page_given_a_query_it_cannot_read_answers_with_a_page_not_problem_jso
         .await
         .unwrap();
     assert_eq!(answer.status(), 400);
-    let content_type = answer.headers()["content-type"].to_str().unwrap().to_owned();
+    let content_type = answer.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(content_type.starts_with("text/html"), "{content_type}");
     let html = answer.text().await.unwrap();
     assert!(html.contains("<html lang=\"es\">"), "{html}");
