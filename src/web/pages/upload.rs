@@ -210,12 +210,24 @@ fn problems(ctx: &Ctx, violations: &[Violation]) -> Markup {
                     td { @if let Some(line) = v.line { (lang.f("upload.line", &[("n", &line)])) }
                          @else if let Some(cell) = &v.cell { (lang.f("upload.cell", &[("cell", cell)])) }
                          @else { code { (v.pointer) } } }
-                    td { @if let Some(c) = &v.column { (c) } }
+                    td { @if let Some(c) = column(v) { (c) } }
                     td lang="en" { (v.detail) }
                 }
             } }
         } }
     }
+}
+
+/// The column a problem is in: Excel's letter, or (CSV) the field the pointer ends with, which
+/// is the column's name in the file's header (`loan_id`, `client_id`, `amount`).
+fn column(v: &Violation) -> Option<&str> {
+    v.column.as_deref().or_else(|| {
+        v.line?;
+        v.pointer
+            .rsplit('/')
+            .next()
+            .filter(|field| !field.is_empty() && !field.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// A file (or a send) refused: why, with every problem, and the form to try again.

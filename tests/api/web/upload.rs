@@ -29,6 +29,10 @@ pub(super) async fn a_clerk_uploads_a_file_fixes_its_problems_and_sends_it_once(
     assert!(b.text("#refused").await.contains("2 problem(s)"));
     let rows = b.text("#problems tbody").await;
     assert!(rows.contains("line 2") && rows.contains("line 3"), "{rows}");
+    // Each problem names its column, as the file's header does.
+    let column = |n: usize| format!("#problems tbody tr:nth-child({n}) td:nth-child(2)");
+    assert_eq!(b.text(&column(1)).await.trim(), "amount", "{rows}");
+    assert_eq!(b.text(&column(2)).await.trim(), "client_id", "{rows}");
     b.screenshot("upload-problems-en").await;
     let reports = async || {
         let stored = m.rig.app.stored().await;
