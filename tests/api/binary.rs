@@ -104,20 +104,17 @@ async fn serve_delivers_to_kiva_stops_on_sigterm_and_logs_no_token_secret_or_key
         listener.local_addr().unwrap().port()
     };
     let config = rig.app.dir().join("serve.toml");
-    let toml = test_config(&rig.app.redis().url())
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
-        .replace(
-            "enabled = false",
-            "enabled = true\npoll_interval_ms = 20\nclaim_deadline_secs = 10",
-        )
-        .replace("http://127.0.0.1:9/oauth/token", &rig.sandbox.token_url())
-        .replace("https://partner-api.test", &rig.sandbox.audience())
-        .replace(
-            "api_base_url = \"http://127.0.0.1:9\"",
-            &format!("api_base_url = \"{}\"", rig.sandbox.base_url()),
-        )
-        .replace("[kiva]", "[kiva]\nrequest_timeout_secs = 2")
-        .replace("level = \"info\"", "level = \"debug\"");
+    let toml = with_kiva_at(
+        test_config(&rig.app.redis().url())
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+            .replace(
+                "enabled = false",
+                "enabled = true\npoll_interval_ms = 20\nclaim_deadline_secs = 10",
+            ),
+        &rig.sandbox,
+    )
+    .replace("[kiva]", "[kiva]\nrequest_timeout_secs = 2")
+    .replace("level = \"info\"", "level = \"debug\"");
     std::fs::write(&config, toml).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
         .args(["serve", "--config"])

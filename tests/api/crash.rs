@@ -73,13 +73,8 @@ fn write_config(dir: &Path, store_url: &str, sandbox: &Sandbox) -> std::path::Pa
             // when the process dies.
             "[delivery]\nenabled = true\nconcurrency = 1\npoll_interval_ms = 20\nclaim_deadline_secs = 7",
         )
-        .replace("[kiva]", "[kiva]\nrequest_timeout_secs = 1")
-        .replace("http://127.0.0.1:9/oauth/token", &sandbox.token_url())
-        .replace("https://partner-api.test", &sandbox.audience())
-        .replace(
-            "api_base_url = \"http://127.0.0.1:9\"",
-            &format!("api_base_url = \"{}\"", sandbox.base_url()),
-        );
+        .replace("[kiva]", "[kiva]\nrequest_timeout_secs = 1");
+    let toml = with_kiva_at(toml, sandbox);
     let path = dir.join("gateway.toml");
     std::fs::write(&path, toml).unwrap();
     path

@@ -953,6 +953,17 @@ async fn rig_on(
 }
 
 /// A sandbox that knows both test partners and loans `L-0`… as `payingBack`.
+/// `test_config`'s text with Kiva's token, audience and API addresses those of `sandbox`: for
+/// a gateway binary run against the in-process sandbox.
+pub fn with_kiva_at(toml: String, sandbox: &repayment_gateway::sandbox::Sandbox) -> String {
+    toml.replace("http://127.0.0.1:9/oauth/token", &sandbox.token_url())
+        .replace("https://partner-api.test", &sandbox.audience())
+        .replace(
+            "api_base_url = \"http://127.0.0.1:9\"",
+            &format!("api_base_url = \"{}\"", sandbox.base_url()),
+        )
+}
+
 pub async fn start_sandbox() -> repayment_gateway::sandbox::Sandbox {
     use repayment_gateway::sandbox::{Sandbox, SandboxConfig, SandboxLoan, SandboxPartner};
     let partners = [(THREE_COL, "three-col-client"), (TWO_COL, "two-col-client")];
