@@ -14,6 +14,7 @@
 //! with `time() - …`.
 
 pub mod endpoint;
+pub mod month;
 pub mod store;
 
 use std::time::Duration;
@@ -26,7 +27,7 @@ use prometheus::{
 
 use crate::api::problem::ApiError;
 use crate::delivery::WorkerHealth;
-use crate::domain::PartnerId;
+use crate::domain::{PartnerId, Period};
 use crate::store::{BatchState, ReportStore, StoreError};
 
 pub const PREFIX: &str = "repayment_gateway";
@@ -105,6 +106,7 @@ pub struct Metrics {
     oldest_queued: GaugeVec,
     oldest_held: GaugeVec,
     snapshot_taken: GaugeVec,
+    not_reported: IntGaugeVec,
     store_up: IntGauge,
     worker_up: IntGauge,
     worker_last_round: Gauge,
@@ -243,6 +245,17 @@ impl Metrics {
                 "When Kiva's expected-loans list in the store was read; absent when never.",
                 &["partner"],
             ),
+            not_reported: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("expected_loans_not_reported"),
+                        "Loans Kiva expects a repayment for (payingBack, defaulted) that no report of the partner's current month has, as the period view counts them; read at most once a minute; absent without a snapshot or a report.",
+                    ),
+                    &["partner", "period"],
+                )
+                .expect("valid gauge"),
+            ),
             store_up: register(
                 &registry,
                 IntGauge::new(
@@ -373,15 +386,38 @@ impl Metrics {
             .inc();
     }
 
+    /// The not-reported count of the partner's current month (see `month`), replacing the
+    /// series of the month it counted before.
+    pub fn set_not_reported(
+        &self,
+        partner: &PartnerId,
+        previous: Option<Period>,
+        now: Option<(Period, usize)>,
+    ) {
+        let p = partner.as_str();
+        if let Some(previous) = previous
+            && now.is_none_or(|(period, _)| period != previous)
+        {
+            let _ = self
+                .not_reported
+                .remove_label_values(&[p, &previous.to_string()]);
+        }
+        if let Some((period, count)) = now {
+            self.not_reported
+                .with_label_values(&[p, &period.to_string()])
+                .set(count as i64);
+        }
+    }
+
     /// Reads the queue gauges from the store and renders every series in Prometheus' text
-    /// format (version 0.0.4).
+    /// format (version 0.0.4). `store_up` is false when the caller's own reads failed.
     pub async fn render(
         &self,
         store: &dyn ReportStore,
         partners: &[PartnerId],
         worker: Option<&WorkerHealth>,
+        mut store_up: bool,
     ) -> String {
-        let mut store_up = true;
         for partner in partners {
             let p = partner.as_str();
             match store.queue_summary(partner).await {

@@ -214,6 +214,14 @@ pub fn metrics_endpoint_for(
         partners: partner_ids(settings),
         worker,
         bearer_token: settings.metrics.bearer_token.clone(),
+        not_reported: crate::metrics::month::NotReported::new(
+            settings
+                .partners
+                .iter()
+                .map(|p| (p.id.clone(), p.column_format))
+                .collect(),
+            Duration::from_secs(settings.reconcile.stale_after_hours * 3600),
+        ),
     }
 }
 

@@ -23,6 +23,11 @@ impl Period {
         }
         Ok(Self { year, month })
     }
+
+    /// The month of a calendar date; `None` outside the years a period may have.
+    pub fn of(year: i32, month: u32) -> Option<Self> {
+        Self::parse(&format!("{year:04}-{month:02}")).ok()
+    }
 }
 
 impl fmt::Display for Period {

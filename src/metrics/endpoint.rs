@@ -10,6 +10,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use super::month::NotReported;
 use super::{CONTENT_TYPE, Metrics};
 use crate::api::problem::{PROBLEM_JSON, Problem};
 use crate::delivery::WorkerHealth;
@@ -23,6 +24,7 @@ pub struct Endpoint {
     pub partners: Vec<PartnerId>,
     pub worker: Option<Arc<WorkerHealth>>,
     pub bearer_token: Option<SecretString>,
+    pub not_reported: NotReported,
 }
 
 pub const PATH: &str = "/metrics";
@@ -52,12 +54,21 @@ pub async fn scrape(endpoint: web::Data<Endpoint>, request: HttpRequest) -> Http
             .content_type(PROBLEM_JSON)
             .json(problem);
     }
+    let months_read = endpoint
+        .not_reported
+        .update(
+            endpoint.store.as_ref(),
+            &endpoint.partners,
+            &endpoint.metrics,
+        )
+        .await;
     let text = endpoint
         .metrics
         .render(
             endpoint.store.as_ref(),
             &endpoint.partners,
             endpoint.worker.as_deref(),
+            months_read,
         )
         .await;
     HttpResponse::Ok().content_type(CONTENT_TYPE).body(text)

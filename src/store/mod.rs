@@ -639,7 +639,7 @@ pub trait ReportStore: Send + Sync + 'static {
     /// How many of the partner's batches are in each state other than `delivered`, and when
     /// the oldest waiting and the oldest held batch were queued: the queue gauges of
     /// `/metrics`, read at each scrape so every gateway process reports the same numbers.
-    /// Read-only.
+    /// Changes nothing a reader sees (the Redis store may build its state index, once).
     async fn queue_summary(&self, partner: &PartnerId) -> Result<QueueSummary, StoreError>;
 
     /// The batch and the branch of its report (for access checks).

@@ -15,6 +15,10 @@
 //!   `delivery`; an entry is acknowledged and deleted when its batch settles, and the stream is
 //!   never trimmed (trimming could drop entries still pending);
 //! - `rg:{p}:retries`: sorted set of batches in `retry_wait`, scored by when they are due;
+//! - `rg:{p}:batches:<state>`, one per state but `delivered`: sorted sets of batch ids scored
+//!   by `queued_at` (ms, 0 when unknown), written in the same script as every change of a
+//!   batch's `state`, so the queue gauges read counts and oldest batches without walking the
+//!   partner's history; `rg:{p}:batches:indexed` says they are complete (see `summary`);
 //! - `rg:{p}:idem:<api key name>:<sha256 of the Idempotency-Key>`: a hash, `in_progress` with a
 //!   claim token and a short TTL, then `done` with the recorded answer and a long TTL.
 //!
@@ -68,6 +72,15 @@ const ALL_STATES: [BatchState; 7] = [
     BatchState::Held,
     BatchState::Failed,
 ];
+/// The states with an index of their batches, in the order of the delivery scripts' KEYS.
+const STATE_INDEX: [BatchState; 6] = [
+    BatchState::Queued,
+    BatchState::Sending,
+    BatchState::RetryWait,
+    BatchState::Held,
+    BatchState::Rejected,
+    BatchState::Failed,
+];
 /// Retries promoted per call at most; the rest wait for the next round.
 const PROMOTE_LIMIT: usize = 500;
 
@@ -96,7 +109,7 @@ return 'OK'
 "#;
 
 // KEYS: idempotency, report, reports index, branch index, stream, the period's loans, the
-// period's reports, the periods, then one key per batch.
+// period's reports, the periods, the queued batches, then one key per batch.
 // ARGV: idempotent ('1'|'0'), claim token, record TTL (s), record JSON, report id, report
 // JSON, now (ms), correction ('1'|'0'), period index TTL (s), period, then the batch JSONs,
 // then the batch ids, then the report's loan keys in order (see `loan_key`).
@@ -106,7 +119,7 @@ return 'OK'
 // same loan can never both be accepted, whichever process takes them. Answers {'ok'}, or
 // {'reported', 'position=report:position', ...} and writes nothing.
 const ACCEPT: &str = r#"#!lua
-local batches = #KEYS - 8
+local batches = #KEYS - 9
 local first_loan = 11 + 2 * batches
 -- Report ids are never reused, so an existing report means this very accept ran already: a
 -- client that resends a command after a dropped connection (the cluster client does) gets the
@@ -143,8 +156,9 @@ redis.call('ZADD', KEYS[4], 0, ARGV[5])
 redis.call('ZADD', KEYS[7], 0, ARGV[5])
 redis.call('ZADD', KEYS[8], 0, ARGV[10])
 for i = 1, batches do
-  redis.call('HSET', KEYS[8 + i], 'doc', ARGV[10 + i], 'state', 'queued', 'attempt', 0,
+  redis.call('HSET', KEYS[9 + i], 'doc', ARGV[10 + i], 'state', 'queued', 'attempt', 0,
              'queued_at', ARGV[7])
+  redis.call('ZADD', KEYS[9], ARGV[7], ARGV[10 + batches + i])
   redis.call('XADD', KEYS[5], '*', 'batch', ARGV[10 + batches + i])
 end
 -- One HSET per chunk, not per loan: a call from Lua costs more than a field.
@@ -168,13 +182,25 @@ return {'ok'}
 "#;
 
 // Delivery scripts share one key layout: KEYS[1] the batch, [2] its report, [3] the stream,
-// [4] the retry set, [5] the batch's attempts list, [6] its actions list, [7..] every batch
-// of the report (for the roll-up). Settling an entry is XACK + XDEL, first: XACK answers 0
-// rather than failing when the group is gone, so nothing after it can be cut short.
+// [4] the retry set, [5] the batch's attempts list, [6] its actions list, [7..12] the
+// partner's batches by state (`STATE_INDEX` order), [13..] every batch of the report (for the
+// roll-up). Settling an entry is XACK + XDEL, first: XACK answers 0 rather than failing when
+// the group is gone, so nothing after it can be cut short.
+//
+// `move` keeps the state index true: every write of a batch's `state` in these scripts goes
+// with one call of it, so the index changes in the same atomic step as the state it mirrors.
 const ROLLUP: &str = r#"
+local by_state = {queued = 7, sending = 8, retry_wait = 9, held = 10, rejected = 11, failed = 12}
+local function move(batch, from, to, queued_at)
+  if by_state[from] then redis.call('ZREM', KEYS[by_state[from]], batch) end
+  if by_state[to] then
+    local at = queued_at or redis.call('HGET', KEYS[1], 'queued_at') or '0'
+    redis.call('ZADD', KEYS[by_state[to]], at, batch)
+  end
+end
 local function rollup()
   local attention, delivered, queued, n = false, 0, 0, 0
-  for i = 7, #KEYS do
+  for i = 13, #KEYS do
     local s = redis.call('HGET', KEYS[i], 'state')
     n = n + 1
     if s == 'held' or s == 'rejected' or s == 'failed' then attention = true
@@ -196,7 +222,7 @@ local function settle(entry)
 end
 "#;
 
-// ARGV: entry id, now (ms), the result JSON to record if the batch is held.
+// ARGV: entry id, now (ms), the result JSON to record if the batch is held, batch id.
 // Answers {'send', attempt, budget_from, doc, queued_at} so the worker needs no second read.
 const BEGIN: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -204,6 +230,7 @@ if state == 'queued' or state == 'retry_wait' then
   local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
   redis.call('HSET', KEYS[1], 'state', 'sending', 'fence', ARGV[1])
   redis.call('HDEL', KEYS[1], 'next_attempt_at')
+  move(ARGV[4], state, 'sending')
   rollup()
   local f = redis.call('HMGET', KEYS[1], 'budget_from', 'doc', 'queued_at')
   return {'send', tostring(attempt), f[1] or '0', f[2] or '', f[3] or ''}
@@ -216,6 +243,7 @@ if state == 'sending' and (not fence or fence == ARGV[1]) then
   settle(ARGV[1])
   redis.call('HSET', KEYS[1], 'state', 'held', 'result', ARGV[3])
   redis.call('HDEL', KEYS[1], 'fence')
+  move(ARGV[4], 'sending', 'held')
   rollup()
   return {'held'}
 end
@@ -236,6 +264,7 @@ if state == 'sending' and redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
   redis.call('HINCRBY', KEYS[1], 'attempt', -1)
   redis.call('HSET', KEYS[1], 'state', 'queued')
   redis.call('HDEL', KEYS[1], 'fence')
+  move(ARGV[2], 'sending', 'queued')
   redis.call('XADD', KEYS[3], '*', 'batch', ARGV[2])
   rollup()
   return 'released'
@@ -265,6 +294,7 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'sending'
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4])
 redis.call('HDEL', KEYS[1], 'fence')
+move(ARGV[7], 'sending', ARGV[3])
 if ARGV[3] == 'delivered' and tonumber(ARGV[8]) > 0 then
   redis.call('HINCRBY', KEYS[2], 'refused', ARGV[8])
 end
@@ -291,10 +321,12 @@ if ARGV[1] == 'resend' then
   local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
   redis.call('HSET', KEYS[1], 'state', 'queued', 'queued_at', ARGV[3], 'budget_from', attempt)
   redis.call('HDEL', KEYS[1], 'next_attempt_at', 'result')
+  move(ARGV[6], state, 'queued', ARGV[3])
   redis.call('ZREM', KEYS[4], ARGV[6])
   redis.call('XADD', KEYS[3], '*', 'batch', ARGV[6])
 else
   redis.call('HSET', KEYS[1], 'state', 'delivered', 'result', ARGV[4])
+  move(ARGV[6], state, 'delivered')
 end
 rollup()
 return {'done', state}
@@ -510,6 +542,11 @@ impl RedisStore {
         format!("{}:{{{}}}:{rest}", self.prefix, partner.as_str())
     }
 
+    /// The partner's batches in `state` (see the key layout above).
+    fn state_index_key(&self, partner: &PartnerId, state: BatchState) -> String {
+        self.key(partner, &format!("batches:{}", state_name(state)))
+    }
+
     fn idempotency_key(&self, scope: &IdempotencyScope) -> String {
         let digest = hex::encode(Sha256::digest(scope.key.as_bytes()));
         self.key(
@@ -654,6 +691,11 @@ impl RedisStore {
             format!("{batch}:attempts"),
             format!("{batch}:actions"),
         ];
+        keys.extend(
+            STATE_INDEX
+                .iter()
+                .map(|s| self.state_index_key(partner, *s)),
+        );
         keys.extend(report.batch_ids().map(|id| self.batch_key(partner, &id)));
         keys
     }
@@ -959,7 +1001,8 @@ impl ReportStore for RedisStore {
             .key(self.stream_key(partner))
             .key(self.key(partner, &format!("period:{period}:loans")))
             .key(self.key(partner, &format!("period:{period}:reports")))
-            .key(self.key(partner, "periods"));
+            .key(self.key(partner, "periods"))
+            .key(self.state_index_key(partner, BatchState::Queued));
         for batch in batches {
             invocation.key(self.batch_key(partner, &batch.id));
         }
@@ -1209,6 +1252,7 @@ impl ReportStore for RedisStore {
                     .arg(&claimed.entry_id)
                     .arg(now.timestamp_millis())
                     .arg(encode(&held))
+                    .arg(&claimed.batch_id)
                     .invoke_async(c)
                     .await?;
                 // `sending` must be on disk before Kiva is called: a Redis that lost it would

@@ -586,7 +586,6 @@ impl TestApp {
     }
 }
 
-/// `count` three-column repayments, loans `L-0`…, each `amount`.
 /// The state of each batch of a report, as `GET /v1/reports/{id}` shows them.
 pub fn batch_states(report: &Value) -> Vec<String> {
     report["batches"]
@@ -597,6 +596,7 @@ pub fn batch_states(report: &Value) -> Vec<String> {
         .collect()
 }
 
+/// `count` three-column repayments, loans `L-0`…, each `amount`.
 pub fn three_column_report(count: usize, amount: &str) -> Value {
     let repayments: Vec<Value> = (0..count)
         .map(|i| serde_json::json!({"loan_id": format!("L-{i}"), "client_id": format!("C-{i}"), "amount": amount}))
