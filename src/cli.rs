@@ -102,7 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::kiva::KivaClient::new(&settings.kiva, &settings.partners)?
                     .with_metrics(metrics.clone()),
             );
-            let refresher = crate::startup::build_refresher(&settings, store.clone(), kiva);
+            let refresher = crate::startup::build_refresher(&settings, store.clone(), kiva, None);
             let worker = std::sync::Arc::new(crate::startup::build_worker(
                 &settings,
                 store.clone(),

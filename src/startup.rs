@@ -21,6 +21,7 @@ use crate::kiva::KivaClient;
 use crate::metrics::Metrics;
 use crate::metrics::endpoint::{self as metrics_endpoint, Endpoint};
 use crate::metrics::store::MeasuredStore;
+use crate::periods::expected::ExpectedLoansCache;
 use crate::periods::refresh::Scheduler;
 use crate::store::ReportStore;
 use crate::store::embedded::EmbeddedStore;
@@ -65,7 +66,13 @@ impl Application {
         let kiva = Arc::new(
             KivaClient::new(&settings.kiva, &settings.partners)?.with_metrics(metrics.clone()),
         );
-        let refresher = build_refresher(settings, store.clone(), kiva.clone());
+        let expected_loans = Arc::new(ExpectedLoansCache::default());
+        let refresher = build_refresher(
+            settings,
+            store.clone(),
+            kiva.clone(),
+            Some(expected_loans.clone()),
+        );
         let listener = TcpListener::bind(settings.bind_addr())
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -94,7 +101,7 @@ impl Application {
             idempotency_ttl: Duration::from_secs(settings.store.idempotency_ttl_hours * 3600),
             worker: worker.as_ref().map(|w| w.health()),
             stale_after: Duration::from_secs(settings.reconcile.stale_after_hours * 3600),
-            expected_loans: Default::default(),
+            expected_loans,
             unexpected_loans: settings
                 .partners
                 .iter()
@@ -269,6 +276,7 @@ pub fn build_refresher(
     settings: &Settings,
     store: Arc<dyn ReportStore>,
     kiva: Arc<KivaClient>,
+    intake: Option<Arc<ExpectedLoansCache>>,
 ) -> Option<Scheduler> {
     let minutes = settings.reconcile.refresh_minutes;
     (minutes > 0 && !settings.partners.is_empty()).then(|| Scheduler {
@@ -276,6 +284,7 @@ pub fn build_refresher(
         kiva,
         partners: settings.partners.iter().map(|p| p.id.clone()).collect(),
         every: Duration::from_secs(minutes * 60),
+        intake,
     })
 }
 

@@ -38,7 +38,7 @@ pub struct AppState {
     /// Kiva's expected-loans snapshot older than this is stale (`reconcile.stale_after_hours`).
     pub stale_after: Duration,
     /// Kiva's expected loans, as intake compares reports with them.
-    pub expected_loans: crate::periods::expected::ExpectedLoansCache,
+    pub expected_loans: Arc<crate::periods::expected::ExpectedLoansCache>,
     /// Per partner: warn about, or refuse, repayments PA2 will ignore.
     pub unexpected_loans: std::collections::HashMap<PartnerId, crate::config::UnexpectedLoans>,
     /// For reads of Kiva's loans list (expected-loans refreshes on demand).

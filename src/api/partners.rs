@@ -103,6 +103,7 @@ pub async fn refresh_expected_loans(
     };
     tracing::info!(%partner, by = %caller.key_name, "expected loans refresh requested");
     let kiva = state.kiva.clone();
+    let locked = locked.telling(state.expected_loans.clone());
     tokio::spawn(async move {
         // The outcome is recorded in the store (the status), and logged by the refresh.
         let _ = locked.run(&kiva).await;

@@ -2,7 +2,9 @@
 //!
 //! Intake is the hot path and a snapshot can hold 50,000 loans, so each process keeps the
 //! partner's snapshot as an index and asks the store only for its `taken_at` (a few bytes),
-//! at most every `RECHECK`, reloading the whole snapshot only when it changed.
+//! at most every `RECHECK`, reloading the whole snapshot only when it changed. That there is
+//! no snapshot yet is kept as long: the bench found that read on every accept of a partner
+//! without one (a store round trip per report).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,8 +26,8 @@ type Index = HashMap<String, Vec<(Option<String>, String)>>;
 
 struct Cached {
     checked: Instant,
-    taken_at: DateTime<Utc>,
-    index: Arc<Index>,
+    /// `None`: the store had no snapshot when checked.
+    snapshot: Option<(DateTime<Utc>, Arc<Index>)>,
 }
 
 #[derive(Default)]
@@ -103,6 +105,13 @@ impl ExpectedLoansCache {
         ))
     }
 
+    /// Drops what this process knows of the partner's snapshot, so the next report reads it:
+    /// a refresh made here shows in intake at once (one made by another process, within
+    /// `RECHECK`).
+    pub fn forget(&self, partner: &PartnerId) {
+        self.partners.lock().unwrap().remove(partner);
+    }
+
     async fn index(
         &self,
         store: &dyn ReportStore,
@@ -111,22 +120,35 @@ impl ExpectedLoansCache {
         if let Some(cached) = self.partners.lock().unwrap().get(partner)
             && cached.checked.elapsed() < RECHECK
         {
-            return Ok(Some((cached.taken_at, cached.index.clone())));
+            return Ok(cached.snapshot.clone());
         }
+        let none = || Cached {
+            checked: Instant::now(),
+            snapshot: None,
+        };
         let Some(taken_at) = store.expected_loans_taken_at(partner).await? else {
-            self.partners.lock().unwrap().remove(partner);
+            self.partners
+                .lock()
+                .unwrap()
+                .insert(partner.clone(), none());
             return Ok(None);
         };
         {
             let mut partners = self.partners.lock().unwrap();
             if let Some(cached) = partners.get_mut(partner)
-                && cached.taken_at == taken_at
+                && let Some((cached_at, index)) = &cached.snapshot
+                && *cached_at == taken_at
             {
+                let index = index.clone();
                 cached.checked = Instant::now();
-                return Ok(Some((taken_at, cached.index.clone())));
+                return Ok(Some((taken_at, index)));
             }
         }
         let Some(snapshot) = store.expected_loans(partner).await? else {
+            self.partners
+                .lock()
+                .unwrap()
+                .insert(partner.clone(), none());
             return Ok(None);
         };
         let mut index = Index::new();
@@ -141,8 +163,7 @@ impl ExpectedLoansCache {
             partner.clone(),
             Cached {
                 checked: Instant::now(),
-                taken_at: snapshot.taken_at,
-                index: index.clone(),
+                snapshot: Some((snapshot.taken_at, index.clone())),
             },
         );
         Ok(Some((snapshot.taken_at, index)))

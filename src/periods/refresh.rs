@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::domain::PartnerId;
 use crate::kiva::KivaClient;
 use crate::kiva::client::{KivaLoan, MAX_LOANS_PAGE};
+use crate::periods::expected::ExpectedLoansCache;
 use crate::store::{
     EXPECTED_STATUSES, ExpectedLoan, ExpectedLoansSnapshot, RefreshStatus, ReportStore, StoreError,
 };
@@ -58,6 +59,8 @@ pub struct LockedRefresh {
     store: Arc<dyn ReportStore>,
     partner: PartnerId,
     holder: String,
+    /// This process's intake copy, told when the snapshot is replaced.
+    intake: Option<Arc<ExpectedLoansCache>>,
 }
 
 /// Takes the partner's refresh lock; `None` when another refresh holds it.
@@ -73,6 +76,7 @@ pub async fn begin(
         store,
         partner: partner.clone(),
         holder,
+        intake: None,
     }))
 }
 
@@ -89,6 +93,13 @@ pub async fn refresh_expected_loans(
 }
 
 impl LockedRefresh {
+    /// Tells this process's intake when the snapshot is replaced, before the lock is given
+    /// back: whoever sees the refresh ended sees its snapshot in intake too.
+    pub fn telling(mut self, intake: Arc<ExpectedLoansCache>) -> Self {
+        self.intake = Some(intake);
+        self
+    }
+
     pub async fn run(self, kiva: &KivaClient) -> Result<RefreshOutcome, RefreshError> {
         let result = self.refresh(kiva).await;
         self.release().await;
@@ -125,6 +136,9 @@ impl LockedRefresh {
                     loans,
                 };
                 self.store.replace_expected_loans(&snapshot).await?;
+                if let Some(intake) = &self.intake {
+                    intake.forget(&self.partner);
+                }
                 self.store
                     .record_refresh(
                         &self.partner,
@@ -246,24 +260,27 @@ pub struct Scheduler {
     pub kiva: Arc<KivaClient>,
     pub partners: Vec<PartnerId>,
     pub every: Duration,
+    /// The intake copy of the process, when it takes reports (`serve`, not `worker`).
+    pub intake: Option<Arc<ExpectedLoansCache>>,
 }
 
 impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) {
-        schedule(self.store, self.kiva, self.partners, self.every, shutdown).await
+        schedule(self, shutdown).await
     }
 }
 
 /// Refreshes each partner whose last refresh started `every` ago or more, checking every
 /// minute (or `every`, if shorter), until `shutdown`. Several processes may run it: the lock and
 /// the recorded start time keep it to one refresh per partner per period.
-async fn schedule(
-    store: Arc<dyn ReportStore>,
-    kiva: Arc<KivaClient>,
-    partners: Vec<PartnerId>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
+async fn schedule(scheduler: Scheduler, shutdown: CancellationToken) {
+    let Scheduler {
+        store,
+        kiva,
+        partners,
+        every,
+        intake,
+    } = scheduler;
     let tick = every.min(Duration::from_secs(60));
     loop {
         for partner in &partners {
@@ -283,7 +300,10 @@ async fn schedule(
                 continue;
             }
             let locked = match begin(store.clone(), partner).await {
-                Ok(Some(locked)) => locked,
+                Ok(Some(locked)) => match &intake {
+                    Some(intake) => locked.telling(intake.clone()),
+                    None => locked,
+                },
                 Ok(None) => continue,
                 Err(error) => {
                     tracing::warn!(%partner, %error, "cannot take the refresh lock");

@@ -600,6 +600,20 @@ impl RedisStore {
         self.run(Sent::Maybe, op).await
     }
 
+    /// A write whose repeat changes nothing (the accept: a report id is never reused, and the
+    /// script answers `ok` for a report that exists). It runs once more when the connection
+    /// it went out on was handed out unchecked and found dead: after a Redis restart every
+    /// pooled connection is, and the first accept must not be the one that finds out.
+    async fn write_repeatable<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut Connection) -> redis::RedisResult<T> + Clone,
+    {
+        match self.try_run(Sent::Maybe, op.clone()).await {
+            Err(failed) if failed.dead_unchecked => self.run(Sent::Maybe, op).await,
+            result => result.map_err(|failed| failed.error),
+        }
+    }
+
     async fn run<T, F>(&self, sent: Sent, op: F) -> Result<T, StoreError>
     where
         F: AsyncFnOnce(&mut Connection) -> redis::RedisResult<T>,
@@ -1027,7 +1041,7 @@ impl ReportStore for RedisStore {
             invocation.arg(super::loan_key(report.column_format, repayment));
         }
         let reply: Vec<String> = self
-            .write(async |c| {
+            .write_repeatable(async |c| {
                 let reply = invocation.invoke_async(c).await?;
                 self.wait_for_aof(c, &report_key).await?;
                 Ok(reply)

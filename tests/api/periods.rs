@@ -117,22 +117,37 @@ async fn a_correction_may_repeat_loans_and_is_marked_as_one(backend: Backend) {
     assert_eq!(third.status, 422, "{}", third.text);
 }
 
-/// Kiva's expected loans read into the store, as the schedule or an admin would.
+/// Kiva's expected loans read into the store, as an admin asks for it: the refresh is ended
+/// when the status says so, and intake compares with the new snapshot from then on.
 async fn refresh(rig: &DeliveryRig) {
-    let kiva = repayment_gateway::kiva::KivaClient::new(&rig.settings.kiva, &rig.settings.partners)
-        .unwrap();
-    let partner = repayment_gateway::domain::PartnerId::parse(THREE_COL).unwrap();
-    let outcome = repayment_gateway::periods::refresh::refresh_expected_loans(
-        rig.app.store.clone(),
-        &kiva,
-        &partner,
-    )
-    .await
-    .expect("the sandbox's loans are read");
-    assert!(matches!(
-        outcome,
-        repayment_gateway::periods::refresh::RefreshOutcome::Refreshed { .. }
-    ));
+    let app = &rig.app;
+    let answer = app
+        .send(
+            app.client
+                .post(format!(
+                    "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
+                    app.address
+                ))
+                .header("X-Api-Key", plain_key(HEAD_OFFICE)),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.text);
+    let mut status = Value::Null;
+    wait_until("the refresh ends", async || {
+        status = app
+            .get(
+                &format!("/v1/partners/{THREE_COL}/expected-loans"),
+                Some(HEAD_OFFICE),
+            )
+            .await
+            .body;
+        status["refresh"]["running"] == false
+    })
+    .await;
+    assert!(
+        status["refresh"]["last_succeeded_at"].is_string(),
+        "{status}"
+    );
 }
 
 async fn the_month_counts_every_loan_and_its_lists_are_exact(backend: Backend) {
