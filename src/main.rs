@@ -1,11 +1,5 @@
 use clap::Parser;
 
-// glibc's malloc took a third of the CPU of an accept in the bench's profile (a request
-// allocates and frees many small strings on whichever worker thread runs it); mimalloc's
-// per-thread heaps make those cheap.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // One TLS provider for the process, chosen here rather than left to crate features: when a

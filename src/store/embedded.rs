@@ -78,8 +78,31 @@ CREATE TABLE IF NOT EXISTS batches (
     fence TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_by_report ON batches (report_id);
--- The queue gauges of /metrics count batches per state at every scrape.
-CREATE INDEX IF NOT EXISTS batches_by_state ON batches (partner, state);
+-- The queue gauges of /metrics, read at every scrape: the count of each state kept by the
+-- triggers below in the same transaction as every write of `batches` (COUNT(*) would read
+-- every batch not delivered, 0.9 s of CPU per scrape at 1.4 million in the bench), and the
+-- oldest of each state found in this index.
+DROP INDEX IF EXISTS batches_by_state;
+CREATE INDEX IF NOT EXISTS batches_by_state_queued ON batches (partner, state, queued_at);
+CREATE TABLE IF NOT EXISTS batch_counts (
+    partner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (partner, state)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS batch_counts_insert AFTER INSERT ON batches BEGIN
+    INSERT INTO batch_counts (partner, state, n) VALUES (new.partner, new.state, 1)
+        ON CONFLICT (partner, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS batch_counts_update AFTER UPDATE OF state, partner ON batches
+WHEN old.state IS NOT new.state OR old.partner IS NOT new.partner BEGIN
+    UPDATE batch_counts SET n = n - 1 WHERE partner = old.partner AND state = old.state;
+    INSERT INTO batch_counts (partner, state, n) VALUES (new.partner, new.state, 1)
+        ON CONFLICT (partner, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS batch_counts_delete AFTER DELETE ON batches BEGIN
+    UPDATE batch_counts SET n = n - 1 WHERE partner = old.partner AND state = old.state;
+END;
 CREATE TABLE IF NOT EXISTS attempts (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_by_batch ON attempts (batch_id, seq);
 CREATE TABLE IF NOT EXISTS actions (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, doc TEXT NOT NULL);
@@ -114,7 +137,25 @@ const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
     ("reports", "refused", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
+/// `PRAGMA user_version` from which `batch_counts` is kept by its triggers; a database made
+/// before has it counted once, at the first start.
+const COUNTED_VERSION: i64 = 1;
+
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(other)?;
+    if version < COUNTED_VERSION {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             DELETE FROM batch_counts;
+             INSERT INTO batch_counts (partner, state, n)
+                 SELECT partner, state, COUNT(*) FROM batches GROUP BY partner, state;
+             PRAGMA user_version = {COUNTED_VERSION};
+             COMMIT;"
+        ))
+        .map_err(other)?;
+    }
     for (table, column, declaration) in ADDED_COLUMNS {
         let present: bool = conn
             .query_row(

@@ -109,7 +109,8 @@ return 'OK'
 "#;
 
 // KEYS: idempotency, report, reports index, branch index, stream, the period's loans, the
-// period's reports, the periods, the queued batches, then one key per batch.
+// period's reports, the periods, the queued batches, the state index's `indexed` marker, then
+// one key per batch.
 // ARGV: idempotent ('1'|'0'), claim token, record TTL (s), record JSON, report id, report
 // JSON, now (ms), correction ('1'|'0'), period index TTL (s), period, then the batch JSONs,
 // then the batch ids, then the report's loan keys in order (see `loan_key`).
@@ -119,7 +120,7 @@ return 'OK'
 // same loan can never both be accepted, whichever process takes them. Answers {'ok'}, or
 // {'reported', 'position=report:position', ...} and writes nothing.
 const ACCEPT: &str = r#"#!lua
-local batches = #KEYS - 9
+local batches = #KEYS - 10
 local first_loan = 11 + 2 * batches
 -- Report ids are never reused, so an existing report means this very accept ran already: a
 -- client that resends a command after a dropped connection (the cluster client does) gets the
@@ -152,11 +153,14 @@ if ARGV[8] ~= '1' then
 end
 redis.call('HSET', KEYS[2], 'doc', ARGV[6], 'status', 'queued')
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
+-- The partner's first report: the state index is complete from here (see `summary`), so no
+-- scrape ever walks the partner's reports to build it.
+if redis.call('ZCARD', KEYS[3]) == 1 then redis.call('SET', KEYS[10], '1') end
 redis.call('ZADD', KEYS[4], 0, ARGV[5])
 redis.call('ZADD', KEYS[7], 0, ARGV[5])
 redis.call('ZADD', KEYS[8], 0, ARGV[10])
 for i = 1, batches do
-  redis.call('HSET', KEYS[9 + i], 'doc', ARGV[10 + i], 'state', 'queued', 'attempt', 0,
+  redis.call('HSET', KEYS[10 + i], 'doc', ARGV[10 + i], 'state', 'queued', 'attempt', 0,
              'queued_at', ARGV[7])
   redis.call('ZADD', KEYS[9], ARGV[7], ARGV[10 + batches + i])
   redis.call('XADD', KEYS[5], '*', 'batch', ARGV[10 + batches + i])
@@ -545,6 +549,11 @@ impl RedisStore {
     /// The partner's batches in `state` (see the key layout above).
     fn state_index_key(&self, partner: &PartnerId, state: BatchState) -> String {
         self.key(partner, &format!("batches:{}", state_name(state)))
+    }
+
+    /// Set once the partner's state index holds every batch (see `summary`).
+    fn indexed_marker_key(&self, partner: &PartnerId) -> String {
+        self.key(partner, "batches:indexed")
     }
 
     fn idempotency_key(&self, scope: &IdempotencyScope) -> String {
@@ -1016,7 +1025,8 @@ impl ReportStore for RedisStore {
             .key(self.key(partner, &format!("period:{period}:loans")))
             .key(self.key(partner, &format!("period:{period}:reports")))
             .key(self.key(partner, "periods"))
-            .key(self.state_index_key(partner, BatchState::Queued));
+            .key(self.state_index_key(partner, BatchState::Queued))
+            .key(self.indexed_marker_key(partner));
         for batch in batches {
             invocation.key(self.batch_key(partner, &batch.id));
         }

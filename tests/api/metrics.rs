@@ -658,6 +658,16 @@ async fn the_queue_summary_agrees_with_the_batches_after_every_move(backend: Bac
         expected
     };
     assert_eq!(check("the accepts").await.queued, 6);
+    if backend == Backend::Redis {
+        // The partner's first accept marks its index complete: no scrape walks its reports.
+        let mut c = rig.app.redis().connection().await;
+        let indexed: bool = redis::cmd("EXISTS")
+            .arg(format!("{PREFIX}:{{{THREE_COL}}}:batches:indexed"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(indexed);
+    }
 
     let mut claimed = store
         .claim_batches(&partner, "summary", 10, Duration::from_secs(60))

@@ -3,9 +3,10 @@
 //!
 //! It reads the state index (`rg:{p}:batches:<state>`, kept by every script that writes a
 //! batch's state): a ZCARD and one ZRANGEBYSCORE per state, whatever the partner's history.
-//! Data written before the index existed has none, so the first read on a partner without the
-//! `indexed` marker builds it from the reports in the same script (one HGET per report, one
-//! HMGET per batch of the unsettled ones, once), and sets the marker last: a build cut short
+//! The partner's first accept sets the `indexed` marker. Data written before the index existed
+//! has none, so the first read on a partner without the marker builds it from the reports in
+//! the same script (one HGET per report, one HMGET per batch of the unsettled ones, once: it
+//! blocks Redis for a while on a large store), and sets the marker last: a build cut short
 //! leaves no marker and is done again whole.
 
 use std::sync::LazyLock;
@@ -75,7 +76,7 @@ impl RedisStore {
             invocation.key(self.state_index_key(partner, state));
         }
         invocation
-            .key(self.key(partner, "batches:indexed"))
+            .key(self.indexed_marker_key(partner))
             .key(self.key(partner, "reports"))
             .arg(self.key(partner, ""));
         for state in STATE_INDEX {
