@@ -250,7 +250,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         name("expected_loans_not_reported"),
-                        "Loans Kiva expects a repayment for (payingBack, defaulted) that no report of the partner's current month has, as the period view counts them; read at most once a minute; absent without a snapshot or a report.",
+                        "Loans Kiva expects a repayment for (payingBack, defaulted) that no report of the partner's current month has, as the period view counts them; counted again when the month or the snapshot changes, else at most once a minute; absent without a snapshot or a report.",
                     ),
                     &["partner", "period"],
                 )
