@@ -1135,9 +1135,18 @@ impl ReportStore for EmbeddedStore {
         let partner = partner.to_string();
         self.read(move |tx| {
             let mut stmt = tx
+                // A skip-scan: one index seek per period, newest first. `SELECT DISTINCT` read
+                // every report of the partner (70 ms at 1.2 million in the bench), and
+                // `/metrics` asks at every scrape (the not-reported gauge).
                 .prepare_cached(
-                    "SELECT DISTINCT period FROM reports WHERE partner = ?1 AND period IS NOT NULL
-                     ORDER BY period DESC",
+                    "WITH RECURSIVE p(period) AS (
+                         SELECT MAX(period) FROM reports WHERE partner = ?1
+                         UNION ALL
+                         SELECT (SELECT MAX(period) FROM reports
+                                 WHERE partner = ?1 AND period < p.period)
+                         FROM p WHERE p.period IS NOT NULL
+                     )
+                     SELECT period FROM p WHERE period IS NOT NULL",
                 )
                 .map_err(other)?;
             let periods: Vec<String> = stmt

@@ -267,3 +267,38 @@ async fn a_second_process_on_the_same_embedded_store_fails_with_a_clear_message(
     );
     first.kill().await;
 }
+
+/// A store written before the queue gauges were counted by triggers (no counts, `user_version`
+/// 0) is counted once when a new gateway opens it: the gauges are right from the first scrape.
+#[tokio::test]
+async fn an_embedded_store_from_before_the_batch_counts_is_counted_when_opened() {
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("store");
+    let config = data.path().join("gateway.toml");
+    // Delivery off: the three batches stay queued.
+    std::fs::write(
+        &config,
+        test_config(&format!("embedded:{}", store.display())),
+    )
+    .unwrap();
+    let first = Gateway::start(&config).await;
+    for loan in 0..3 {
+        first.submit(loan).await;
+    }
+    first.kill().await;
+    let db = rusqlite::Connection::open(store.join("gateway.db")).unwrap();
+    db.execute_batch("DELETE FROM batch_counts; PRAGMA user_version = 0;")
+        .unwrap();
+    drop(db);
+
+    let second = Gateway::start(&config).await;
+    let metrics = reqwest::get(format!("{}/metrics", second.remote.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let queued = format!("repayment_gateway_batches{{partner=\"{THREE_COL}\",state=\"queued\"}} 3");
+    assert!(metrics.lines().any(|l| l == queued), "{metrics}");
+    second.kill().await;
+}
