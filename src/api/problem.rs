@@ -239,13 +239,17 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyReported(earlier) => {
                 let mut listed = crate::intake::Violations::default();
                 for e in &earlier {
+                    let place = e
+                        .earlier_position
+                        .map(|at| format!(" (its /repayments/{at})"))
+                        .unwrap_or_default();
                     listed.push(Violation::new(
                         format!("/repayments/{}/loan_id", e.position),
                         format!(
-                            "this loan was already reported in this period, in report {} (its \
-                             /repayments/{}): PA2 would count it twice. Leave it out, or send \
-                             \"correction\": true if this report corrects that one",
-                            e.report_id, e.earlier_position
+                            "this loan was already reported in this period, in report {}{place}: \
+                             PA2 would count it twice. Leave it out, or send \"correction\": \
+                             true if this report corrects that one",
+                            e.report_id
                         ),
                     ));
                 }

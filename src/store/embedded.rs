@@ -583,7 +583,7 @@ impl ReportStore for EmbeddedStore {
                         earlier.push(super::EarlierReport {
                             position,
                             report_id: Uuid::parse_str(&report_id).map_err(other)?,
-                            earlier_position: earlier_position as usize,
+                            earlier_position: Some(earlier_position as usize),
                         });
                     }
                 }

@@ -849,29 +849,23 @@ pub struct EarlierReport {
     /// Index of the repayment in the refused report.
     pub position: usize,
     pub report_id: Uuid,
-    /// Its index in the earlier report.
-    pub earlier_position: usize,
-}
-
-impl EarlierReport {
-    /// From `position=report:position`, as the stores keep it.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (position, earlier) = text.split_once('=')?;
-        let (report, earlier_position) = earlier.rsplit_once(':')?;
-        Some(Self {
-            position: position.parse().ok()?,
-            report_id: Uuid::parse_str(report).ok()?,
-            earlier_position: earlier_position.parse().ok()?,
-        })
-    }
+    /// Its index in the earlier report; `None` when that report is no longer kept (purged
+    /// after the retention, while the period's loan index lives on).
+    pub earlier_position: Option<usize>,
 }
 
 /// A loan as PA2 tells loans apart in a period: by loan id, with the client id for three-column
 /// partners (whose loan ids alone need not be unique). The separator can't be in an id.
 pub fn loan_key(format: ColumnFormat, repayment: &StoredRepayment) -> String {
     match (format, &repayment.client_id) {
+        // Not `format!`: this runs for every loan of every accept.
         (ColumnFormat::ThreeColumn, Some(client)) => {
-            format!("{}\u{1f}{}", repayment.loan_id.as_str(), client.as_str())
+            let (loan, client) = (repayment.loan_id.as_str(), client.as_str());
+            let mut key = String::with_capacity(loan.len() + 1 + client.len());
+            key.push_str(loan);
+            key.push('\u{1f}');
+            key.push_str(client);
+            key
         }
         _ => repayment.loan_id.as_str().to_owned(),
     }

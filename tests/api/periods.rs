@@ -42,13 +42,15 @@ async fn a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_rep
         second.pointers(),
         ["/repayments/1/loan_id", "/repayments/2/loan_id"]
     );
-    let detail = second.body["errors"][0]["detail"].as_str().unwrap();
-    assert!(
-        detail.contains(first_id)
-            && detail.contains("/repayments/1")
-            && detail.contains("correction"),
-        "{detail}"
-    );
+    // Each names the earlier report and where in it the loan is: L2 its second repayment, L1
+    // its first.
+    for (error, place) in [(0, "(its /repayments/1)"), (1, "(its /repayments/0)")] {
+        let detail = second.body["errors"][error]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(first_id) && detail.contains(place) && detail.contains("correction"),
+            "{detail}"
+        );
+    }
     assert_eq!(
         app.stored().await,
         stored,
