@@ -21,13 +21,15 @@ impl Amount {
     /// are refused with the plain digits to write instead. Leading zeros of a string
     /// (`"007.50"`) are the one thing not forwarded: a JSON number cannot carry them.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let shown = quoted(text);
+        // Only refusals show the text: a valid amount (nearly all) formats nothing.
+        let shown = || quoted(text);
         let (int, frac) = text.split_once('.').unwrap_or((text, ""));
         let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         if digits(int) && ((frac.is_empty() && !text.contains('.')) || digits(frac)) {
             if int.len() > MAX_INTEGER_DIGITS {
                 return Err(format!(
-                    "{shown} is too large: at most {MAX_INTEGER_DIGITS} digits before the decimal point"
+                    "{} is too large: at most {MAX_INTEGER_DIGITS} digits before the decimal point",
+                    shown()
                 ));
             }
             if frac.len() > MAX_DECIMAL_PLACES {
@@ -38,29 +40,34 @@ impl Amount {
                     String::new()
                 };
                 return Err(format!(
-                    "{shown} has {} decimal places; at most {MAX_DECIMAL_PLACES} are allowed{hint}",
+                    "{} has {} decimal places; at most {MAX_DECIMAL_PLACES} are allowed{hint}",
+                    shown(),
                     frac.len()
                 ));
             }
             // At most 18 digits: always exact in a `Decimal`.
             return Decimal::from_str(text)
                 .map(Self)
-                .map_err(|_| invalid(&shown));
+                .map_err(|_| invalid(&shown()));
         }
         if let Some(rest) = text.strip_prefix('-')
             && rest.starts_with(|c: char| c.is_ascii_digit())
         {
-            return Err(format!("{shown} is negative: amounts must be zero or more"));
+            return Err(format!(
+                "{} is negative: amounts must be zero or more",
+                shown()
+            ));
         }
         if text.contains(['e', 'E']) && text.starts_with(|c: char| c.is_ascii_digit()) {
             return Err(format!(
-                "{shown} is written with an exponent: write the amount as plain digits{}",
+                "{} is written with an exponent: write the amount as plain digits{}",
+                shown(),
                 plain_form(text)
                     .map(|plain| format!(", e.g. {plain}"))
                     .unwrap_or_default()
             ));
         }
-        Err(invalid(&shown))
+        Err(invalid(&shown()))
     }
 
     pub fn zero() -> Self {

@@ -169,3 +169,47 @@ async fn large_bodies_wait_for_one_of_a_few_permits_and_parse_on_the_parser_thre
         ["/repayments/0/amount"]
     );
 }
+
+/// The body is read in one pass, and its syntax checked on its own only when that read fails:
+/// every way the read can stop early must still come out as it did with the syntax pass first.
+#[test]
+fn a_body_read_in_one_pass_is_refused_as_the_syntax_pass_would_refuse_it() {
+    let (intake, scope) = intake(ColumnFormat::TwoColumn);
+    let position = |body: &[u8]| match intake.read(body, &scope) {
+        Err(IntakeError::MalformedJson { line, column, .. }) => (line, column),
+        other => panic!("{other:?}"),
+    };
+    // Something after the object.
+    assert_eq!(
+        position(b"{\"period\":\"2026-10\",\"repayments\":[]}\n x"),
+        (2, 2)
+    );
+    // A syntax error inside a repayment: the body's line and column, not the repayment's.
+    assert_eq!(
+        position(b"{\"period\":\"2026-10\",\n\"repayments\":[{\"loan_id\":\"L1\",\"amount\":1.}]}"),
+        (2, 42)
+    );
+    // Too many repayments, and a syntax error past them: malformed, as before.
+    let mut body = String::from("{\"period\":\"2026-10\",\"repayments\":[");
+    for i in 0..12 {
+        body.push_str(&format!("{{\"loan_id\":\"L{i}\",\"amount\":1}},"));
+    }
+    body.push_str("oops]}");
+    assert!(matches!(
+        intake.read(body.as_bytes(), &scope),
+        Err(IntakeError::MalformedJson { .. })
+    ));
+    // White space around the object, as the syntax pass allows.
+    let spaced =
+        b" \r\n\t{\"period\":\"2026-10\",\"repayments\":[{\"loan_id\":\"L1\",\"amount\":1}]}\n ";
+    assert_eq!(intake.read(spaced, &scope).unwrap().repayments().len(), 1);
+    // Not UTF-8 in a string: refused, never read as text.
+    assert!(
+        intake
+            .read(
+                b"{\"period\":\"2026-10\",\"repayments\":[{\"loan_id\":\"L\xff\",\"amount\":1}]}",
+                &scope
+            )
+            .is_err()
+    );
+}
