@@ -687,42 +687,51 @@ impl RedisStore {
         }
     }
 
-    /// The refusal of `report`, from the accept's `position=report` answers: reads each
-    /// earlier report once to say where it has the loan. Rare (a report refused), so these
-    /// reads cost the accept nothing. An earlier report purged since keeps its id in the
-    /// answer, without a position.
+    /// The refusal of `report`, from the accept's `position=report` answers: reads the earlier
+    /// reports, in one round trip, to say where each has the loan. Only the answers a refusal
+    /// lists (`MAX_LISTED_VIOLATIONS`, the first in document order) are placed, so a month sent
+    /// again reads at most that many reports, whatever its size. Best effort: if the reads
+    /// fail, or an earlier report was purged since, the refusal still names the report,
+    /// without the place.
     async fn earlier_reports(
         &self,
         report: &Report,
         batches: &[BatchDoc],
         answers: &[String],
-    ) -> Result<Vec<super::EarlierReport>, StoreError> {
+    ) -> Vec<super::EarlierReport> {
         let parsed: Vec<(usize, Uuid, Option<usize>)> =
             answers.iter().filter_map(|a| parse_earlier(a)).collect();
-        let mut wanted: Vec<Uuid> = parsed
+        let mut wanted: Vec<String> = parsed
             .iter()
+            .take(crate::intake::MAX_LISTED_VIOLATIONS)
             .filter(|(_, _, at)| at.is_none())
-            .map(|(_, id, _)| *id)
+            .map(|(_, id, _)| id.to_string())
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let mut found = Vec::with_capacity(wanted.len());
-        for id in wanted {
-            if let Some(earlier) = self.report_doc(&report.partner_id, id).await? {
-                found.push(earlier);
-            }
-        }
         let mut positions: std::collections::HashMap<(Uuid, String), usize> =
             std::collections::HashMap::new();
-        for (earlier, its_batches) in found.iter().zip(self.batches_of_many(&found).await?) {
-            for repayment in its_batches.iter().flat_map(|b| &b.repayments) {
-                let key = super::loan_key(earlier.column_format, &repayment.repayment);
-                positions.insert((earlier.id, key), repayment.repayment.position);
+        let read = async {
+            let found = self.report_docs(&report.partner_id, &wanted).await?;
+            let their_batches = self.batches_of_many(&found).await?;
+            Ok::<_, StoreError>(found.into_iter().zip(their_batches))
+        };
+        match read.await {
+            Ok(found) => {
+                for (earlier, its_batches) in found {
+                    for repayment in its_batches.iter().flat_map(|b| &b.repayments) {
+                        let key = super::loan_key(earlier.column_format, &repayment.repayment);
+                        positions.insert((earlier.id, key), repayment.repayment.position);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not read the earlier reports a refused report repeats")
             }
         }
         let loans: Vec<&super::StoredRepayment> =
             batches.iter().flat_map(|b| &b.repayments).collect();
-        Ok(parsed
+        parsed
             .into_iter()
             .map(|(position, report_id, at)| super::EarlierReport {
                 position,
@@ -732,7 +741,32 @@ impl RedisStore {
                     positions.get(&(report_id, loan)).copied()
                 }),
             })
-            .collect())
+            .collect()
+    }
+
+    /// The reports of these ids that exist, in one round trip.
+    async fn report_docs(
+        &self,
+        partner: &PartnerId,
+        ids: &[String],
+    ) -> Result<Vec<Report>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.key(partner, &format!("report:{id}")))
+                .arg(&LIVE_FIELDS[..]);
+        }
+        let docs: Vec<Live> = self
+            .with_connection(async |c| pipe.query_async(c).await)
+            .await?;
+        docs.into_iter()
+            .filter_map(|(doc, status, refused)| {
+                Some(report_with_status(&doc?, status.as_deref(), refused))
+            })
+            .collect()
     }
 
     async fn report_doc(
@@ -1120,7 +1154,7 @@ impl ReportStore for RedisStore {
             .await?;
         match reply.split_first() {
             Some((first, earlier)) if first == "reported" => Err(StoreError::AlreadyReported(
-                self.earlier_reports(report, batches, earlier).await?,
+                self.earlier_reports(report, batches, earlier).await,
             )),
             _ => Ok(()),
         }
@@ -1606,28 +1640,12 @@ impl ReportStore for RedisStore {
                     .await
             })
             .await?;
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HMGET")
-                .arg(self.key(partner, &format!("report:{id}")))
-                .arg(&LIVE_FIELDS[..]);
-        }
-        let docs: Vec<Live> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            self.with_connection(async |c| pipe.query_async(c).await)
-                .await?
-        };
-        let reports: Vec<Report> = docs
+        let reports: Vec<Report> = self
+            .report_docs(partner, &ids)
+            .await?
             .into_iter()
-            .filter_map(|(doc, status, refused)| {
-                Some(report_with_status(&doc?, status.as_deref(), refused))
-            })
-            .filter(|r| {
-                r.as_ref()
-                    .map_or(true, |r| branch.is_none_or(|b| r.branch == b))
-            })
-            .collect::<Result<_, _>>()?;
+            .filter(|r| branch.is_none_or(|b| r.branch == b))
+            .collect();
         let batches = self.batches_of_many(&reports).await?;
         Ok(reports.into_iter().zip(batches).collect())
     }

@@ -69,6 +69,39 @@ async fn a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_rep
     assert_eq!(other_client.status, 202, "{}", other_client.text);
 }
 
+/// A month sent again repeats loans of many earlier reports: each listed problem names its own
+/// report and place (Redis reads them all in one round trip), and the count covers them all.
+async fn a_month_sent_again_names_each_earlier_report_of_the_listed_loans(backend: Backend) {
+    let app = spawn(backend).await;
+    let loans: Vec<String> = (0..120).map(|i| format!("L{i}")).collect();
+    let mut earlier = Vec::new();
+    for loan in &loans {
+        // Each loan second in its report, so its place can't be confused with the position.
+        let answer = app
+            .submit(
+                NAIROBI,
+                &report("2026-10", &[&format!("{loan}-other"), loan]),
+            )
+            .await;
+        assert_eq!(answer.status, 202, "{}", answer.text);
+        earlier.push(answer.body["id"].as_str().unwrap().to_owned());
+    }
+    let all: Vec<&str> = loans.iter().map(String::as_str).collect();
+    let again = app.submit(NAIROBI, &report("2026-10", &all)).await;
+    assert_eq!(again.status, 422, "{}", again.text);
+    assert_eq!(again.body["error_count"], 120, "{}", again.text);
+    let errors = again.body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 100);
+    for (i, error) in errors.iter().enumerate() {
+        assert_eq!(error["pointer"], format!("/repayments/{i}/loan_id"));
+        let detail = error["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("report {} (its /repayments/1)", earlier[i])),
+            "{detail}"
+        );
+    }
+}
+
 async fn a_blind_retry_without_an_idempotency_key_is_refused_with_a_pointer_to_the_first(
     backend: Backend,
 ) {
@@ -302,6 +335,7 @@ async fn a_partner_that_rejects_unexpected_loans_gets_a_422_naming_them(backend:
 on_both_stores!(
     a_report_without_a_period_is_refused_naming_it,
     a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_report,
+    a_month_sent_again_names_each_earlier_report_of_the_listed_loans,
     a_blind_retry_without_an_idempotency_key_is_refused_with_a_pointer_to_the_first,
     two_concurrent_reports_with_the_same_loan_get_exactly_one_202,
     a_correction_may_repeat_loans_and_is_marked_as_one,
