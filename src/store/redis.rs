@@ -750,6 +750,21 @@ impl RedisStore {
         partner: &PartnerId,
         ids: &[String],
     ) -> Result<Vec<Report>, StoreError> {
+        self.live_docs(partner, ids)
+            .await?
+            .into_iter()
+            .filter_map(|(doc, status, refused)| {
+                Some(report_with_status(&doc?, status.as_deref(), refused))
+            })
+            .collect()
+    }
+
+    /// Each report's document and live fields, in the order of `ids`, in one round trip.
+    async fn live_docs(
+        &self,
+        partner: &PartnerId,
+        ids: &[String],
+    ) -> Result<Vec<Live>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -759,14 +774,8 @@ impl RedisStore {
                 .arg(self.key(partner, &format!("report:{id}")))
                 .arg(&LIVE_FIELDS[..]);
         }
-        let docs: Vec<Live> = self
-            .with_connection(async |c| pipe.query_async(c).await)
-            .await?;
-        docs.into_iter()
-            .filter_map(|(doc, status, refused)| {
-                Some(report_with_status(&doc?, status.as_deref(), refused))
-            })
-            .collect()
+        self.with_connection(async |c| pipe.query_async(c).await)
+            .await
     }
 
     async fn report_doc(
@@ -1209,15 +1218,7 @@ impl ReportStore for RedisStore {
                     next: None,
                 });
             }
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.cmd("HMGET")
-                    .arg(self.key(partner, &format!("report:{id}")))
-                    .arg(&LIVE_FIELDS[..]);
-            }
-            let docs: Vec<Live> = self
-                .with_connection(async |c| pipe.query_async(c).await)
-                .await?;
+            let docs = self.live_docs(partner, &ids).await?;
             let exhausted = ids.len() < chunk;
             for (id, (doc, status, refused)) in ids.iter().zip(docs) {
                 scanned += 1;
