@@ -69,16 +69,23 @@ pub(super) fn parse(body: &[u8], max_repayments: usize) -> Result<Parsed, Intake
             value,
             unknown: reader.unknown,
         }),
-        Err(e) => Err(refused(body, &reader, e)),
+        // The syntax was checked just above.
+        Err(e) => Err(refused_for_content(&reader, e)),
     }
 }
 
 /// Why a body whose read failed is refused: its syntax error, with the position, when it has
-/// one; then too many repayments; else what the read said.
+/// one; else what its content is refused for.
 fn refused(body: &[u8], reader: &Reader, error: serde_json::Error) -> IntakeError {
-    if let Err(syntax) = serde_json::from_slice::<&RawValue>(body) {
-        return malformed(&syntax);
+    match serde_json::from_slice::<&RawValue>(body) {
+        Err(syntax) => malformed(&syntax),
+        Ok(_) => refused_for_content(reader, error),
     }
+}
+
+/// Why a body of sound syntax whose read failed is refused: too many repayments, else what the
+/// read said.
+fn refused_for_content(reader: &Reader, error: serde_json::Error) -> IntakeError {
     if reader.too_many {
         return IntakeError::TooManyRepayments {
             at_least: reader.max_repayments + 1,

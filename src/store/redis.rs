@@ -701,16 +701,21 @@ impl RedisStore {
     ) -> Vec<super::EarlierReport> {
         let parsed: Vec<(usize, Uuid, Option<usize>)> =
             answers.iter().filter_map(|a| parse_earlier(a)).collect();
-        let mut wanted: Vec<String> = parsed
+        let loans: Vec<&super::StoredRepayment> =
+            batches.iter().flat_map(|b| &b.repayments).collect();
+        let loan_at =
+            |position: usize| Some(super::loan_key(report.column_format, loans.get(position)?));
+        // The (earlier report, loan) pairs to place, and no more: an earlier report may hold
+        // thousands of loans, of which only the repeated ones are looked up.
+        let mut places: std::collections::HashMap<(Uuid, String), Option<usize>> = parsed
             .iter()
             .take(crate::intake::MAX_LISTED_VIOLATIONS)
             .filter(|(_, _, at)| at.is_none())
-            .map(|(_, id, _)| id.to_string())
+            .filter_map(|(position, id, _)| Some(((*id, loan_at(*position)?), None)))
             .collect();
+        let mut wanted: Vec<String> = places.keys().map(|(id, _)| id.to_string()).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let mut positions: std::collections::HashMap<(Uuid, String), usize> =
-            std::collections::HashMap::new();
         let read = async {
             let found = self.report_docs(&report.partner_id, &wanted).await?;
             let their_batches = self.batches_of_many(&found).await?;
@@ -721,7 +726,9 @@ impl RedisStore {
                 for (earlier, its_batches) in found {
                     for repayment in its_batches.iter().flat_map(|b| &b.repayments) {
                         let key = super::loan_key(earlier.column_format, &repayment.repayment);
-                        positions.insert((earlier.id, key), repayment.repayment.position);
+                        if let Some(place) = places.get_mut(&(earlier.id, key)) {
+                            *place = Some(repayment.repayment.position);
+                        }
                     }
                 }
             }
@@ -729,16 +736,14 @@ impl RedisStore {
                 tracing::warn!(%error, "could not read the earlier reports a refused report repeats")
             }
         }
-        let loans: Vec<&super::StoredRepayment> =
-            batches.iter().flat_map(|b| &b.repayments).collect();
         parsed
             .into_iter()
             .map(|(position, report_id, at)| super::EarlierReport {
                 position,
                 report_id,
                 earlier_position: at.or_else(|| {
-                    let loan = super::loan_key(report.column_format, loans.get(position)?);
-                    positions.get(&(report_id, loan)).copied()
+                    let loan = loan_at(position)?;
+                    places.get(&(report_id, loan)).copied().flatten()
                 }),
             })
             .collect()
