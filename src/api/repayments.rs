@@ -14,7 +14,7 @@ use super::auth::Caller;
 use super::idempotency;
 use super::problem::{ApiError, Problem};
 use crate::config::UnexpectedLoans;
-use crate::domain::{ColumnFormat, RepaymentReport};
+use crate::domain::{ColumnFormat, KivaRequest, RepaymentReport};
 use crate::intake::{FileFields, FileKind, Intake, LARGE_BODY_BYTES, PartnerScope, Violation};
 use crate::periods::expected::ExpectedLoansCheck;
 use crate::store::{
@@ -281,7 +281,7 @@ pub struct NormalizedReport {
     /// would be sent: `client_id` only for three-column partners, `amount` a JSON number with
     /// the digits received.
     #[schema(value_type = Vec<Object>, example = json!([{"repayments": [{"loan_id": "L-1042970", "client_id": "C-184729", "amount": 25.00}]}]))]
-    pub kiva_requests: Vec<serde_json::Value>,
+    pub kiva_requests: Vec<Box<serde_json::value::RawValue>>,
     /// Repayments PA2 will ignore (Kiva does not expect their loans).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Violation>,
@@ -332,9 +332,9 @@ impl NormalizedReport {
         let kiva_requests: Vec<_> = report
             .batches(batch_size)
             .map(|batch| {
-                serde_json::json!({
-                    "repayments": batch.iter().map(|r| r.to_kiva_json(format)).collect::<Vec<_>>()
-                })
+                let repayments = batch.iter().map(|r| r.to_kiva_json(format)).collect();
+                serde_json::value::to_raw_value(&KivaRequest { repayments })
+                    .expect("Kiva requests serialize")
             })
             .collect();
         Self {

@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CLAIM_MARGIN_SECS, DeliverySettings, PartnerSettings};
-use crate::domain::{ColumnFormat, PartnerId};
+use crate::domain::{ColumnFormat, KivaRepayment, KivaRequest, PartnerId};
 use crate::kiva::{KivaClient, SendOutcome};
 use crate::store::{
     Attempt, AttemptEnd, BatchDoc, BatchResult, BatchState, BeginAttempt, ClaimedBatch,
@@ -671,13 +671,13 @@ pub async fn supervise(worker: Arc<Worker>) {
 /// The body of one call to Kiva: `client_id` only for three-column partners, amounts as JSON
 /// numbers with exactly the digits accepted.
 pub fn kiva_body(batch: &BatchDoc, format: ColumnFormat) -> bytes::Bytes {
-    let repayments: Vec<serde_json::Value> = batch
+    let repayments = batch
         .repayments
         .iter()
-        .map(|r| r.to_repayment().to_kiva_json(format))
+        .map(|r| KivaRepayment::new(format, &r.loan_id, r.client_id.as_ref(), r.amount))
         .collect();
-    serde_json::to_vec(&serde_json::json!({ "repayments": repayments }))
-        .expect("JSON values serialize")
+    serde_json::to_vec(&KivaRequest { repayments })
+        .expect("Kiva requests serialize")
         .into()
 }
 

@@ -125,7 +125,9 @@ impl fmt::Display for Amount {
 
 impl serde::Serialize for Amount {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        // rust_decimal's own string form (its `serde-str` feature): the digits `Display`
+        // gives, written at once instead of through `collect_str`'s escaping adapter.
+        serde::Serialize::serialize(&self.0, s)
     }
 }
 
@@ -249,6 +251,18 @@ mod tests {
         let json = serde_json::to_string(&total).unwrap();
         assert_eq!(json, "\"1999999999999999.998\"");
         assert_eq!(serde_json::from_str::<Amount>(&json).unwrap(), total);
+    }
+
+    #[test]
+    fn an_amount_is_stored_as_the_text_it_shows() {
+        for text in ["0", "0.00", "0.10", "25.00", "1234567.891", "100", "0.001"] {
+            let amount = Amount::parse(text).unwrap();
+            assert_eq!(
+                serde_json::to_string(&amount).unwrap(),
+                format!("\"{amount}\""),
+                "{text}"
+            );
+        }
     }
 
     #[test]

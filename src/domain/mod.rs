@@ -10,5 +10,6 @@ pub use amount::Amount;
 pub use identifiers::{ClientId, IdError, LoanId, PartnerId};
 pub use period::Period;
 pub use report::{
-    ColumnFormat, Repayment, RepaymentReport, RuleViolation, column_rule_violations, total,
+    ColumnFormat, KivaRepayment, KivaRequest, Repayment, RepaymentReport, RuleViolation,
+    column_rule_violations, total,
 };

@@ -25,17 +25,42 @@ pub struct Repayment {
 
 impl Repayment {
     /// One element of Kiva's `repayments` array, `amount` a JSON number with exact digits.
-    pub fn to_kiva_json(&self, format: ColumnFormat) -> serde_json::Value {
-        let mut entry = serde_json::Map::with_capacity(3);
-        entry.insert("loan_id".into(), self.loan_id.as_str().into());
-        if let (ColumnFormat::ThreeColumn, Some(client)) = (format, &self.client_id) {
-            entry.insert("client_id".into(), client.as_str().into());
+    pub fn to_kiva_json(&self, format: ColumnFormat) -> KivaRepayment<'_> {
+        KivaRepayment::new(format, &self.loan_id, self.client_id.as_ref(), self.amount)
+    }
+}
+
+/// One call to Kiva's repayments endpoint, as sent.
+#[derive(Debug, Serialize)]
+pub struct KivaRequest<'a> {
+    pub repayments: Vec<KivaRepayment<'a>>,
+}
+
+/// One element of Kiva's `repayments` array. A struct, not a JSON map, so its members keep
+/// this order (loan, client, amount: PA2's columns) whatever serde_json's map type sorts by.
+#[derive(Debug, Serialize)]
+pub struct KivaRepayment<'a> {
+    loan_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    amount: serde_json::Number,
+}
+
+impl<'a> KivaRepayment<'a> {
+    /// `client_id` only for three-column partners.
+    pub fn new(
+        format: ColumnFormat,
+        loan_id: &'a LoanId,
+        client_id: Option<&'a ClientId>,
+        amount: Amount,
+    ) -> Self {
+        Self {
+            loan_id: loan_id.as_str(),
+            client_id: client_id
+                .filter(|_| format == ColumnFormat::ThreeColumn)
+                .map(ClientId::as_str),
+            amount: amount.to_json_number(),
         }
-        entry.insert(
-            "amount".into(),
-            serde_json::Value::Number(self.amount.to_json_number()),
-        );
-        serde_json::Value::Object(entry)
     }
 }
 
@@ -294,11 +319,11 @@ mod tests {
     fn two_column_wire_form_drops_client_id_and_keeps_digits() {
         let r = repayment("L1", Some("C1"), "25.00");
         assert_eq!(
-            r.to_kiva_json(ColumnFormat::TwoColumn).to_string(),
+            serde_json::to_string(&r.to_kiva_json(ColumnFormat::TwoColumn)).unwrap(),
             r#"{"loan_id":"L1","amount":25.00}"#
         );
         assert_eq!(
-            r.to_kiva_json(ColumnFormat::ThreeColumn).to_string(),
+            serde_json::to_string(&r.to_kiva_json(ColumnFormat::ThreeColumn)).unwrap(),
             r#"{"loan_id":"L1","client_id":"C1","amount":25.00}"#
         );
     }
