@@ -51,6 +51,14 @@ pub(super) fn parse(body: &[u8], max_repayments: usize) -> Result<Parsed, Intake
     if let Ok(text) = std::str::from_utf8(body) {
         let text = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
         if text.starts_with('{') {
+            if let Ok(value) = reader.plain_document(text) {
+                return Ok(Parsed {
+                    value,
+                    unknown: reader.unknown,
+                });
+            }
+            // Anything else is read again, from the start, the general way.
+            reader.unknown = Violations::default();
             match reader.document(text, true) {
                 Ok(value) => {
                     return Ok(Parsed {
@@ -177,6 +185,18 @@ impl Reader {
         }
     }
 
+    /// The usual report, read in one pass: `repayments` an array of objects, no more than
+    /// `max_repayments`. Any other shape, and any error, fails this read; `document` then
+    /// reads the body the general way, which gives the same tree for the usual report (a
+    /// test compares them) and the refusals for the rest. `document` reads the repayments
+    /// three times over (the array, each element, each member) to be able to take any shape.
+    fn plain_document(&mut self, text: &str) -> Result2<Value> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let value = de.deserialize_map(PlainReport { reader: self })?;
+        de.end()?;
+        Ok(value)
+    }
+
     fn unknown_field(&mut self, parent: &str, name: &str) {
         self.unknown.push_with(|| {
             Violation::new(
@@ -187,6 +207,107 @@ impl Reader {
                 ),
             )
         });
+    }
+}
+
+struct PlainReport<'r> {
+    reader: &'r mut Reader,
+}
+
+impl<'de> Visitor<'de> for PlainReport<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a report")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if name == "repayments" {
+                let items = map.next_value_seed(PlainRepayments {
+                    reader: &mut *self.reader,
+                })?;
+                fields.insert(name, items);
+            } else {
+                let value: &'de RawValue = map.next_value()?;
+                if TOP_FIELDS.contains(&name) {
+                    fields.insert(name, scalar(value.get()).map_err(de::Error::custom)?);
+                } else {
+                    self.reader.unknown_field("", &name);
+                }
+            }
+        }
+        Ok(Value::Object(fields))
+    }
+}
+
+struct PlainRepayments<'r> {
+    reader: &'r mut Reader,
+}
+
+impl<'de> de::DeserializeSeed<'de> for PlainRepayments<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainRepayments<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of repayments")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(PlainRepayment {
+            reader: &mut *self.reader,
+            position: items.len(),
+        })? {
+            items.push(item);
+            if items.len() > self.reader.max_repayments {
+                return Err(de::Error::custom("too many repayments"));
+            }
+        }
+        Ok(Value::Array(items))
+    }
+}
+
+struct PlainRepayment<'r> {
+    reader: &'r mut Reader,
+    position: usize,
+}
+
+impl<'de> de::DeserializeSeed<'de> for PlainRepayment<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainRepayment<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a repayment")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let value: &'de RawValue = map.next_value()?;
+            if ITEM_FIELDS.contains(&name) {
+                fields.insert(name, scalar(value.get()).map_err(de::Error::custom)?);
+            } else {
+                self.reader
+                    .unknown_field(&format!("/repayments/{}", self.position), &name);
+            }
+        }
+        Ok(Value::Object(fields))
     }
 }
 
@@ -264,5 +385,61 @@ impl<'de> Visitor<'de> for Members<'_, 'de> {
             (self.each)(name, value).map_err(de::Error::custom)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(max_repayments: usize) -> Reader {
+        Reader {
+            max_repayments,
+            unknown: Violations::default(),
+            too_many: false,
+        }
+    }
+
+    /// The one-pass read gives the general read's tree and unknown properties, or fails and
+    /// leaves the body to the general read.
+    #[test]
+    fn the_one_pass_read_agrees_with_the_general_read() {
+        let item = r#"{"loan_id":"L1","client_id":7,"amount":"25.00"}"#;
+        let plain = [
+            format!(r#"{{"period":"2026-10","repayments":[{item},{item}]}}"#),
+            r#"{"repayments":[],"period":"2026-10","correction":true,"partner_id":"p1"}"#.into(),
+            // Unknown properties, at the top and in a repayment, in the order met.
+            r#"{"x":1,"repayments":[{"loan_id":"L1","nick":[1],"amount":2.5e1,"y":{}}],"z":null}"#
+                .into(),
+            // Values of the wrong kind where a scalar belongs stand as empty ones.
+            r#"{"period":[1,[2]],"repayments":[{"loan_id":{"a":1},"amount":[3]}]}"#.into(),
+            // Duplicates: the last wins, in both reads; escaped names are names.
+            r#"{"repayments":[{"loan_id":"A","loan_id":"B","amo\u0075nt":"1"}],"repayments":[]}"#
+                .into(),
+            format!(r#"{{"repayments":[{item},{item},{item}]}}"#),
+        ];
+        for body in &plain {
+            let mut one = reader(3);
+            let fast = one.plain_document(body).expect(body);
+            let mut general = reader(3);
+            assert_eq!(fast, general.document(body, true).unwrap(), "{body}");
+            assert_eq!(one.unknown, general.unknown, "{body}");
+            assert!(!general.too_many);
+        }
+        let other = [
+            // More repayments than allowed.
+            format!(r#"{{"repayments":[{item},{item},{item},{item}]}}"#),
+            // Repayments that are not an array, or not objects.
+            r#"{"repayments":{"loan_id":"L1"}}"#.into(),
+            r#"{"repayments":"none"}"#.into(),
+            r#"{"repayments":[1,{"loan_id":"L1"}]}"#.into(),
+            r#"{"repayments":[[]]}"#.into(),
+            // Syntax errors and trailing text.
+            r#"{"repayments":[{"loan_id":"L1",}]}"#.into(),
+            r#"{"repayments":[]} x"#.into(),
+        ];
+        for body in &other {
+            assert!(reader(3).plain_document(body).is_err(), "{body}");
+        }
     }
 }

@@ -79,7 +79,7 @@ pub const MAX_LISTED_VIOLATIONS: usize = 100;
 
 /// Violations in document order, keeping only the first `MAX_LISTED_VIOLATIONS` (and never
 /// more than twice that in memory) while counting them all.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Violations {
     kept: Vec<Violation>,
     total: usize,
