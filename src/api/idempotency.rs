@@ -119,3 +119,36 @@ pub fn reused_detail(differences: &[String]) -> String {
         format!("a different report: {named}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Amount, ClientId, LoanId, PartnerId, Repayment};
+
+    /// Fingerprints are stored with an Idempotency-Key's first answer (for 24 h) and compared
+    /// by a later process, perhaps a newer version: the same report must give the same text.
+    /// (serde_json's `preserve_order` decides the canonical object's member order, so turning
+    /// it off would make every retry across an upgrade a 422.)
+    #[test]
+    fn a_reports_fingerprint_is_the_one_earlier_versions_recorded() {
+        let repayment = |loan: &str, client: &str, amount: &str| Repayment {
+            loan_id: LoanId::parse(loan).unwrap(),
+            client_id: Some(ClientId::parse(client).unwrap()),
+            amount: Amount::parse(amount).unwrap(),
+        };
+        let report = RepaymentReport::new(
+            PartnerId::parse("102").unwrap(),
+            ColumnFormat::ThreeColumn,
+            Period::parse("2026-10").unwrap(),
+            vec![
+                repayment("L-1042970", "C-184729", "25.00"),
+                repayment("L-1043223", "C-481395", "40.5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            fingerprint(&report),
+            "report-v1:036a1e1ff8de2b7238ecd7025836685421d3376edde4fb19d2f54455a6ffa3da"
+        );
+    }
+}

@@ -34,7 +34,6 @@ pub fn violations(instance: &Value) -> Vec<Violation> {
 /// `violations`, one at a time, without collecting them.
 pub fn for_each_violation(instance: &Value, mut each: impl FnMut(Violation)) {
     let mut seen = std::collections::HashSet::new();
-    let mut in_columns = ColumnOrder::default();
     VALIDATOR
         .iter_errors(instance)
         .flat_map(|error| {
@@ -101,60 +100,7 @@ pub fn for_each_violation(instance: &Value, mut each: impl FnMut(Violation)) {
             }
         })
         .filter(|v| seen.insert(v.pointer.clone()))
-        .for_each(|v| in_columns.push(v, &mut each));
-    in_columns.flush(&mut each);
-}
-
-/// Puts each repayment's violations in PA2's column order (loan, client, amount). The
-/// validator walks a repayment's properties in the order of the schema's map, which is
-/// alphabetical; a clerk reads a row left to right. Only one repayment's violations are held
-/// at a time: the validator reports the repayments one after another.
-#[derive(Default)]
-struct ColumnOrder {
-    item: Option<usize>,
-    held: Vec<Violation>,
-}
-
-impl ColumnOrder {
-    fn push(&mut self, violation: Violation, each: &mut impl FnMut(Violation)) {
-        let item = item_and_rank(&violation.pointer).map(|(item, _)| item);
-        if item.is_none() || item != self.item {
-            self.flush(each);
-        }
-        match item {
-            Some(_) => {
-                self.item = item;
-                self.held.push(violation);
-            }
-            None => each(violation),
-        }
-    }
-
-    fn flush(&mut self, each: &mut impl FnMut(Violation)) {
-        // Stable: violations of one field keep the validator's order.
-        self.held
-            .sort_by_key(|v| item_and_rank(&v.pointer).map_or(usize::MAX, |(_, rank)| rank));
-        self.held.drain(..).for_each(each);
-        self.item = None;
-    }
-}
-
-/// For a pointer into a repayment, its position and its field's column (the repayment itself
-/// first, unknown fields last).
-fn item_and_rank(pointer: &str) -> Option<(usize, usize)> {
-    let rest = pointer.strip_prefix("/repayments/")?;
-    let (item, field) = match rest.split_once('/') {
-        Some((item, field)) => (item, field.split('/').next().unwrap_or_default()),
-        None => (rest, ""),
-    };
-    let rank = match field {
-        "" => 0,
-        "loan_id" => 1,
-        "client_id" => 2,
-        "amount" => 3,
-        _ => 4,
-    };
-    Some((item.parse().ok()?, rank))
+        .for_each(&mut each);
 }
 
 fn a_type(name: &str) -> &'static str {

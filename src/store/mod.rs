@@ -88,8 +88,8 @@ pub enum BatchState {
 }
 
 /// The text chrono's `Serialize` writes (RFC 3339, UTC as `Z`, fractional seconds in groups of
-/// three), built in one piece: chrono's own `Serialize` feeds serde_json a fragment at a time,
-/// each escaped on its own, which was most of the cost of writing a report record.
+/// three), built in one piece: chrono's own `Serialize` feeds serde_json one fragment at a
+/// time through `collect_str`, each escaped on its own.
 fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }
