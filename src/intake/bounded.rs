@@ -137,12 +137,10 @@ impl Reader {
             if name == "repayments" {
                 let items = self.repayments(value)?;
                 fields.insert(name, items);
-            } else if TOP_FIELDS.contains(&name) {
-                fields.insert(name, scalar(value.get())?);
+                Ok(())
             } else {
-                self.unknown_field("", &name);
+                self.top_member(&mut fields, name, value)
             }
-            Ok(())
         })?;
         if object {
             Ok(Value::Object(fields))
@@ -171,12 +169,7 @@ impl Reader {
     fn repayment(&mut self, position: usize, raw: &RawValue) -> Result2<Value> {
         let mut fields = Map::new();
         let object = members(raw.get(), false, &mut |name, value| {
-            if ITEM_FIELDS.contains(&name) {
-                fields.insert(name, scalar(value.get())?);
-            } else {
-                self.unknown_field(&format!("/repayments/{position}"), &name);
-            }
-            Ok(())
+            self.item_member(position, &mut fields, name, value)
         })?;
         if object {
             Ok(Value::Object(fields))
@@ -195,6 +188,37 @@ impl Reader {
         let value = de.deserialize_map(PlainReport { reader: self })?;
         de.end()?;
         Ok(value)
+    }
+
+    /// A top-level member other than `repayments`: kept if the schema knows it.
+    fn top_member(
+        &mut self,
+        fields: &mut Map<String, Value>,
+        name: String,
+        value: &RawValue,
+    ) -> Result2<()> {
+        if TOP_FIELDS.contains(&name) {
+            fields.insert(name, scalar(value.get())?);
+        } else {
+            self.unknown_field("", &name);
+        }
+        Ok(())
+    }
+
+    /// A member of the repayment at `position`: kept if the schema knows it.
+    fn item_member(
+        &mut self,
+        position: usize,
+        fields: &mut Map<String, Value>,
+        name: String,
+        value: &RawValue,
+    ) -> Result2<()> {
+        if ITEM_FIELDS.contains(&name) {
+            fields.insert(name, scalar(value.get())?);
+        } else {
+            self.unknown_field(&format!("/repayments/{position}"), &name);
+        }
+        Ok(())
     }
 
     fn unknown_field(&mut self, parent: &str, name: &str) {
@@ -231,11 +255,9 @@ impl<'de> Visitor<'de> for PlainReport<'_> {
                 fields.insert(name, items);
             } else {
                 let value: &'de RawValue = map.next_value()?;
-                if TOP_FIELDS.contains(&name) {
-                    fields.insert(name, scalar(value.get()).map_err(de::Error::custom)?);
-                } else {
-                    self.reader.unknown_field("", &name);
-                }
+                self.reader
+                    .top_member(&mut fields, name, value)
+                    .map_err(de::Error::custom)?;
             }
         }
         Ok(Value::Object(fields))
@@ -300,12 +322,9 @@ impl<'de> Visitor<'de> for PlainRepayment<'_> {
         let mut fields = Map::new();
         while let Some(name) = map.next_key::<String>()? {
             let value: &'de RawValue = map.next_value()?;
-            if ITEM_FIELDS.contains(&name) {
-                fields.insert(name, scalar(value.get()).map_err(de::Error::custom)?);
-            } else {
-                self.reader
-                    .unknown_field(&format!("/repayments/{}", self.position), &name);
-            }
+            self.reader
+                .item_member(self.position, &mut fields, name, value)
+                .map_err(de::Error::custom)?;
         }
         Ok(Value::Object(fields))
     }
