@@ -566,32 +566,12 @@ impl ReportStore for EmbeddedStore {
             let id = report.id.to_string();
             let period = report.period.map(|p| p.to_string()).unwrap_or_default();
             // Checked inside the same IMMEDIATE transaction that writes the report: two
-            // reports with one loan can't both get in.
-            if !report.correction {
-                let mut earlier_of = tx
-                    .prepare_cached(
-                        "SELECT report_id, position FROM period_loans WHERE partner = ?1 AND period = ?2 AND loan = ?3",
-                    )
-                    .map_err(other)?;
-                let mut earlier = Vec::new();
-                for (position, loan) in loans.iter().enumerate() {
-                    let found: Option<(String, i64)> = earlier_of
-                        .query_row(params![partner, period, loan], |row| Ok((row.get(0)?, row.get(1)?)))
-                        .optional()
-                        .map_err(other)?;
-                    if let Some((report_id, earlier_position)) = found {
-                        earlier.push(super::EarlierReport {
-                            position,
-                            report_id: Uuid::parse_str(&report_id).map_err(other)?,
-                            earlier_position: Some(earlier_position as usize),
-                        });
-                    }
-                }
-                if !earlier.is_empty() {
-                    return Err(StoreError::AlreadyReported(earlier));
-                }
-            }
-            {
+            // reports with one loan can't both get in. One statement per loan checks and
+            // claims it (`OR IGNORE` leaves a loan another report has, and says so by changing
+            // no row); only those are looked up, to name the earlier report. A refusal undoes
+            // the loans claimed before it: the writer rolls a failed unit back to its own
+            // savepoint (see `writer`).
+            if report.correction {
                 let mut remember = tx
                     .prepare_cached(
                         "INSERT OR REPLACE INTO period_loans (partner, period, loan, report_id, position) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -601,6 +581,43 @@ impl ReportStore for EmbeddedStore {
                     remember
                         .execute(params![partner, period, loan, id, position as i64])
                         .map_err(other)?;
+                }
+            } else {
+                let mut claim = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO period_loans (partner, period, loan, report_id, position) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(other)?;
+                let mut earlier_of = tx
+                    .prepare_cached(
+                        "SELECT report_id, position FROM period_loans WHERE partner = ?1 AND period = ?2 AND loan = ?3",
+                    )
+                    .map_err(other)?;
+                let mut earlier = Vec::new();
+                for (position, loan) in loans.iter().enumerate() {
+                    let claimed = claim
+                        .execute(params![partner, period, loan, id, position as i64])
+                        .map_err(other)?;
+                    if claimed == 1 {
+                        continue;
+                    }
+                    let (report_id, earlier_position): (String, i64) = earlier_of
+                        .query_row(params![partner, period, loan], |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })
+                        .map_err(other)?;
+                    // Intake lets no loan into a report twice; were one there, it is not an
+                    // earlier report's.
+                    if report_id != id {
+                        earlier.push(super::EarlierReport {
+                            position,
+                            report_id: Uuid::parse_str(&report_id).map_err(other)?,
+                            earlier_position: Some(earlier_position as usize),
+                        });
+                    }
+                }
+                if !earlier.is_empty() {
+                    return Err(StoreError::AlreadyReported(earlier));
                 }
             }
             execute(

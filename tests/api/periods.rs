@@ -56,6 +56,9 @@ async fn a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_rep
         stored,
         "nothing of the second report was stored"
     );
+    // Nor did it keep L3, which came before the loans it was refused for.
+    let l3 = app.submit(MOMBASA, &report("2026-10", &["L3"])).await;
+    assert_eq!(l3.status, 202, "{}", l3.text);
 
     // Another period, or the same loan id for another client, is another loan.
     let next_month = app.submit(NAIROBI, &report("2026-11", &["L1", "L2"])).await;
