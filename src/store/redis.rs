@@ -557,7 +557,7 @@ impl RedisStore {
 
     /// The partner's batches in `state` (see the key layout above).
     fn state_index_key(&self, partner: &PartnerId, state: BatchState) -> String {
-        self.key_of(partner, &["batches:", state_name(state)])
+        self.key_of(partner, &["batches:", state.as_str()])
     }
 
     /// Set once the partner's state index holds every batch (see `summary`).
@@ -988,10 +988,6 @@ fn key_parts(prefix: &str, partner: &PartnerId, parts: &[&str]) -> String {
         key.push_str(part);
     }
     key
-}
-
-fn state_name(state: BatchState) -> &'static str {
-    state.as_str()
 }
 
 fn from_ms(ms: i64) -> Option<DateTime<Utc>> {
@@ -1478,7 +1474,7 @@ impl ReportStore for RedisStore {
                 invocation
                     .arg(&claimed.entry_id)
                     .arg(attempt.to_string())
-                    .arg(state_name(end.state))
+                    .arg(end.state.as_str())
                     .arg(encode(&end.result))
                     .arg(encode(&end.attempt))
                     .arg(
@@ -1511,7 +1507,7 @@ impl ReportStore for RedisStore {
         let allowed: String = ALL_STATES
             .iter()
             .filter(|s| kind.allowed_from(**s))
-            .fold(",".to_owned(), |list, s| list + state_name(*s) + ",");
+            .fold(",".to_owned(), |list, s| list + s.as_str() + ",");
         let kind_arg = match kind {
             OperatorActionKind::Resend => "resend",
             OperatorActionKind::MarkDelivered => "mark_delivered",

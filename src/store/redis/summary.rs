@@ -80,7 +80,7 @@ impl RedisStore {
             .key(self.key(partner, "reports"))
             .arg(self.key(partner, ""));
         for state in STATE_INDEX {
-            invocation.arg(super::state_name(state));
+            invocation.arg(state.as_str());
         }
         let reply: Vec<String> = self
             .with_connection(async |c| invocation.invoke_async(c).await)
