@@ -112,7 +112,7 @@ impl TestRedis {
 
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is already running");
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(crate::cluster_support::redis_server());
         command
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
@@ -156,7 +156,7 @@ impl TestRedis {
         let _: () = pipe.query_async(&mut c).await.unwrap();
         let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
         self.stop();
-        let child = Command::new("redis-server")
+        let child = Command::new(crate::cluster_support::redis_server())
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
             .args([

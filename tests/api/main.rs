@@ -8,6 +8,7 @@ mod binary;
 mod cluster;
 mod crash;
 mod delivery;
+mod durability;
 mod expected_loans;
 mod expected_store;
 mod fault_proxy;

@@ -20,6 +20,13 @@ pub struct TestCluster {
 
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
 
+/// The Redis server the tests start: `GATEWAY_TEST_REDIS_SERVER` (a path, e.g. a Valkey 8
+/// `valkey-server`, which has `WAITAOF`; `scripts/test` runs the store suites on both), or
+/// Debian's `redis-server`.
+pub fn redis_server() -> String {
+    std::env::var("GATEWAY_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
 impl TestCluster {
     /// The binary's cluster, started on first use.
     pub fn shared() -> &'static TestCluster {
@@ -110,7 +117,7 @@ fn spawn_nodes(dir: &Path) -> (Vec<u16>, Vec<std::process::Child>) {
     for (port, bus) in ports.iter().zip(bus_ports) {
         let node_dir = dir.join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("node dir");
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(redis_server());
         command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(port.to_string())
