@@ -158,7 +158,10 @@ pub async fn language(
     let back = choice
         .back
         .as_deref()
-        .filter(|b| b.starts_with("/web/") && !b.starts_with("//") && !b.contains('\\'))
+        // Printable ASCII only: a control character (CR, LF, NUL) can't go in `Location`.
+        .filter(|b| {
+            b.starts_with("/web/") && !b.contains('\\') && b.bytes().all(|c| c.is_ascii_graphic())
+        })
         .unwrap_or(HOME);
     let mut response = see_other(back);
     if let Some(lang) = Lang::parse(&choice.lang) {

@@ -9,7 +9,7 @@ use repayment_gateway::store::WebSession;
 
 use crate::helpers::*;
 
-fn no_redirects() -> reqwest::Client {
+pub(super) fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -17,7 +17,7 @@ fn no_redirects() -> reqwest::Client {
 }
 
 /// The sign-in form's token cookie and hidden field, as a browser gets them.
-async fn sign_in_form(address: &str) -> (String, String) {
+pub(super) async fn sign_in_form(address: &str) -> (String, String) {
     let answer = no_redirects()
         .get(format!("{address}/web/sign-in"))
         .send()
@@ -34,7 +34,7 @@ async fn sign_in_form(address: &str) -> (String, String) {
     (cookie, field)
 }
 
-fn set_cookie(answer: &reqwest::Response, name: &str) -> Option<String> {
+pub(super) fn set_cookie(answer: &reqwest::Response, name: &str) -> Option<String> {
     answer
         .headers()
         .get_all("set-cookie")
@@ -44,7 +44,7 @@ fn set_cookie(answer: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn post_sign_in(address: &str, key: &str) -> reqwest::Response {
+pub(super) async fn post_sign_in(address: &str, key: &str) -> reqwest::Response {
     let (cookie, token) = sign_in_form(address).await;
     let value = cookie.split(';').next().unwrap().to_owned();
     no_redirects()
