@@ -112,7 +112,7 @@ impl Application {
             kiva,
             metrics: metrics.clone(),
         });
-        let web_config = web::Data::new(crate::web::session::WebConfig::new(&settings.web));
+        let web_config = web::Data::new(crate::web::session::WebConfig::new(settings));
         let document = openapi::document();
         let server = HttpServer::new(move || {
             App::new()

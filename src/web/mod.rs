@@ -5,6 +5,7 @@
 
 pub mod i18n;
 mod layout;
+pub mod limiter;
 mod pages;
 pub mod session;
 
