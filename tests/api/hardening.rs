@@ -13,6 +13,7 @@ use repayment_gateway::store::{Attempt, AttemptEnd, BatchResult, BatchState, Beg
 
 use crate::fault_proxy::{self, FaultProxy};
 use crate::helpers::*;
+use crate::raw_http::answer_to_partial_request;
 
 fn partner() -> PartnerId {
     PartnerId::parse(THREE_COL).unwrap()

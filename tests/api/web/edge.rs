@@ -10,6 +10,7 @@ use repayment_gateway::store::ReportStore;
 
 use super::plain::{no_redirects, post_sign_in, set_cookie, sign_in_form};
 use crate::helpers::*;
+use crate::raw_http::answer_to_partial_request;
 
 /// The session cookie (`rg_session=…`) of a new sign-in on `address`.
 async fn session_cookie(address: &str, key: &str) -> String {
