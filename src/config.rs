@@ -14,8 +14,10 @@ use crate::domain::{ColumnFormat, PartnerId};
 
 mod cluster_url;
 mod redact;
+mod unknown_key;
 pub use cluster_url::cluster_node_urls;
 pub use redact::redact_url;
+use unknown_key::load_error;
 
 /// `store.url` prefix of the embedded store: `embedded:PATH` (a directory).
 pub const EMBEDDED_PREFIX: &str = "embedded:";
@@ -64,6 +66,13 @@ pub struct ServerSettings {
     pub bind: String,
     pub max_body_bytes: usize,
     pub max_repayments: usize,
+    /// A request body not received in full this long after its reading began (time spent
+    /// waiting for a large-body turn aside) is answered 408 and its turn given back: a client
+    /// trickling a body must not hold one of the few large-body turns indefinitely.
+    pub body_read_timeout_secs: u64,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client; from any
+    /// other peer the header is ignored. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,6 +273,9 @@ fn defaults() -> Defaults {
             // more white space and no more: every byte allowed is a byte a hostile body may use.
             max_body_bytes: 4 * 1024 * 1024,
             max_repayments: 10_000,
+            // 4 MiB in 120 s is about 280 kbit/s: a slow branch line still gets through.
+            body_read_timeout_secs: 120,
+            trusted_proxies: Vec::new(),
         },
         store: StoreSettings {
             url: "embedded:data".into(),
@@ -401,6 +413,19 @@ impl Settings {
             self.server.max_repayments >= 1,
             "server.max_repayments: must be at least 1".into(),
         );
+        check(
+            (1..=3600).contains(&self.server.body_read_timeout_secs),
+            "server.body_read_timeout_secs: must be between 1 and 3600".into(),
+        );
+        for (i, proxy) in self.server.trusted_proxies.iter().enumerate() {
+            check(
+                parse_trusted_proxy(proxy).is_some(),
+                format!(
+                    "server.trusted_proxies.{i}: {proxy:?} is not an address or CIDR block \
+                     like \"10.0.0.5\" or \"10.0.0.0/8\""
+                ),
+            );
+        }
         let embedded_path = self.store.url.strip_prefix(EMBEDDED_PREFIX);
         check(
             embedded_path.is_some_and(|p| !p.trim().is_empty())
@@ -610,68 +635,21 @@ impl Settings {
     }
 }
 
-/// Figment names an unknown key by its profile (`default.delivery.max_atempts`), which the
-/// operator never wrote: such keys are named as written, with the close match if there is one.
-fn load_error(error: figment::Error) -> ConfigError {
-    if !error.clone().into_iter().any(|e| unknown_key(&e).is_some()) {
-        return ConfigError::Load(Box::new(error));
-    }
-    ConfigError::Invalid(
-        error
-            .into_iter()
-            .map(|e| unknown_key(&e).unwrap_or_else(|| e.to_string()))
-            .collect(),
-    )
-}
-
-fn unknown_key(error: &figment::Error) -> Option<String> {
-    let figment::error::Kind::UnknownField(field, expected) = &error.kind else {
-        return None;
-    };
-    let mut path = error.path.clone();
-    if path.last() != Some(field) {
-        path.push(field.clone());
-    }
-    let from_env = error
-        .metadata
-        .as_ref()
-        .is_some_and(|m| m.name.contains("environment"));
-    let key = if from_env {
-        format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase())
-    } else {
-        path.join(".")
-    };
-    // Environment variables arrive upper-cased; the comparison is on the lower-case name.
-    let written = field.to_ascii_lowercase();
-    let closest = expected
-        .iter()
-        .map(|known| (strsim::jaro_winkler(&written, known), known))
-        .filter(|(score, _)| *score >= 0.85)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    let source = error
-        .metadata
-        .as_ref()
-        .and_then(|m| m.source.as_ref())
-        .map(|s| format!(" (in {s})"))
-        .unwrap_or_default();
-    Some(match closest {
-        Some((_, known)) => format!("{key}: unknown key{source}; did you mean `{known}`?"),
-        None => format!(
-            "{key}: unknown key{source}; known keys here: {}",
-            expected
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    })
-}
-
 fn env_provider() -> Env {
     // `split` has already turned `__` into `.` when the filter runs.
     Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
         let section = key.as_str().split('.').next().unwrap_or("");
         ENV_SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+    })
+}
+
+/// A `server.trusted_proxies` entry: an address (one host) or a CIDR block.
+pub fn parse_trusted_proxy(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
     })
 }
 

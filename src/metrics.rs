@@ -307,6 +307,7 @@ impl Metrics {
                 | ApiError::MalformedFile(_)
                 | ApiError::BadRequest(_)
                 | ApiError::UnsupportedMediaType
+                | ApiError::RequestTimeout(_)
                 | ApiError::InvalidReport { .. } => "invalid",
                 ApiError::PayloadTooLarge(_) => "too_large",
                 ApiError::IdempotencyInProgress

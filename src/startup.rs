@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
+use actix_web::http::header;
+use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
@@ -98,6 +99,7 @@ impl Application {
             partners: settings.partners.iter().map(|p| p.id.clone()).collect(),
             batch_size: settings.kiva.batch_size,
             max_body_bytes: settings.server.max_body_bytes,
+            body_read_timeout: Duration::from_secs(settings.server.body_read_timeout_secs),
             idempotency_ttl: Duration::from_secs(settings.store.idempotency_ttl_hours * 3600),
             worker: worker.as_ref().map(|w| w.health()),
             stale_after: Duration::from_secs(settings.reconcile.stale_after_hours * 3600),
@@ -110,7 +112,7 @@ impl Application {
             kiva,
             metrics: metrics.clone(),
         });
-        let web_config = web::Data::new(crate::web::session::WebConfig::new(&settings.web));
+        let web_config = web::Data::new(crate::web::session::WebConfig::new(settings));
         let document = openapi::document();
         let server = HttpServer::new(move || {
             App::new()
@@ -118,6 +120,7 @@ impl Application {
                 .app_data(endpoint.clone())
                 .app_data(web_config.clone())
                 .wrap(from_fn(request_log::log_request))
+                .wrap(edge_headers())
                 .configure(crate::web::configure)
                 .configure(api::configure)
                 .configure(|cfg| {
@@ -202,6 +205,16 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Headers on every answer that has not set its own: no content sniffing (a report's text is
+/// never run as a script or style), and nothing of the gateway, Swagger UI included, framed by
+/// another site (clickjacking). The pages set a stricter policy of their own.
+fn edge_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"))
 }
 
 fn partner_ids(settings: &Settings) -> Vec<crate::domain::PartnerId> {

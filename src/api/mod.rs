@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod batches;
+pub mod body;
 pub mod health;
 pub mod idempotency;
 pub mod openapi;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub partners: Vec<PartnerId>,
     pub batch_size: usize,
     pub max_body_bytes: usize,
+    /// `server.body_read_timeout_secs`.
+    pub body_read_timeout: Duration,
     pub idempotency_ttl: Duration,
     /// The delivery loop of this process, when it runs one.
     pub worker: Option<Arc<crate::delivery::WorkerHealth>>,

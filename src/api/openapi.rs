@@ -182,6 +182,12 @@ fn problem_examples(path: &str, method: &str, status: &str) -> Vec<(&'static str
             ),
         )],
         ("409", _) => vec![("idempotency-in-progress", ApiError::IdempotencyInProgress)],
+        ("408", _) => vec![(
+            "request-timeout",
+            ApiError::RequestTimeout(
+                "the body was not received in full within 120 s; send it again".into(),
+            ),
+        )],
         ("413", _) => vec![(
             "payload-too-large",
             ApiError::PayloadTooLarge(

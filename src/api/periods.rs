@@ -355,6 +355,8 @@ fn csv_answer<const N: usize>(
         })?;
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
+        // Loans and borrowers' ids: never kept by a shared cache or the browser's.
+        .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{filename}\""),

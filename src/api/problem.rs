@@ -63,6 +63,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The body came too slowly (`server.body_read_timeout_secs`).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error(
         "send the report as application/json, text/csv or an Excel workbook \
          (application/vnd.openxmlformats-officedocument.spreadsheetml.sheet)"
@@ -122,6 +125,7 @@ impl ApiError {
             ),
             ApiError::Conflict(_) => ("conflict", "Not possible in the current state"),
             ApiError::PayloadTooLarge(_) => ("payload-too-large", "The report is too large"),
+            ApiError::RequestTimeout(_) => ("request-timeout", "The body came too slowly"),
             ApiError::UnsupportedMediaType => {
                 ("unsupported-media-type", "Unsupported content type")
             }
@@ -170,6 +174,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyInProgress | ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidReport { .. } | ApiError::IdempotencyKeyReused(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -197,6 +202,11 @@ impl ResponseError for ApiError {
             }
             ApiError::IdempotencyInProgress => {
                 response.insert_header((header::RETRY_AFTER, 1));
+            }
+            // The rest of the body may still be on its way: this connection can't carry
+            // another request.
+            ApiError::RequestTimeout(_) => {
+                response.force_close();
             }
             _ => {}
         }

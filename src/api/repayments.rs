@@ -3,7 +3,6 @@
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
@@ -11,11 +10,12 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Caller;
+use super::body::{BodyError, ReadDeadline, read_limited};
 use super::idempotency;
 use super::problem::{ApiError, Problem};
 use crate::config::UnexpectedLoans;
 use crate::domain::{ColumnFormat, KivaRequest, RepaymentReport};
-use crate::intake::{FileFields, FileKind, Intake, LARGE_BODY_BYTES, PartnerScope, Violation};
+use crate::intake::{FileFields, FileKind, LARGE_BODY_BYTES, PartnerScope, Violation};
 use crate::periods::expected::ExpectedLoansCheck;
 use crate::store::{
     IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
@@ -65,6 +65,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
         (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with the same Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 408, description = "The body was not received in full within `server.body_read_timeout_secs` (120 s by default); nothing was stored.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body, the number of repayments (rows), or what a workbook unpacks to is over the limit.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json`, `text/csv` or an `.xlsx` workbook.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Every schema and column-rule violation, each with a JSON Pointer (and for a file its line or cell); or an Idempotency-Key reused with another body. Nothing was stored.", body = Problem, content_type = "application/problem+json"),
@@ -382,6 +383,7 @@ impl NormalizedReport {
         (status = 400, description = "The body is not JSON, a file is not what its content type says, or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body was not received in full within `server.body_read_timeout_secs` (120 s by default); nothing was stored.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the size limits.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`, `text/csv` or an `.xlsx` workbook.", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Every violation, each with a JSON Pointer (and for a file its line or cell).", body = Problem, content_type = "application/problem+json"),
@@ -573,7 +575,7 @@ async fn read_report(
     headers: &HeaderMap,
     payload: web::Payload,
 ) -> Result<RepaymentReport, ApiError> {
-    let (body, permit) = read_body(payload, headers, state.max_body_bytes, &state.intake).await?;
+    let (body, permit) = read_body(payload, headers, state).await?;
     parse_report(state, caller, kind, body, permit).await
 }
 
@@ -616,40 +618,26 @@ pub(crate) async fn parse_report(
     Ok(report?)
 }
 
-/// Reads the body up to `max` bytes; a larger one is refused as soon as it is known to be.
-/// Past `LARGE_BODY_BYTES` (declared or read), waits for a large-body permit first and
-/// returns it, to be held until the body is parsed.
+/// The whole body, as `body::read_limited` reads it; a declared length over `max` is refused
+/// before anything is read.
 async fn read_body(
     mut payload: web::Payload,
     headers: &HeaderMap,
-    max: usize,
-    intake: &Intake,
+    state: &AppState,
 ) -> Result<(web::Bytes, Option<OwnedSemaphorePermit>), ApiError> {
-    let too_large =
-        || ApiError::PayloadTooLarge(format!("the body is larger than the {max}-byte limit"));
-    let declared = headers
+    let declared = declared_length(headers);
+    let max = state.max_body_bytes;
+    if declared.is_some_and(|n| n > max) {
+        return Err(BodyError::TooLarge { max }.into());
+    }
+    let mut deadline = ReadDeadline::start(state.body_read_timeout);
+    Ok(read_limited(&mut payload, declared, max, &state.intake, &mut deadline).await?)
+}
+
+/// The `Content-Length` the client declared, if it is a number.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(too_large());
-    }
-    let mut permit = None;
-    if declared.is_some_and(|n| n > LARGE_BODY_BYTES) {
-        permit = Some(intake.large_body_permit().await);
-    }
-    // Only after the permit: a declared length is the client's word, not yet a body.
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(max));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > max {
-            return Err(too_large());
-        }
-        if permit.is_none() && body.len() + chunk.len() > LARGE_BODY_BYTES {
-            permit = Some(intake.large_body_permit().await);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body.freeze(), permit))
+        .and_then(|v| v.parse::<usize>().ok())
 }

@@ -186,3 +186,38 @@ fn a_cluster_store_url_is_accepted_and_a_broken_one_refused_without_its_password
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn trusted_proxies_must_be_addresses_or_cidr_blocks() {
+    let ok = load(&format!(
+        "{MINIMAL}\n[server]\ntrusted_proxies = [\"10.0.0.5\", \"10.1.0.0/16\", \"::1\", \"fd00::/8\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.server.trusted_proxies.len(), 4);
+    assert!(load(MINIMAL).unwrap().server.trusted_proxies.is_empty());
+    let err = load(&format!(
+        "{MINIMAL}\n[server]\ntrusted_proxies = [\"10.0.0.5\", \"proxy.local\", \"10.0.0.0/33\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("server.trusted_proxies.1: \"proxy.local\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.trusted_proxies.2: \"10.0.0.0/33\""),
+        "{err}"
+    );
+    assert!(!err.contains("trusted_proxies.0"), "{err}");
+}
+
+#[test]
+fn the_body_read_timeout_must_be_at_least_a_second() {
+    assert_eq!(load(MINIMAL).unwrap().server.body_read_timeout_secs, 120);
+    let err = load(&format!(
+        "{MINIMAL}\n[server]\nbody_read_timeout_secs = 0\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("server.body_read_timeout_secs"), "{err}");
+}

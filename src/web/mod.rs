@@ -5,6 +5,7 @@
 
 pub mod i18n;
 mod layout;
+pub mod limiter;
 mod pages;
 pub mod session;
 
@@ -108,6 +109,8 @@ pub(crate) enum Failure {
     NotFound,
     Forbidden,
     BadRequest,
+    /// A form whose body came too slowly (`server.body_read_timeout_secs`).
+    TimedOut,
     Conflict,
     Unavailable,
     /// The store may or may not have made the change: look before repeating it.
@@ -204,6 +207,7 @@ impl ResponseError for PageError {
             Failure::Csrf | Failure::Forbidden => StatusCode::FORBIDDEN,
             Failure::NotFound => StatusCode::NOT_FOUND,
             Failure::BadRequest => StatusCode::BAD_REQUEST,
+            Failure::TimedOut => StatusCode::REQUEST_TIMEOUT,
             Failure::Conflict => StatusCode::CONFLICT,
             Failure::Unavailable | Failure::Unconfirmed => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -219,6 +223,7 @@ impl ResponseError for PageError {
             Failure::Forbidden => ("error.forbidden_title", "error.forbidden"),
             Failure::NotFound => ("error.not_found_title", "error.not_found"),
             Failure::BadRequest => ("error.bad_request_title", "error.bad_request"),
+            Failure::TimedOut => ("error.timed_out_title", "error.timed_out"),
             Failure::Conflict => ("error.conflict_title", "error.conflict"),
             Failure::Unavailable => ("error.unavailable_title", "error.unavailable"),
             Failure::Unconfirmed => ("error.unavailable_title", "error.unconfirmed"),

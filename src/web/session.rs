@@ -1,11 +1,8 @@
 //! Signed-in sessions of the pages: an opaque random id in an `HttpOnly; SameSite=Strict`
 //! cookie, the session itself in the store (by the id's SHA-256), so any gateway process serves
-//! it and a sign-out ends it everywhere. Also the CSRF tokens and the sign-in rate limit.
+//! it and a sign-out ends it everywhere. Also the CSRF tokens.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
@@ -15,8 +12,9 @@ use subtle::ConstantTimeEq;
 
 use crate::api::AppState;
 use crate::api::auth::Caller;
-use crate::config::WebSettings;
+use crate::config::{Settings, parse_trusted_proxy};
 use crate::store::{StoreError, WebSession};
+use crate::web::limiter::SignInLimiter;
 
 pub const SESSION_COOKIE: &str = "rg_session";
 /// The sign-in form's own token (double-submit): no session exists yet to keep it in, and
@@ -28,15 +26,24 @@ pub struct WebConfig {
     pub max_age: Duration,
     pub secure_cookies: bool,
     pub limiter: SignInLimiter,
+    /// `server.trusted_proxies`: whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl WebConfig {
-    pub fn new(settings: &WebSettings) -> Self {
+    pub fn new(settings: &Settings) -> Self {
+        let web = &settings.web;
         Self {
-            idle: Duration::from_secs(settings.session_idle_minutes * 60),
-            max_age: Duration::from_secs(settings.session_max_hours * 3600),
-            secure_cookies: settings.secure_cookies,
-            limiter: SignInLimiter::new(settings.sign_in_attempts_per_minute),
+            idle: Duration::from_secs(web.session_idle_minutes * 60),
+            max_age: Duration::from_secs(web.session_max_hours * 3600),
+            secure_cookies: web.secure_cookies,
+            limiter: SignInLimiter::new(web.sign_in_attempts_per_minute),
+            trusted_proxies: settings
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| parse_trusted_proxy(p))
+                .collect(),
         }
     }
 }
@@ -151,63 +158,9 @@ pub fn tokens_match(posted: Option<&str>, expected: &str) -> bool {
     !expected.is_empty() && bool::from(posted.as_bytes().ct_eq(expected.as_bytes()))
 }
 
-/// Failed sign-ins per client address in the last minute. A client with `limit` failures in
-/// the window is refused before its key is even looked at, so guessing can't go faster than
-/// `limit` keys a minute per address. In-process: each gateway process counts on its own.
-/// (Not `governor`: its limiters count every attempt and cannot be asked without spending
-/// one, while only failures should count here: a coordinator who signs in often is fine.)
-pub struct SignInLimiter {
-    limit: usize,
-    failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
-}
-
-const WINDOW: Duration = Duration::from_secs(60);
-/// Addresses remembered at most; past it, stale ones are forgotten first.
-const MAX_CLIENTS: usize = 10_000;
-
-impl SignInLimiter {
-    pub fn new(per_minute: u32) -> Self {
-        Self {
-            limit: per_minute.max(1) as usize,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Whether this client may try now.
-    pub fn allows(&self, client: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures.get_mut(&client).is_none_or(|times| {
-            times.retain(|t| now.duration_since(*t) < WINDOW);
-            times.len() < self.limit
-        })
-    }
-
-    pub fn failed(&self, client: IpAddr) {
-        let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if failures.len() >= MAX_CLIENTS {
-            failures.retain(|_, times| times.iter().any(|t| now.duration_since(*t) < WINDOW));
-        }
-        failures.entry(client).or_default().push(now);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_client_is_refused_after_its_failures_and_others_are_not() {
-        let limiter = SignInLimiter::new(2);
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        assert!(limiter.allows(a));
-        limiter.failed(a);
-        assert!(limiter.allows(a));
-        limiter.failed(a);
-        assert!(!limiter.allows(a));
-        assert!(limiter.allows(b));
-    }
 
     #[test]
     fn tokens_must_match_exactly() {

@@ -13,6 +13,7 @@ use repayment_gateway::store::{Attempt, AttemptEnd, BatchResult, BatchState, Beg
 
 use crate::fault_proxy::{self, FaultProxy};
 use crate::helpers::*;
+use crate::raw_http::answer_to_partial_request;
 
 fn partner() -> PartnerId {
     PartnerId::parse(THREE_COL).unwrap()
@@ -614,4 +615,39 @@ async fn a_redis_still_loading_its_data_gets_503_not_500_and_takes_reports_once_
         2,
         "the first survived the restart"
     );
+}
+
+// Issue 22, item 13b: a body trickled in must not hold a large-body turn indefinitely.
+
+#[tokio::test]
+async fn a_body_trickled_past_the_read_deadline_gets_408_and_gives_its_turn_back() {
+    let app = spawn_app_on(TestRedis::start().await, |s| {
+        s.server.body_read_timeout_secs = 1;
+    })
+    .await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let head = format!(
+        "POST /v1/repayments HTTP/1.1\r\nHost: {host}\r\nX-Api-Key: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        plain_key(NAIROBI),
+        1024 * 1024
+    );
+    // As many tricklers as there are large-body turns, all at once: each takes one.
+    let turns = std::thread::available_parallelism().map_or(1, usize::from);
+    let answers = futures_util::future::join_all(
+        (0..turns).map(|_| answer_to_partial_request(&app.address, &head, b"{\"period\"")),
+    )
+    .await;
+    for answer in answers {
+        let (status, text) = answer.expect("the gateway gives up on the body, not the client");
+        assert_eq!(status, 408, "{text}");
+        assert!(text.contains("application/problem+json"), "{text}");
+        assert!(text.contains("/problems/request-timeout"), "{text}");
+    }
+    // Every turn was given back: a large report (padded past 256 KiB) is taken at once.
+    let large = format!("{}{}", one_loan("L-after-trickle"), " ".repeat(300 * 1024));
+    let accepted = tokio::time::timeout(DEADLINE, app.submit_raw(NAIROBI, &large))
+        .await
+        .expect("a large-body turn is free");
+    assert_eq!(accepted.status, 202, "{}", accepted.text);
 }

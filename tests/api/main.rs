@@ -21,6 +21,7 @@ mod metrics;
 mod openapi;
 mod outage;
 mod periods;
+mod raw_http;
 mod redis_tls;
 mod reports;
 mod secrets;

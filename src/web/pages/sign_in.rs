@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::api::AppState;
 use crate::api::auth::hash_key;
 use crate::web::i18n::{LANG_COOKIE, Lang};
+use crate::web::limiter::client_address;
 use crate::web::session::{self, SESSION_COOKIE, SIGN_IN_COOKIE, WebConfig};
 use crate::web::{
     Failure, HOME, PageError, field, form_fields, html as page_html, layout, see_other,
@@ -74,35 +75,41 @@ pub async fn sign_in(
     if !session::tokens_match(field(&fields, "csrf"), &expected) {
         return Err(PageError::new(lang, Failure::Csrf));
     }
-    let client = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-    if !config.limiter.allows(client) {
-        tracing::warn!(%client, "sign-in refused: too many failed attempts");
+    let client = client_address(&req, &config.trusted_proxies);
+    // The key is looked at first, whatever the client's failures: the right key always gets
+    // in at once, and only wrong ones wait (a stranger sharing the coordinator's address, or
+    // proxy, slows only themselves).
+    let key = field(&fields, "api_key").unwrap_or_default().trim();
+    let caller = (key.len() <= MAX_KEY)
+        .then(|| state.api_keys.identify(key))
+        .flatten();
+    let Some(caller) = caller else {
+        // Never the key: the start of its hash tells an operator whether one key keeps failing.
+        let hash = hash_key(key);
+        let failed = config.limiter.failed(client, &hash[..16]);
+        tracing::warn!(
+            %client,
+            key_sha256_prefix = &hash[..8],
+            client_failures = failed.client_failures,
+            key_failures = failed.key_failures,
+            "failed sign-in"
+        );
+        if failed.delay.is_zero() {
+            return Ok(sign_in_page(
+                &req,
+                &config,
+                lang,
+                StatusCode::UNAUTHORIZED,
+                Some(lang.t("sign_in.unknown_key")),
+            ));
+        }
+        tokio::time::sleep(failed.delay).await;
         return Ok(sign_in_page(
             &req,
             &config,
             lang,
             StatusCode::TOO_MANY_REQUESTS,
             Some(lang.t("sign_in.too_many")),
-        ));
-    }
-    let key = field(&fields, "api_key").unwrap_or_default().trim();
-    let caller = (key.len() <= MAX_KEY)
-        .then(|| state.api_keys.identify(key))
-        .flatten();
-    let Some(caller) = caller else {
-        config.limiter.failed(client);
-        // Never the key: the start of its hash tells an operator whether one key keeps failing.
-        let hash = hash_key(key);
-        tracing::warn!(%client, key_sha256_prefix = &hash[..8], "failed sign-in");
-        return Ok(sign_in_page(
-            &req,
-            &config,
-            lang,
-            StatusCode::UNAUTHORIZED,
-            Some(lang.t("sign_in.unknown_key")),
         ));
     };
     let id = session::start(&state, &config, &hash_key(key))
@@ -158,7 +165,10 @@ pub async fn language(
     let back = choice
         .back
         .as_deref()
-        .filter(|b| b.starts_with("/web/") && !b.starts_with("//") && !b.contains('\\'))
+        // Printable ASCII only: a control character (CR, LF, NUL) can't go in `Location`.
+        .filter(|b| {
+            b.starts_with("/web/") && !b.contains('\\') && b.bytes().all(|c| c.is_ascii_graphic())
+        })
         .unwrap_or(HOME);
     let mut response = see_other(back);
     if let Some(lang) = Lang::parse(&choice.lang) {

@@ -4,14 +4,17 @@
 //! report. Reading, checking and storing are the API's own (`api::repayments`).
 
 use actix_multipart::Multipart;
-use actix_web::http::{StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
+use actix_web::http::{ConnectionType, StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use maud::{Markup, html};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api::AppState;
+use crate::api::body::{BodyError, ReadDeadline, read_limited};
 use crate::api::problem::ApiError;
-use crate::api::repayments::{BodyKind, accept_report, check_report, parse_report};
+use crate::api::repayments::{
+    BodyKind, accept_report, check_report, declared_length, parse_report,
+};
 use crate::intake::{FileFields, FileKind, PartnerScope, Violation};
 use crate::web::session::{self, WebConfig};
 use crate::web::{Ctx, Failure, PageError, html as page_html, layout, see_other};
@@ -19,14 +22,13 @@ use crate::web::{Ctx, Failure, PageError, html as page_html, layout, see_other};
 /// What the form sent.
 #[derive(Default)]
 struct Form {
-    csrf: Option<String>,
     idempotency_key: Option<String>,
     period: Option<String>,
     partner: Option<String>,
     correction: bool,
     send: bool,
     file_name: String,
-    file: Vec<u8>,
+    file: web::Bytes,
 }
 
 pub async fn form(
@@ -82,17 +84,19 @@ pub async fn upload(
     config: web::Data<WebConfig>,
     payload: Multipart,
 ) -> Result<HttpResponse, PageError> {
+    // The session (its cookie) before anything of the body is read, then the form's token
+    // before its file is: a forged or stranger's form costs the gateway no file in memory.
     let ctx = Ctx::of(&req, &state, &config).await?;
     let lang = ctx.lang;
-    let sent = read_form(payload, state.max_body_bytes).await;
-    let Ok(sent) = sent else {
-        // A form that could not be read at all, or a file over the limit: no token checked yet,
-        // and nothing was changed.
-        return Err(ctx.fail(Failure::BadRequest));
+    let (mut sent, permit) = match read_form(&req, payload, &state, &ctx.viewer.csrf).await {
+        Ok(read) => read,
+        // Refused with the rest of the body unread: the connection can't carry another request.
+        Err(refusal) => {
+            let mut answer = ctx.fail(refusal).error_response();
+            answer.head_mut().set_connection_type(ConnectionType::Close);
+            return Ok(answer);
+        }
     };
-    if !session::tokens_match(sent.csrf.as_deref(), &ctx.viewer.csrf) {
-        return Err(ctx.fail(Failure::Csrf));
-    }
     let key = sent
         .idempotency_key
         .clone()
@@ -116,15 +120,8 @@ pub async fn upload(
         }
     };
     let caller = &ctx.viewer.caller;
-    let report = match parse_report(
-        &state,
-        caller,
-        &kind,
-        web::Bytes::from(sent.file.clone()),
-        None,
-    )
-    .await
-    {
+    let file = std::mem::take(&mut sent.file);
+    let report = match parse_report(&state, caller, &kind, file, permit).await {
         Ok(report) => report,
         Err(error) => return Ok(refused(&ctx, &state, &sent, &key, error)),
     };
@@ -159,40 +156,90 @@ pub async fn upload(
     Ok(see_other(&format!("/web/reports/{report}?done=sent")))
 }
 
-/// The form's fields; the file read up to `max` bytes (the API's body limit).
-async fn read_form(mut payload: Multipart, max: usize) -> Result<Form, ()> {
+/// Form bytes allowed besides the file: the other fields and the parts' heads.
+const FORM_OVERHEAD: usize = 64 * 1024;
+/// Longest value of a field other than the file.
+const MAX_FIELD: usize = 1024;
+
+/// The form's fields, in the order the browser sends them, which is the page's (HTML's form
+/// encoding keeps tree order). The session's token must come first: no other field, and above
+/// all not the file, is read before it matched. (Not the token in the form's URL, which works
+/// as well without JavaScript: URLs end up in access logs, history and `Referer`.) The file is
+/// read as the API reads a body (`api::body`): the same limit, large-body turn and deadline,
+/// and the turn is returned to be held until the file is parsed.
+async fn read_form(
+    req: &HttpRequest,
+    mut payload: Multipart,
+    state: &AppState,
+    csrf: &str,
+) -> Result<(Form, Option<OwnedSemaphorePermit>), Failure> {
+    let max = state.max_body_bytes;
+    let declared = declared_length(req.headers());
+    if declared.is_some_and(|n| n > max + FORM_OVERHEAD) {
+        return Err(Failure::BadRequest);
+    }
+    let mut deadline = ReadDeadline::start(state.body_read_timeout);
     let mut form = Form::default();
-    while let Some(field) = payload.next().await {
-        let mut field = field.map_err(drop)?;
+    let mut permit = None;
+    let (mut token_matched, mut file_read, mut other_bytes) = (false, false, 0);
+    while let Some(field) = deadline.next(&mut payload).await.map_err(refusal)? {
+        let mut field = field.map_err(|_| Failure::BadRequest)?;
         let name = field.name().unwrap_or_default().to_owned();
+        if !token_matched && name != "csrf" {
+            return Err(Failure::Csrf);
+        }
         if name == "file" {
+            if file_read {
+                return Err(Failure::BadRequest);
+            }
             form.file_name = field
                 .content_disposition()
                 .and_then(|d| d.get_filename())
                 .unwrap_or_default()
                 .to_owned();
+            let (file, turn) =
+                read_limited(&mut field, declared, max, &state.intake, &mut deadline)
+                    .await
+                    .map_err(refusal)?;
+            (form.file, permit, file_read) = (file, turn, true);
+            continue;
         }
-        let limit = if name == "file" { max } else { 1024 };
         let mut value = Vec::new();
-        while let Some(chunk) = field.next().await {
-            value.extend_from_slice(&chunk.map_err(drop)?);
-            if value.len() > limit {
-                return Err(());
+        while let Some(chunk) = deadline.next(&mut field).await.map_err(refusal)? {
+            let chunk = chunk.map_err(|_| Failure::BadRequest)?;
+            other_bytes += chunk.len();
+            if value.len() + chunk.len() > MAX_FIELD || other_bytes > FORM_OVERHEAD {
+                return Err(Failure::BadRequest);
             }
+            value.extend_from_slice(&chunk);
         }
         let text = || String::from_utf8_lossy(&value).trim().to_owned();
         match name.as_str() {
-            "csrf" => form.csrf = Some(text()),
+            "csrf" if !token_matched => {
+                if !session::tokens_match(Some(&text()), csrf) {
+                    return Err(Failure::Csrf);
+                }
+                token_matched = true;
+            }
             "idempotency_key" => form.idempotency_key = Some(text()),
             "period" => form.period = Some(text()),
             "partner" => form.partner = Some(text()),
             "correction" => form.correction = text() == "true",
             "step" => form.send = text() == "send",
-            "file" => form.file = value,
             _ => {}
         }
     }
-    Ok(form)
+    if !token_matched {
+        return Err(Failure::Csrf);
+    }
+    Ok((form, permit))
+}
+
+fn refusal(error: BodyError) -> Failure {
+    match error {
+        BodyError::TimedOut { .. } => Failure::TimedOut,
+        BodyError::TooLarge { .. } | BodyError::Unreadable(_) => Failure::BadRequest,
+    }
 }
 
 /// The file's problems, each where the clerk finds it: line (CSV) or cell (Excel), column.
