@@ -2,6 +2,8 @@
 
 #[path = "../support/cluster.rs"]
 mod cluster_support;
+#[path = "../support/workbooks.rs"]
+mod workbooks;
 #[macro_use]
 mod helpers;
 mod binary;
@@ -15,6 +17,7 @@ mod files;
 mod first_hour;
 mod hardening;
 mod hostile;
+mod hostile_files;
 mod idempotency;
 mod metrics;
 mod openapi;
