@@ -243,6 +243,15 @@ fn hostile_csv_and_xlsx_files_cost_a_bounded_amount_of_memory() {
     ));
     drop(strings);
     files.push((
+        "an xlsx of 99,000 cell formats of a 100 KiB format code",
+        workbooks::with_formats(
+            r#"<row r="1"><c r="A1"><v>1</v></c><c r="B1"><v>1</v></c></row>"#,
+            &"0".repeat(100 * 1024),
+            99_000,
+        ),
+        xlsx(),
+    ));
+    files.push((
         "an xlsx that declares 10^15 shared strings",
         workbooks::quadrillion_strings(),
         xlsx(),

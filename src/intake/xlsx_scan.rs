@@ -34,6 +34,11 @@ const MAX_SHARED_TEXT_BYTES: usize = 8 * 1024 * 1024;
 /// bounds above): Excel's limit of 64,000 cell formats is about that many elements of styles.
 const MAX_ELEMENTS: usize = 100_000;
 
+/// Most memory the cell formats of a styles part may cost calamine, which gives each format its
+/// own copy of its font and number format: a 100 KiB format code in 100,000 formats was 10 GB.
+/// An Excel workbook's few hundred formats cost well under 1 MiB.
+const MAX_FORMATS_BYTES: usize = 16 * 1024 * 1024;
+
 /// Most strings the shared-string table may declare or hold: three per row (loan, client,
 /// amount) and a header, with room for a clerk's other sheets.
 pub(super) fn max_shared_strings(max_repayments: usize) -> usize {
@@ -282,6 +287,9 @@ struct Part<'a> {
     shared: bool,
     /// Just after the `<v>` of a shared-string cell: the next event is its index.
     index_next: bool,
+    /// In a styles part: the cell formats so far, and the longest attribute value (what each
+    /// format may copy, as a font name or a number format code).
+    formats: Option<(usize, usize)>,
 }
 
 impl<'a> Part<'a> {
@@ -296,6 +304,10 @@ impl<'a> Part<'a> {
             cell: None,
             shared: false,
             index_next: false,
+            formats: name
+                .to_ascii_lowercase()
+                .ends_with("styles.xml")
+                .then_some((0, 0)),
         }
     }
 
@@ -343,6 +355,25 @@ impl<'a> Part<'a> {
                 )));
             }
         }
+        if let Some((formats, longest)) = &mut self.formats {
+            let mut attributes = e.attributes();
+            attributes.with_checks(false);
+            for attribute in attributes {
+                let attribute = attribute.map_err(|e| not_a_workbook(&e))?;
+                *longest = (*longest).max(attribute.value.len());
+            }
+            *formats += usize::from(local == "xf");
+            // A font name, a format code and the rest of the font, for each.
+            let each = 3 * *longest + std::mem::size_of::<calamine::Style>();
+            if formats.saturating_mul(each) > MAX_FORMATS_BYTES {
+                return Err(IntakeError::MalformedFile(format!(
+                    "the workbook can't be read: {} has {formats} cell formats of up to \
+                     {longest} bytes each, more than a report needs: copy the report's cells \
+                     into a new workbook",
+                    self.name
+                )));
+            }
+        }
         match local {
             "sst" => {
                 for count in ["count", "uniqueCount"] {
@@ -350,7 +381,7 @@ impl<'a> Part<'a> {
                         let n = plain_number(&declared);
                         if n.is_none_or(|n| n > self.found.max_strings as u64) {
                             return Err(self.too_many_strings(&format!(
-                                "declare {count}=\"{}\"",
+                                "declares {count}=\"{}\"",
                                 super::schema::truncate(declared)
                             )));
                         }
@@ -361,7 +392,10 @@ impl<'a> Part<'a> {
             "si" if self.table.is_some() => {
                 let strings = self.table.unwrap_or(0) + 1;
                 if strings > self.found.max_strings {
-                    return Err(self.too_many_strings("are more strings"));
+                    return Err(self.too_many_strings(&format!(
+                        "holds more than {} shared strings",
+                        self.found.max_strings
+                    )));
                 }
                 self.table = Some(strings);
                 self.joined = Some((Joined::SharedString, 0));
@@ -434,7 +468,10 @@ impl<'a> Part<'a> {
         if *joined == Joined::SharedString {
             self.shared_text += len;
             if self.shared_text > MAX_SHARED_TEXT_BYTES {
-                return Err(self.too_many_strings("hold more text"));
+                return Err(self.too_many_strings(&format!(
+                    "holds more than {} MiB of shared strings",
+                    MAX_SHARED_TEXT_BYTES / (1024 * 1024)
+                )));
             }
         }
         Ok(())
@@ -462,8 +499,8 @@ impl<'a> Part<'a> {
 
     fn too_many_strings(&self, what: &str) -> IntakeError {
         IntakeError::MalformedFile(format!(
-            "the workbook can't be read: its shared strings ({}) {what}, more than a report \
-             can use (at most {} strings, {} MiB of text): send only the report's sheet",
+            "the workbook can't be read: {} {what}; a report uses at most {} shared strings and \
+             {} MiB of their text: send only the report's sheet",
             self.name,
             self.found.max_strings,
             MAX_SHARED_TEXT_BYTES / (1024 * 1024)

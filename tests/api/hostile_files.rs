@@ -5,7 +5,7 @@
 use std::process::Stdio;
 
 use crate::helpers::*;
-use crate::workbooks::{quadrillion_strings, with_shared_strings, workbook};
+use crate::workbooks::{quadrillion_strings, with_formats, with_shared_strings, workbook};
 
 const CSV: &str = "text/csv";
 const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
@@ -212,6 +212,21 @@ async fn a_cell_longer_than_any_report_needs_is_refused_where_it_is() {
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("more than 1024 bytes"), "{detail}");
     assert!(answer.text.len() < 2_000, "{}", answer.text.len());
+}
+
+#[tokio::test]
+async fn cell_formats_that_would_copy_a_long_format_code_thousands_of_times_are_refused() {
+    let app = spawn(Backend::Embedded).await;
+    let rows = header_and(
+        r#"<row r="2"><c r="A2" t="inlineStr"><is><t>L-1</t></is></c><c r="B2" t="inlineStr"><is><t>C-1</t></is></c><c r="C2"><v>25</v></c></row>"#,
+    );
+    // A workbook as Excel writes it: a short format code, a few formats.
+    let answer = validate(&app, XLSX, with_formats(&rows, "0.00", 20)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    // 100 KiB of format code in each of 2,000 formats: 200 MB (at 100,000 formats, 10 GB).
+    let code = "0".repeat(100 * 1024);
+    let answer = validate(&app, XLSX, with_formats(&rows, &code, 2_000)).await;
+    assert_malformed(&answer, "cell formats");
 }
 
 #[tokio::test]

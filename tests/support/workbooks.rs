@@ -28,6 +28,33 @@ pub fn workbook(rows: &str, shared: Option<&str>) -> Vec<u8> {
     zipped(&entries)
 }
 
+/// A workbook of the rows given whose `xl/styles.xml` has `formats` cell formats, each of the
+/// number format `code` (calamine gives each format its own copy of the code).
+pub fn with_formats(rows: &str, code: &str, formats: usize) -> Vec<u8> {
+    let mut bytes = workbook_entries(rows);
+    let xfs = r#"<xf numFmtId="164" fontId="0" fillId="0" borderId="0"/>"#.repeat(formats);
+    let styles = format!(
+        r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><numFmts count="1"><numFmt numFmtId="164" formatCode="{code}"/></numFmts><cellXfs count="{formats}">{xfs}</cellXfs></styleSheet>"#
+    );
+    bytes.push(("xl/styles.xml", styles.into_bytes()));
+    zipped(&bytes)
+}
+
+fn workbook_entries(rows: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let sheet = format!(
+        r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>{rows}</sheetData></worksheet>"#
+    );
+    vec![
+        ("_rels/.rels", RELS.as_bytes().to_vec()),
+        ("xl/workbook.xml", WORKBOOK.as_bytes().to_vec()),
+        (
+            "xl/_rels/workbook.xml.rels",
+            WORKBOOK_RELS.as_bytes().to_vec(),
+        ),
+        ("xl/worksheets/sheet1.xml", sheet.into_bytes()),
+    ]
+}
+
 /// `workbook` with a shared-string table of `strings`, in order.
 pub fn with_shared_strings(rows: &str, strings: &[&str]) -> Vec<u8> {
     let items: String = strings
