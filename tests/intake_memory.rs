@@ -251,6 +251,21 @@ fn hostile_csv_and_xlsx_files_cost_a_bounded_amount_of_memory() {
         ),
         xlsx(),
     ));
+    // The longest text a report's cell may hold, shared by every cell of 10,000 rows: each
+    // cell gets its own copy.
+    let long = "x".repeat(1_000);
+    let rows: String = (1..=10_000)
+        .map(|r| {
+            format!(
+                r#"<row r="{r}"><c r="A{r}" t="s"><v>0</v></c><c r="B{r}" t="s"><v>0</v></c></row>"#
+            )
+        })
+        .collect();
+    files.push((
+        "an xlsx of 10,000 rows sharing one long string",
+        workbooks::with_shared_strings(&rows, &[long.as_str()]),
+        xlsx(),
+    ));
     files.push((
         "an xlsx that declares 10^15 shared strings",
         workbooks::quadrillion_strings(),

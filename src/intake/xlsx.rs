@@ -21,6 +21,9 @@ use super::IntakeError;
 use super::files::{self, Cell, Columns, MAX_CELL_BYTES, MAX_FIELDS, Row, Source, Table};
 use crate::domain::ColumnFormat;
 
+/// Most bytes of text the report's cells may hold in all.
+const MAX_KEPT_BYTES: usize = 4 * 1024 * 1024;
+
 pub(super) fn read(
     body: &[u8],
     sheet: Option<&str>,
@@ -65,6 +68,7 @@ pub(super) fn read(
         max_repayments,
         layout: None,
         rows: Vec::new(),
+        kept: 0,
     };
     // The filled cells of the row being read, by column.
     let mut current: Option<(u32, Vec<(usize, Cell)>)> = None;
@@ -135,6 +139,8 @@ struct Sheet<'a> {
     /// The columns, and all the columns the header (or first row) fills.
     layout: Option<(Columns, Vec<usize>)>,
     rows: Vec<Row>,
+    /// Bytes of cell text kept in `rows` so far.
+    kept: usize,
 }
 
 impl Sheet<'_> {
@@ -192,6 +198,22 @@ impl Sheet<'_> {
                 .map(|(_, cell)| std::mem::take(cell))
                 .unwrap_or_default()
         });
+        // Each cell is a copy, however many cells share one string: a 1,000-byte string in
+        // 20,000 cells was 65 MB by the time the rules had read it.
+        self.kept += [&row.loan, &row.client, &row.amount]
+            .iter()
+            .filter_map(|text| text.as_ref().map(String::len))
+            .sum::<usize>();
+        if self.kept > MAX_KEPT_BYTES {
+            return Err(files::whole_file(
+                format!(
+                    "the report's cells hold more than {} MiB of text by row {at}, where a \
+                     report of 10,000 rows holds well under 1 MiB: is this the report's sheet?",
+                    MAX_KEPT_BYTES / (1024 * 1024)
+                ),
+                Some((self.source, at)),
+            ));
+        }
         files::push_row(&mut self.rows, row, self.max_repayments)
     }
 }

@@ -376,16 +376,14 @@ impl<'a> Part<'a> {
         }
         match local {
             "sst" => {
-                for count in ["count", "uniqueCount"] {
-                    if let Some(declared) = attribute(e, count)? {
-                        let n = plain_number(&declared);
-                        if n.is_none_or(|n| n > self.found.max_strings as u64) {
-                            return Err(self.too_many_strings(&format!(
-                                "declares {count}=\"{}\"",
-                                super::schema::truncate(declared)
-                            )));
-                        }
-                    }
+                // `count` (the cells that refer to a string, on every sheet) sizes nothing.
+                if let Some(declared) = attribute(e, "uniqueCount")?
+                    && plain_number(&declared).is_none_or(|n| n > self.found.max_strings as u64)
+                {
+                    return Err(self.too_many_strings(&format!(
+                        "declares uniqueCount=\"{}\"",
+                        super::schema::truncate(declared)
+                    )));
                 }
                 self.table = Some(0);
             }
