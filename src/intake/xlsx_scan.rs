@@ -342,11 +342,7 @@ impl<'a> Part<'a> {
     fn start(&mut self, e: &BytesStart<'_>) -> Result<(), IntakeError> {
         let local = e.local_name();
         let local = local.as_ref();
-        // A cell's and a string's own elements are streamed by calamine, or bounded below.
-        if !matches!(
-            local,
-            "row" | "c" | "v" | "f" | "is" | "si" | "r" | "t" | "rPr"
-        ) {
+        if !streamed(local) {
             self.elements += 1;
             if self.elements > MAX_ELEMENTS {
                 return Err(malformed(format!(
@@ -506,6 +502,40 @@ impl<'a> Part<'a> {
     }
 }
 
+/// A cell's and a string's own elements, and a rich text's run properties: calamine streams
+/// them, or joins them into one bounded string, and keeps no list of them.
+fn streamed(local: &str) -> bool {
+    matches!(
+        local,
+        "row"
+            | "c"
+            | "v"
+            | "f"
+            | "is"
+            | "si"
+            | "r"
+            | "t"
+            | "rPr"
+            | "rPh"
+            | "phoneticPr"
+            | "b"
+            | "i"
+            | "u"
+            | "strike"
+            | "sz"
+            | "color"
+            | "rFont"
+            | "family"
+            | "scheme"
+            | "vertAlign"
+            | "charset"
+            | "outline"
+            | "shadow"
+            | "condense"
+            | "extend"
+    )
+}
+
 /// Digits only, as Excel writes a count or an index: no sign, space or other base.
 fn plain_number(text: &str) -> Option<u64> {
     if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -557,6 +587,33 @@ mod tests {
             assert!(longest_token_fits(&short), "{open}");
         }
         assert!(!longest_token_fits("<!DOCTYPE x>"));
+    }
+
+    fn zip_of(name: &str, xml: &str) -> Vec<u8> {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(xml.as_bytes()).unwrap();
+        zip.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn lists_calamine_keeps_are_bounded_and_rich_text_is_not_one() {
+        let run = "<r><rPr><b/><sz val=\"11\"/><color theme=\"1\"/><rFont val=\"Calibri\"/>\
+                   <family val=\"2\"/><scheme val=\"minor\"/></rPr><t>L-1</t></r>";
+        let rich = format!(
+            "<sst>{}</sst>",
+            format!("<si>{run}{run}</si>").repeat(20_000)
+        );
+        assert!(check(&zip_of("xl/sharedStrings.xml", &rich), 10_000).is_ok());
+
+        let sheets = format!(
+            "<workbook><sheets>{}</sheets></workbook>",
+            "<sheet name=\"s\" r:id=\"rId1\"/>".repeat(MAX_ELEMENTS)
+        );
+        let refused = check(&zip_of("xl/workbook.xml", &sheets), 10_000).unwrap_err();
+        assert!(refused.to_string().contains("elements"), "{refused}");
     }
 
     #[test]
