@@ -60,7 +60,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
         (status = 202, description = "Accepted, stored and queued for delivery; `warnings` names the repayments PA2 will ignore.", body = AcceptedReport,
          headers(("Location" = String, description = "`/v1/reports/{id}`"),
                  ("Idempotent-Replayed" = String, description = "`true` when this is the replayed answer to an earlier request with the same Idempotency-Key"))),
-        (status = 400, description = "The body is not JSON (the detail gives line and column), a file is not what its content type says (`/problems/malformed-file`), or the Idempotency-Key or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON (the detail gives line and column), a file is not what its content type says or a workbook holds what no report needs, e.g. more shared strings than rows allow (`/problems/malformed-file`), or the Idempotency-Key or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with the same Idempotency-Key is still in progress.", body = Problem, content_type = "application/problem+json",
@@ -380,7 +380,7 @@ impl NormalizedReport {
     ),
     responses(
         (status = 200, description = "The report is valid; this is what would be sent.", body = NormalizedReport),
-        (status = 400, description = "The body is not JSON, a file is not what its content type says, or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not JSON, a file is not what its content type says or a workbook holds what no report needs (`/problems/malformed-file`), or a query parameter is malformed.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key.", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key may not submit for the named partner.", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body was not received in full within `server.body_read_timeout_secs` (120 s by default); nothing was stored.", body = Problem, content_type = "application/problem+json"),

@@ -1,10 +1,13 @@
 //! `text/csv` → `Table`: UTF-8 with or without BOM, `,` `;` or tab (given, or detected from
 //! the first line), CRLF or LF, quoted fields, a header recognised by name or PA2's column
 //! order. The body is already bounded by `server.max_body_bytes`; the csv reader holds one
-//! record at a time, and rows are counted while read.
+//! record at a time, and rows are counted while read. A record's size is bounded first: a
+//! 4 MiB line of 4 million empty fields cost the csv reader and this one 480 MB, so `check_shape`
+//! reads the body once with the csv reader's own engine into a fixed buffer, refusing the
+//! first record of more than `MAX_FIELDS` fields or field longer than `MAX_CELL_BYTES`.
 
 use super::IntakeError;
-use super::files::{self, Row, Source, Table};
+use super::files::{self, MAX_CELL_BYTES, MAX_FIELDS, Row, Source, Table};
 use crate::domain::ColumnFormat;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -27,6 +30,7 @@ pub(super) fn read(
 ) -> Result<Table, IntakeError> {
     let body = body.strip_prefix(BOM).unwrap_or(body);
     let delimiter = delimiter.unwrap_or_else(|| detect_delimiter(body));
+    check_shape(body, delimiter)?;
     let mut reader = ::csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
@@ -115,6 +119,56 @@ pub(super) fn read(
         ),
         rows,
     })
+}
+
+/// Refuses the first record with more than `MAX_FIELDS` fields or a field longer than
+/// `MAX_CELL_BYTES`, naming the line it starts on, without holding more than one field.
+fn check_shape(body: &[u8], delimiter: u8) -> Result<(), IntakeError> {
+    use csv_core::ReadFieldResult;
+    let mut reader = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
+    let mut field = [0u8; MAX_CELL_BYTES + 1];
+    let mut input = body;
+    let mut fields = 0;
+    let mut len = 0;
+    // The line the record starts on, as the csv reader gives it.
+    let mut line = reader.line();
+    loop {
+        let (result, read, written) = reader.read_field(input, &mut field[len..]);
+        input = &input[read..];
+        len += written;
+        match result {
+            ReadFieldResult::InputEmpty => {}
+            ReadFieldResult::OutputFull => {
+                return Err(files::whole_file(
+                    format!(
+                        "field {} of line {line} is longer than {MAX_CELL_BYTES} bytes: a loan \
+                         ID or client ID has at most 100 characters and an amount a few digits; \
+                         a quote (\") left open joins the lines after it into one field",
+                        fields + 1
+                    ),
+                    Some((&Source::Csv, line)),
+                ));
+            }
+            ReadFieldResult::Field { record_end } => {
+                fields += 1;
+                len = 0;
+                if fields > MAX_FIELDS {
+                    return Err(files::whole_file(
+                        format!(
+                            "line {line} has more than {MAX_FIELDS} fields; a report has three \
+                             columns at most: delete the empty columns after them"
+                        ),
+                        Some((&Source::Csv, line)),
+                    ));
+                }
+                if record_end {
+                    fields = 0;
+                    line = reader.line();
+                }
+            }
+            ReadFieldResult::End => return Ok(()),
+        }
+    }
 }
 
 /// The delimiter the first line uses most outside quotes; on a tie `;` or tab before `,`,

@@ -11,6 +11,13 @@ use serde_json::{Map, Value};
 use super::{IntakeError, Violation};
 use crate::domain::ColumnFormat;
 
+/// Most fields a CSV record, or filled cells an Excel row, may have: a report has at most three
+/// columns, and a spreadsheet's export rarely more than a few dozen (empty) ones.
+pub(super) const MAX_FIELDS: usize = 1024;
+/// Longest text one field or cell may hold: a loan or client ID has at most 100 characters
+/// (400 bytes), an amount a few digits.
+pub(super) const MAX_CELL_BYTES: usize = 1024;
+
 /// The sheet, or the CSV, the rows came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Source {
@@ -108,6 +115,17 @@ pub(super) fn whole_file(detail: String, at: Option<(&Source, u64)>) -> IntakeEr
     if let Some((source, at)) = at {
         place(&mut violation, source, at, None);
     }
+    IntakeError::Invalid {
+        listed: vec![violation],
+        total: 1,
+    }
+}
+
+/// A problem with one cell that stops the reading of the whole file (a cell far too long),
+/// placed at that cell.
+pub(super) fn cell_problem(detail: String, source: &Source, at: u64, column: usize) -> IntakeError {
+    let mut violation = Violation::new("", detail);
+    place(&mut violation, source, at, Some(column));
     IntakeError::Invalid {
         listed: vec![violation],
         total: 1,

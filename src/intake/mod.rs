@@ -10,9 +10,10 @@ mod csv;
 mod files;
 pub mod schema;
 mod xlsx;
+mod xlsx_scan;
 
 pub use self::csv::delimiter_named;
-pub use self::xlsx::MAX_UNPACKED_BYTES;
+pub use self::xlsx_scan::MAX_UNPACKED_BYTES;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

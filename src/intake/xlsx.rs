@@ -1,10 +1,11 @@
 //! Excel workbooks (`.xlsx`) → `Table`, with `calamine`, one cell at a time.
 //!
-//! An `.xlsx` is a zip: a 4 MiB body can unpack to gigabytes. Before calamine sees it, every
-//! entry is unpacked into nothing, counting, against `MAX_UNPACKED_BYTES` (the sizes the zip
-//! declares are the sender's word, so they are not trusted). The sheet is then read with
-//! calamine's cell reader, never as a `Range`: a range is allocated over the cells' bounding
-//! box, and a sheet with one cell at `A1` and one at `XFD1048576` would be 17 billion cells.
+//! An `.xlsx` is a zip: a 4 MiB body can unpack to gigabytes, and its parts can declare counts
+//! calamine believes. Before calamine sees it, `xlsx_scan` unpacks and reads every part within
+//! bounds. The sheet is then read with calamine's cell reader, never as a `Range`: a range is
+//! allocated over the cells' bounding box, and a sheet with one cell at `A1` and one at
+//! `XFD1048576` would be 17 billion cells. A row is refused at its `MAX_FIELDS`-th filled cell,
+//! and a cell longer than `MAX_CELL_BYTES` before its text is copied.
 //!
 //! Numbers: calamine reads a numeric cell's stored text into an `f64`; Rust prints an `f64`
 //! as the shortest text that reads back as the same `f64`, which for any text Excel stores
@@ -12,18 +13,16 @@
 //! with more digits than the amount rule allows (`0.30000000000000004`) stays that long and
 //! is refused by the rule, never rounded.
 
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 
 use calamine::{DataRef, Reader, Xlsx};
 
 use super::IntakeError;
-use super::files::{self, Cell, Columns, Row, Source, Table};
+use super::files::{self, Cell, Columns, MAX_CELL_BYTES, MAX_FIELDS, Row, Source, Table};
 use crate::domain::ColumnFormat;
 
-/// Most bytes a workbook may unpack to: a 10,000-row report is about 1 MB of XML.
-pub const MAX_UNPACKED_BYTES: u64 = 32 * 1024 * 1024;
-/// Most entries a workbook may have; one made by Excel has about a dozen.
-const MAX_ENTRIES: usize = 1_000;
+/// Most bytes of text the report's cells may hold in all.
+const MAX_KEPT_BYTES: usize = 4 * 1024 * 1024;
 
 pub(super) fn read(
     body: &[u8],
@@ -31,7 +30,7 @@ pub(super) fn read(
     format: Option<ColumnFormat>,
     max_repayments: usize,
 ) -> Result<Table, IntakeError> {
-    check_unpacked_size(body)?;
+    super::xlsx_scan::check(body, max_repayments)?;
     let mut workbook = Xlsx::new(Cursor::new(body)).map_err(|e| not_a_workbook(&e))?;
     let names = workbook.sheet_names();
     let name = match sheet {
@@ -45,6 +44,7 @@ pub(super) fn read(
                         "the workbook has no sheet named {wanted:?}; its sheets are {}",
                         names
                             .iter()
+                            .take(10)
                             .map(|n| format!("{n:?}"))
                             .collect::<Vec<_>>()
                             .join(", ")
@@ -68,16 +68,43 @@ pub(super) fn read(
         max_repayments,
         layout: None,
         rows: Vec::new(),
+        kept: 0,
     };
     // The filled cells of the row being read, by column.
     let mut current: Option<(u32, Vec<(usize, Cell)>)> = None;
     while let Some(cell) = cells.next_cell().map_err(|e| not_a_workbook(&e))? {
         let (row, column) = cell.get_position();
+        let at = u64::from(row) + 1;
+        if let Some(len) = long_text(cell.get_value()) {
+            return Err(files::cell_problem(
+                format!(
+                    "cell {}{at} holds {len} bytes of text, more than {MAX_CELL_BYTES} bytes: a \
+                     loan ID or client ID has at most 100 characters and an amount a few digits; \
+                     is this the report's sheet?",
+                    files::letters(column as usize)
+                ),
+                &source,
+                at,
+                column as usize,
+            ));
+        }
         let Some(value) = text_of(cell.get_value()) else {
             continue;
         };
         match &mut current {
-            Some((at, filled)) if *at == row => filled.push((column as usize, value)),
+            Some((at_row, filled)) if *at_row == row => {
+                if filled.len() >= MAX_FIELDS {
+                    return Err(files::whole_file(
+                        format!(
+                            "row {at} has more than {MAX_FIELDS} filled cells; a report has \
+                             three columns at most: clear the others, or move them to another \
+                             sheet"
+                        ),
+                        Some((&source, at)),
+                    ));
+                }
+                filled.push((column as usize, value));
+            }
             _ => {
                 if let Some((at, filled)) = current.take() {
                     sheet.row(u64::from(at) + 1, filled)?;
@@ -112,6 +139,8 @@ struct Sheet<'a> {
     /// The columns, and all the columns the header (or first row) fills.
     layout: Option<(Columns, Vec<usize>)>,
     rows: Vec<Row>,
+    /// Bytes of cell text kept in `rows` so far.
+    kept: usize,
 }
 
 impl Sheet<'_> {
@@ -169,8 +198,34 @@ impl Sheet<'_> {
                 .map(|(_, cell)| std::mem::take(cell))
                 .unwrap_or_default()
         });
+        // Each cell is a copy, however many cells share one string: a 1,000-byte string in
+        // 20,000 cells was 65 MB by the time the rules had read it.
+        self.kept += [&row.loan, &row.client, &row.amount]
+            .iter()
+            .filter_map(|text| text.as_ref().map(String::len))
+            .sum::<usize>();
+        if self.kept > MAX_KEPT_BYTES {
+            return Err(files::whole_file(
+                format!(
+                    "the report's cells hold more than {} MiB of text by row {at}, where a \
+                     report of 10,000 rows holds well under 1 MiB: is this the report's sheet?",
+                    MAX_KEPT_BYTES / (1024 * 1024)
+                ),
+                Some((self.source, at)),
+            ));
+        }
         files::push_row(&mut self.rows, row, self.max_repayments)
     }
+}
+
+/// The length of a cell's text when it is longer than any report's cell may be.
+fn long_text(value: &DataRef<'_>) -> Option<usize> {
+    let len = match value {
+        DataRef::String(s) | DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => s.trim().len(),
+        DataRef::SharedString(s) => s.trim().len(),
+        _ => 0,
+    };
+    (len > MAX_CELL_BYTES).then_some(len)
 }
 
 /// A cell as the text the JSON path would have had; `None` for an empty one.
@@ -210,37 +265,4 @@ fn not_a_workbook(error: &dyn std::fmt::Display) -> IntakeError {
         "the body is not an Excel workbook (.xlsx) that can be read: {}",
         super::schema::truncate(error.to_string())
     ))
-}
-
-/// Unpacks every entry into nothing, refusing the workbook as soon as the total passes
-/// `MAX_UNPACKED_BYTES`.
-fn check_unpacked_size(body: &[u8]) -> Result<(), IntakeError> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(body)).map_err(|e| not_a_workbook(&e))?;
-    if archive.len() > MAX_ENTRIES {
-        return Err(not_a_workbook(&format!(
-            "{} entries, where a workbook has about a dozen",
-            archive.len()
-        )));
-    }
-    let too_large = || {
-        IntakeError::TooLargeUnpacked(format!(
-            "the workbook unpacks to more than {} MiB; a report of 10,000 rows is about 1 MiB: \
-             send only the report's sheet, without pictures or other sheets",
-            MAX_UNPACKED_BYTES / (1024 * 1024)
-        ))
-    };
-    let mut left = MAX_UNPACKED_BYTES;
-    for i in 0..archive.len() {
-        let entry = archive.by_index(i).map_err(|e| not_a_workbook(&e))?;
-        if entry.size() > left {
-            return Err(too_large());
-        }
-        let unpacked = std::io::copy(&mut entry.take(left + 1), &mut std::io::sink())
-            .map_err(|e| not_a_workbook(&e))?;
-        if unpacked > left {
-            return Err(too_large());
-        }
-        left -= unpacked;
-    }
-    Ok(())
 }

@@ -2,6 +2,8 @@
 
 #[path = "../support/cluster.rs"]
 mod cluster_support;
+#[path = "../support/workbooks.rs"]
+mod workbooks;
 #[macro_use]
 mod helpers;
 mod binary;
@@ -16,6 +18,7 @@ mod files;
 mod first_hour;
 mod hardening;
 mod hostile;
+mod hostile_files;
 mod idempotency;
 mod metrics;
 mod openapi;
