@@ -32,7 +32,7 @@ use super::{
     OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStatus, ReportStore,
     StoreError, report_of_batch,
 };
-use super::{ExpectedLoansSnapshot, RefreshStatus, WebSession};
+use super::{BatchVersion, ExpectedLoansSnapshot, RefreshStatus, WebSession};
 use crate::domain::{PartnerId, Period};
 
 /// Retries promoted per call at most, as in the Redis backend.
@@ -982,6 +982,25 @@ impl ReportStore for EmbeddedStore {
                 return Ok(OperatorOutcome::NotFound);
             };
             let from: BatchState = parse_name(&state)?;
+            if let Some(expected) = command.expected {
+                let count = |table: &str| -> Result<usize, StoreError> {
+                    tx.query_row(
+                        &format!("SELECT COUNT(*) FROM {table} WHERE batch_id = ?1"),
+                        params![batch_id],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                    .map_err(other)
+                };
+                let found = BatchVersion {
+                    state: from,
+                    attempts: count("attempts")?,
+                    actions: count("actions")?,
+                };
+                if found != expected {
+                    return Ok(OperatorOutcome::Changed(found));
+                }
+            }
             if !kind.allowed_from(from) {
                 return Ok(OperatorOutcome::Conflict(from));
             }

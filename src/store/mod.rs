@@ -9,9 +9,11 @@ pub mod embedded;
 pub mod expected;
 pub mod redis;
 pub mod sessions;
+mod version;
 
 pub use expected::{EXPECTED_STATUSES, ExpectedLoan, ExpectedLoansSnapshot, RefreshStatus};
 pub use sessions::WebSession;
+pub use version::BatchVersion;
 
 use std::time::Duration;
 
@@ -348,6 +350,10 @@ pub struct OperatorCommand {
     pub upload_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The version the operator confirmed against: the store refuses the action, in the same
+    /// atomic step, when the batch is no longer at it. Not recorded with the action.
+    #[serde(skip)]
+    pub expected: Option<BatchVersion>,
 }
 
 /// A batch as shown to the MIS and the coordinator.
@@ -360,6 +366,11 @@ pub struct Batch {
     #[schema(example = 1)]
     pub number: usize,
     pub state: BatchState,
+    /// Changes whenever the state, the attempts or the operator actions do: send it as
+    /// `If-Match` to `resend` or `mark-delivered`, which then refuse (409) a batch that
+    /// changed since it was read.
+    #[schema(example = "held.1.0")]
+    pub version: String,
     #[schema(example = 2)]
     pub repayment_count: usize,
     #[schema(value_type = String, example = "65.00")]
@@ -438,11 +449,18 @@ impl Batch {
         for r in &repayments {
             *repayment_states.entry(r.state).or_insert(0) += 1;
         }
+        let version = BatchVersion {
+            state: progress.state,
+            attempts: progress.attempts.len(),
+            actions: progress.operator_actions.len(),
+        }
+        .to_string();
         Batch {
             id: doc.id,
             report_id: doc.report_id,
             number: doc.number,
             state: progress.state,
+            version,
             repayment_count: doc.repayment_count,
             total_amount: doc.total_amount,
             next_attempt_at: progress.next_attempt_at,
@@ -501,6 +519,8 @@ pub enum OperatorOutcome {
     Done(Box<Batch>),
     /// The batch is not in a state that allows the action.
     Conflict(BatchState),
+    /// The batch changed since the version the operator confirmed against; now at this one.
+    Changed(BatchVersion),
     NotFound,
 }
 

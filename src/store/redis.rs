@@ -55,7 +55,7 @@ use super::{
     OperatorActionKind, OperatorCommand, OperatorOutcome, RecordedResponse, Report, ReportPage,
     ReportQuery, ReportStore, StoreError, report_of_batch,
 };
-use super::{ExpectedLoansSnapshot, RefreshStatus, WebSession};
+use super::{BatchVersion, ExpectedLoansSnapshot, RefreshStatus, WebSession};
 use crate::domain::{PartnerId, Period};
 
 /// Reports examined per listing call at most, so a filter that matches little can't make one
@@ -314,11 +314,16 @@ return 'OK'
 "#;
 
 // ARGV: action ('resend'|'mark_delivered'), action JSON without from_state, now (ms),
-// result JSON (mark_delivered), the states allowed to start from (",held,failed,"), batch id.
-// Answers the state found.
+// result JSON (mark_delivered), the states allowed to start from (",held,failed,"), batch id,
+// the version the operator confirmed against ('' for none, `BatchVersion`'s text).
+// Answers the state found, or the version found when it is not the one confirmed.
 const OPERATE: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing'} end
+if ARGV[7] ~= '' then
+  local version = state .. '.' .. redis.call('LLEN', KEYS[5]) .. '.' .. redis.call('LLEN', KEYS[6])
+  if version ~= ARGV[7] then return {'changed', version} end
+end
 if not string.find(ARGV[5], ',' .. state .. ',', 1, true) then return {'conflict', state} end
 -- ARGV[2] is a JSON object made by Rust; the state found is spliced in as its last member.
 redis.call('RPUSH', KEYS[6], string.sub(ARGV[2], 1, -2) .. ',"from_state":"' .. state .. '"}')
@@ -1525,6 +1530,7 @@ impl ReportStore for RedisStore {
                     .arg(encode(&result))
                     .arg(&allowed)
                     .arg(batch_id)
+                    .arg(command.expected.map(|v| v.to_string()).unwrap_or_default())
                     .invoke_async(c)
                     .await
             })
@@ -1539,6 +1545,11 @@ impl ReportStore for RedisStore {
             Some("conflict") => Ok(OperatorOutcome::Conflict(parse_state(
                 reply.get(1).map(String::as_str),
             )?)),
+            Some("changed") => reply
+                .get(1)
+                .and_then(|v| BatchVersion::parse(v))
+                .map(OperatorOutcome::Changed)
+                .ok_or_else(|| StoreError::Other(format!("unexpected OPERATE reply {reply:?}"))),
             _ => Ok(OperatorOutcome::NotFound),
         }
     }

@@ -18,6 +18,7 @@ mod hostile;
 mod idempotency;
 mod metrics;
 mod openapi;
+mod operator_actions;
 mod outage;
 mod periods;
 mod redis_tls;
