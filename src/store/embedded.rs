@@ -571,6 +571,31 @@ impl ReportStore for EmbeddedStore {
             // no row); only those are looked up, to name the earlier report. A refusal undoes
             // the loans claimed before it: the writer rolls a failed unit back to its own
             // savepoint (see `writer`).
+            if report.correction && !report.corrects_any_branch {
+                // A branch corrects only loans its own branch reported: the branch of the
+                // report that has the loan now (a report no longer kept counts as another's;
+                // an admin key can correct it).
+                let mut owner = tx
+                    .prepare_cached(
+                        "SELECT r.branch FROM period_loans l LEFT JOIN reports r ON r.id = l.report_id WHERE l.partner = ?1 AND l.period = ?2 AND l.loan = ?3",
+                    )
+                    .map_err(other)?;
+                let mut foreign = Vec::new();
+                for (position, loan) in loans.iter().enumerate() {
+                    let found: Option<Option<String>> = owner
+                        .query_row(params![partner, period, loan], |row| row.get(0))
+                        .optional()
+                        .map_err(other)?;
+                    if let Some(branch) = found
+                        && branch.as_deref() != Some(report.branch.as_str())
+                    {
+                        foreign.push(position);
+                    }
+                }
+                if !foreign.is_empty() {
+                    return Err(StoreError::OtherBranchLoans(foreign));
+                }
+            }
             if report.correction {
                 let mut remember = tx
                     .prepare_cached(
@@ -590,7 +615,7 @@ impl ReportStore for EmbeddedStore {
                     .map_err(other)?;
                 let mut earlier_of = tx
                     .prepare_cached(
-                        "SELECT report_id, position FROM period_loans WHERE partner = ?1 AND period = ?2 AND loan = ?3",
+                        "SELECT l.report_id, l.position, r.branch FROM period_loans l LEFT JOIN reports r ON r.id = l.report_id WHERE l.partner = ?1 AND l.period = ?2 AND l.loan = ?3",
                     )
                     .map_err(other)?;
                 let mut earlier = Vec::new();
@@ -601,9 +626,9 @@ impl ReportStore for EmbeddedStore {
                     if claimed == 1 {
                         continue;
                     }
-                    let (report_id, earlier_position): (String, i64) = earlier_of
+                    let (report_id, earlier_position, branch): (String, i64, Option<String>) = earlier_of
                         .query_row(params![partner, period, loan], |row| {
-                            Ok((row.get(0)?, row.get(1)?))
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                         })
                         .map_err(other)?;
                     // Intake lets no loan into a report twice; were one there, it is not an
@@ -613,6 +638,7 @@ impl ReportStore for EmbeddedStore {
                             position,
                             report_id: Uuid::parse_str(&report_id).map_err(other)?,
                             earlier_position: Some(earlier_position as usize),
+                            branch,
                         });
                     }
                 }

@@ -40,6 +40,10 @@ pub enum StoreError {
     /// is not a correction); nothing was written.
     #[error("{} loan(s) of the report were already reported in this period", .0.len())]
     AlreadyReported(Vec<EarlierReport>),
+    /// A branch's correction repeats loans another branch reported in the period (positions in
+    /// the refused report); nothing was written. Only an admin key may correct those.
+    #[error("{} loan(s) of the correction were reported by another branch", .0.len())]
+    OtherBranchLoans(Vec<usize>),
     /// A write was sent but no answer came back (a timeout, a connection cut after the
     /// request was written): it may or may not have been applied. Never to be reported as
     /// "nothing was stored".
@@ -163,6 +167,10 @@ pub struct Report {
     /// Sent with `"correction": true`: it may repeat loans of earlier reports of the period.
     #[serde(default)]
     pub correction: bool,
+    /// A correction that may repeat any branch's loans (an admin key's); a branch key's may
+    /// repeat only loans its own branch reported, checked by the accept. Not stored.
+    #[serde(skip)]
+    pub corrects_any_branch: bool,
     pub column_format: ColumnFormat,
     pub status: ReportStatus,
     #[schema(example = 2)]
@@ -896,6 +904,9 @@ pub struct EarlierReport {
     /// Its index in the earlier report; `None` when that report is no longer kept (purged
     /// after the retention, while the period's loan index lives on).
     pub earlier_position: Option<usize>,
+    /// The branch of the earlier report, when it is still kept and was read (the listed
+    /// loans'): who may be told which report it is.
+    pub branch: Option<String>,
 }
 
 /// A loan as PA2 tells loans apart in a period: by loan id, with the client id for three-column
