@@ -132,10 +132,8 @@ pub struct ReconcileSettings {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     pub enabled: bool,
-    /// Where `/metrics` is served: an address apart from the API (by default
-    /// `127.0.0.1:9100`, this host only: the numbers are amounts per partner and queue states),
-    /// also how a `worker` process (no HTTP API) is scraped; or `"server"`, on `server.bind`
-    /// beside the API (then set `bearer_token`).
+    /// Where `/metrics` is served apart from the API (by default `127.0.0.1:9100`: amounts per
+    /// partner are this host's business), also for a `worker`; `"server"`: on `server.bind`.
     #[serde(default)]
     pub bind: Option<String>,
     /// When set, a scrape must send `Authorization: Bearer <token>`. A secret: never logged.
@@ -154,11 +152,8 @@ impl MetricsSettings {
 
     /// Whether `/metrics` is served on the API's address (`bind = "server"`).
     pub fn on_server(&self) -> bool {
-        self.enabled
-            && self
-                .bind
-                .as_deref()
-                .is_none_or(|b| b.trim() == METRICS_ON_SERVER)
+        let bind = self.bind.as_deref();
+        self.enabled && bind.is_none_or(|b| b.trim() == METRICS_ON_SERVER)
     }
 }
 
@@ -313,8 +308,7 @@ fn defaults() -> Defaults {
             refresh_minutes: 60,
             stale_after_hours: 24,
         },
-        // Loopback: the numbers say how much each partner repaid and what waits; a remote
-        // Prometheus is given an address of its own (docker-compose.yml: the compose network).
+        // Loopback; a remote Prometheus gets an address of its own (see docker-compose.yml).
         metrics: MetricsDefaults {
             enabled: true,
             bind: "127.0.0.1:9100",
