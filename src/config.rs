@@ -141,8 +141,8 @@ pub struct ReconcileSettings {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     pub enabled: bool,
-    /// Serve `/metrics` only on this address (not on `server.bind`), e.g. one Prometheus
-    /// reaches and the MIS does not; also how a `worker` process (no HTTP API) is scraped.
+    /// Where `/metrics` is served apart from the API (by default `127.0.0.1:9100`: amounts per
+    /// partner are this host's business), also for a `worker`; `"server"`: on `server.bind`.
     #[serde(default)]
     pub bind: Option<String>,
     /// When set, a scrape must send `Authorization: Bearer <token>`. A secret: never logged.
@@ -150,9 +150,19 @@ pub struct MetricsSettings {
     pub bearer_token: Option<SecretString>,
 }
 
+/// `metrics.bind` for "on the API's address".
+pub const METRICS_ON_SERVER: &str = "server";
+
 impl MetricsSettings {
+    /// The address `/metrics` is served on apart from the API, if it is.
     pub fn bind_addr(&self) -> Option<SocketAddr> {
         self.bind.as_deref().and_then(|b| b.parse().ok())
+    }
+
+    /// Whether `/metrics` is served on the API's address (`bind = "server"`).
+    pub fn on_server(&self) -> bool {
+        let bind = self.bind.as_deref();
+        self.enabled && bind.is_none_or(|b| b.trim() == METRICS_ON_SERVER)
     }
 }
 
@@ -256,6 +266,7 @@ struct Defaults {
 #[derive(Serialize)]
 struct MetricsDefaults {
     enabled: bool,
+    bind: &'static str,
 }
 
 #[derive(Serialize)]
@@ -309,7 +320,11 @@ fn defaults() -> Defaults {
             refresh_minutes: 60,
             stale_after_hours: 24,
         },
-        metrics: MetricsDefaults { enabled: true },
+        // Loopback; a remote Prometheus gets an address of its own (see docker-compose.yml).
+        metrics: MetricsDefaults {
+            enabled: true,
+            bind: "127.0.0.1:9100",
+        },
         web: WebSettings {
             secure_cookies: false,
             session_idle_minutes: 30,
@@ -394,8 +409,10 @@ impl Settings {
         );
         if let Some(bind) = &self.metrics.bind {
             check(
-                bind.parse::<SocketAddr>().is_ok(),
-                format!("metrics.bind: {bind:?} is not an address like \"127.0.0.1:9100\""),
+                bind.trim() == METRICS_ON_SERVER || bind.parse::<SocketAddr>().is_ok(),
+                format!(
+                    "metrics.bind: {bind:?} is not an address like \"127.0.0.1:9100\" nor \"{METRICS_ON_SERVER}\""
+                ),
             );
         }
         check(

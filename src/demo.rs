@@ -106,13 +106,25 @@ pub async fn run() -> anyhow::Result<()> {
             Err(error) => expected.push(format!("partner {}: refresh failed: {error}", partner.id)),
         }
     }
-    println!("{}", banner(&base, &keys, &expected));
+    let metrics = app
+        .metrics_port()
+        .map(|port| format!("http://127.0.0.1:{port}/metrics"));
+    println!("{}", banner(&base, &keys, &expected, metrics.as_deref()));
     app.run_until_stopped().await?;
     sandbox.shutdown();
     Ok(())
 }
 
-fn banner(base: &str, keys: &DemoKeys, expected: &[String]) -> String {
+fn banner(base: &str, keys: &DemoKeys, expected: &[String], metrics: Option<&str>) -> String {
+    // Apart from the API, on this host only (`metrics.bind`); none when turned off.
+    let metrics = metrics.map_or_else(
+        || "Metrics are turned off (metrics.enabled = false).".to_owned(),
+        |url| {
+            format!(
+                "Prometheus metrics (amounts per partner, the queue), on this host only, apart from the API:\ncurl -s {url}"
+            )
+        },
+    );
     // The id of the newest report a key sees, for commands that work when pasted as printed.
     let newest = |query: &str, key: &str| {
         format!(
@@ -174,6 +186,8 @@ Kiva's expected loans (read from the loans list at start: {expected}):
 curl -s {base}/v1/partners/102/expected-loans -H 'X-Api-Key: {admin}'
 Refresh them now:
 curl -s -i -X POST {base}/v1/partners/102/expected-loans/refresh -H 'X-Api-Key: {admin}'
+
+{metrics}
 
 Ctrl-C stops the demo."#,
         k101 = keys.two_column_branch,

@@ -380,7 +380,11 @@ impl Metrics {
             Some(StoreError::OutcomeUnknown(_)) => "outcome_unknown",
             Some(StoreError::Other(_)) => "other",
             // Answers about the request, not failures of the store.
-            Some(StoreError::ClaimLost | StoreError::AlreadyReported(_)) => return,
+            Some(
+                StoreError::ClaimLost
+                | StoreError::AlreadyReported(_)
+                | StoreError::OtherBranchLoans(_),
+            ) => return,
         };
         self.store_errors
             .with_label_values(&[operation, kind])

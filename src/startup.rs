@@ -84,7 +84,7 @@ impl Application {
             worker.as_ref().map(|w| w.health()),
         ));
         let metrics_server = serve_metrics_apart(settings, endpoint.clone())?;
-        let metrics_on_api = settings.metrics.enabled && settings.metrics.bind.is_none();
+        let metrics_on_api = settings.metrics.on_server();
         let state = web::Data::new(AppState {
             intake: Intake::new(
                 settings

@@ -246,15 +246,35 @@ fn the_optional_prometheus_service_mounts_the_shipped_rules_and_scrapes_the_gate
     let job = &config["scrape_configs"][0];
     assert_eq!(job["job_name"].as_str(), Some("repayment-gateway"));
     assert_eq!(job["metrics_path"].as_str(), Some("/metrics"));
-    let bind = gateway_service()["environment"]["GATEWAY_SERVER__BIND"]
+    // Metrics are served apart from the API, on the compose network only: Prometheus scrapes
+    // that port, and it is not published on the host as the API's is.
+    let gateway = gateway_service();
+    let bind = gateway["environment"]["GATEWAY_METRICS__BIND"]
         .as_str()
-        .unwrap()
+        .expect("compose serves metrics apart from the API")
         .to_owned();
     let port = bind.rsplit_once(':').unwrap().1;
+    assert_ne!(
+        Some(port),
+        gateway["environment"]["GATEWAY_SERVER__BIND"]
+            .as_str()
+            .and_then(|b| b.rsplit_once(':'))
+            .map(|(_, p)| p)
+    );
     assert_eq!(
         job["static_configs"][0]["targets"][0].as_str(),
         Some(format!("gateway:{port}").as_str())
     );
+    for published in gateway["ports"].as_sequence().unwrap() {
+        let published = published.as_str().unwrap();
+        assert!(
+            !published.ends_with(&format!(":{port}")),
+            "the metrics port is published on the host: {published}"
+        );
+    }
+    let secret = partner_secret_env_var(&PartnerId::parse("123").unwrap());
+    let settings = example_settings(&[(&secret, "s"), ("GATEWAY_METRICS__BIND", &bind)]).unwrap();
+    assert_eq!(settings.metrics.bind.as_deref(), Some(bind.as_str()));
 }
 
 /// `promtool` (Debian's `prometheus` package, installed by `scripts/install-deps`).
@@ -382,7 +402,8 @@ fn the_systemd_template_units_start_a_subcommand_and_give_sigterm_its_time() {
         assert_eq!(keys["KillSignal"], "SIGTERM", "{name}");
         for variable in environment {
             let (var, value) = variable.split_once('=').unwrap();
-            let value = value.replace("%i", "8081");
+            // The instance name: a port for the API's unit, a number for the worker's.
+            let value = value.replace("%i", if serves { "8081" } else { "1" });
             let with = example_settings(&[base_env[0], (var, &value)])
                 .unwrap_or_else(|e| panic!("{name}: {var}={value}: {e}"));
             assert_ne!(format!("{with:?}"), base, "{name}: {var} changes nothing");

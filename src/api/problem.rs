@@ -246,21 +246,16 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%reason, "store write not confirmed");
                 ApiError::ChangeUnconfirmed
             }
-            StoreError::AlreadyReported(earlier) => {
+            StoreError::AlreadyReported(earlier) => already_reported(&earlier, |_| true),
+            StoreError::OtherBranchLoans(positions) => {
                 let mut listed = crate::intake::Violations::default();
-                for e in &earlier {
-                    let place = e
-                        .earlier_position
-                        .map(|at| format!(" (its /repayments/{at})"))
-                        .unwrap_or_default();
+                for position in positions {
                     listed.push(Violation::new(
-                        format!("/repayments/{}/loan_id", e.position),
-                        format!(
-                            "this loan was already reported in this period, in report {}{place}: \
-                             PA2 would count it twice. Leave it out, or send \"correction\": \
-                             true if this report corrects that one",
-                            e.report_id
-                        ),
+                        format!("/repayments/{position}/loan_id"),
+                        "this loan was reported by another branch office this period: a \
+                         branch corrects only its own branch's loans; ask an admin to correct \
+                         it, or leave it out"
+                            .to_owned(),
                     ));
                 }
                 let (listed, total) = listed.into_listed();
@@ -272,4 +267,36 @@ impl From<StoreError> for ApiError {
             }
         }
     }
+}
+
+/// The refusal of loans reported earlier in the period. `detailed(earlier)` says whether the
+/// caller may learn where the earlier report has the loan: an admin always, a branch key for
+/// its own branch's reports only; to anyone else, another branch's report is not named.
+pub(crate) fn already_reported(
+    earlier: &[crate::store::EarlierReport],
+    detailed: impl Fn(&crate::store::EarlierReport) -> bool,
+) -> ApiError {
+    let mut listed = crate::intake::Violations::default();
+    for e in earlier {
+        let pointer = format!("/repayments/{}/loan_id", e.position);
+        let message = if detailed(e) {
+            let place = e
+                .earlier_position
+                .map(|at| format!(" (its /repayments/{at})"))
+                .unwrap_or_default();
+            format!(
+                "this loan was already reported in this period, in report {}{place}: \
+                 PA2 would count it twice. Leave it out, or send \"correction\": \
+                 true if this report corrects that one",
+                e.report_id
+            )
+        } else {
+            "this loan was already reported by another branch office this period: PA2 would \
+             count it twice. Leave it out; only an admin key may correct another branch's loan"
+                .to_owned()
+        };
+        listed.push(Violation::new(pointer, message));
+    }
+    let (listed, total) = listed.into_listed();
+    ApiError::InvalidReport { listed, total }
 }

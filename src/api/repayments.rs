@@ -13,7 +13,7 @@ use super::auth::Caller;
 use super::body::{BodyError, ReadDeadline, read_limited};
 use super::idempotency;
 use super::problem::{ApiError, Problem};
-use crate::config::UnexpectedLoans;
+use crate::config::{Role, UnexpectedLoans};
 use crate::domain::{ColumnFormat, KivaRequest, RepaymentReport};
 use crate::intake::{FileFields, FileKind, LARGE_BODY_BYTES, PartnerScope, Violation};
 use crate::periods::expected::ExpectedLoansCheck;
@@ -135,6 +135,7 @@ pub(crate) async fn accept_report(
         total_amount: report.total_amount(),
         batch_count: batches.len(),
         refused_by_kiva: 0,
+        corrects_any_branch: caller.role == Role::Admin,
     };
     let location = format!("/v1/reports/{id}");
     let response_body = serde_json::to_string(&AcceptedReport {
@@ -150,7 +151,7 @@ pub(crate) async fn accept_report(
                 .store
                 .accept(&record, &batches, None, state.idempotency_ttl)
                 .await;
-            settle_accept(state, &record, &location, accepted).await?;
+            settle_accept(state, caller, &record, &location, accepted).await?;
         }
         Some(key) => {
             let scope = IdempotencyScope {
@@ -203,7 +204,7 @@ pub(crate) async fn accept_report(
                             .release_idempotency(&accept.scope, &accept.token)
                             .await;
                     }
-                    settle_accept(state, &record, &location, accepted).await?;
+                    settle_accept(state, caller, &record, &location, accepted).await?;
                 }
             }
         }
@@ -245,6 +246,7 @@ async fn reused_detail(
 /// still land: the MIS is told so, with where to look, never "nothing was stored".
 async fn settle_accept(
     state: &AppState,
+    caller: &Caller,
     record: &Report,
     location: &str,
     accepted: Result<(), StoreError>,
@@ -259,6 +261,14 @@ async fn settle_accept(
                     location: location.to_owned(),
                 }),
             }
+        }
+        // A branch learns which report has the loan only when the report is its own: the id
+        // is what it needs to choose between leaving the loan out and a correction, and it
+        // tells nothing of another branch. An earlier report no longer kept counts as another's.
+        Err(StoreError::AlreadyReported(earlier)) if caller.role != Role::Admin => {
+            Err(super::problem::already_reported(&earlier, |e| {
+                e.branch.as_deref() == Some(caller.branch.as_str())
+            }))
         }
         Err(error) => Err(error.into()),
     }

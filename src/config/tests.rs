@@ -155,7 +155,6 @@ fn an_unknown_key_without_a_close_match_lists_the_known_ones() {
 fn metrics_settings_are_checked_and_the_bearer_token_never_shown() {
     let s = load(MINIMAL).unwrap();
     assert!(s.metrics.enabled);
-    assert_eq!(s.metrics.bind, None);
     let with = |extra: &str| load(&format!("[metrics]\n{extra}\n{MINIMAL}"));
     let s = with("bind = \"127.0.0.1:9100\"\nbearer_token = \"scrape-secret-123\"").unwrap();
     assert_eq!(
@@ -220,4 +219,28 @@ fn the_body_read_timeout_must_be_at_least_a_second() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("server.body_read_timeout_secs"), "{err}");
+}
+
+/// Issue 22, item 11: `/metrics` (amounts per partner, queue states) is not on the API's
+/// address unless asked for, and by default only this host reaches it.
+#[test]
+fn by_default_metrics_are_served_apart_on_loopback_only() {
+    let s = load(MINIMAL).unwrap();
+    let bind = s.metrics.bind_addr().expect("served apart by default");
+    assert!(bind.ip().is_loopback(), "{bind}");
+    assert_eq!(bind.port(), 9100);
+}
+
+/// `bind = "server"` puts `/metrics` back on the API's address (for a Prometheus that can reach
+/// only that, with a bearer token); disabled metrics are served nowhere.
+#[test]
+fn metrics_go_on_the_api_address_only_when_asked_for() {
+    let s = load(MINIMAL).unwrap();
+    assert!(!s.metrics.on_server());
+    let with = |extra: &str| load(&format!("[metrics]\n{extra}\n{MINIMAL}"));
+    let s = with("bind = \"server\"\nbearer_token = \"scrape-secret-123\"").unwrap();
+    assert!(s.metrics.on_server());
+    assert_eq!(s.metrics.bind_addr(), None);
+    let s = with("enabled = false").unwrap();
+    assert!(!s.metrics.on_server() && s.metrics.bind_addr().is_some());
 }

@@ -1,5 +1,6 @@
-//! `GET /metrics`: on the API's own address, or alone on `metrics.bind` (so it need not be
-//! reachable where the MIS is), optionally behind a bearer token (`metrics.bearer_token`).
+//! `GET /metrics`: alone on `metrics.bind` (by default `127.0.0.1:9100`, so it is not
+//! reachable where the MIS is), or on the API's own address with `metrics.bind = "server"`;
+//! optionally behind a bearer token (`metrics.bearer_token`).
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -30,6 +31,9 @@ pub struct Endpoint {
 pub const PATH: &str = "/metrics";
 
 /// Prometheus metrics of this gateway process; queue gauges are read from the store.
+///
+/// Served on `metrics.bind`, by default `127.0.0.1:9100` apart from the API; on the API's
+/// address only with `metrics.bind = "server"`.
 #[utoipa::path(get, path = "/metrics", tag = "health", security(()),
     responses(
         (status = 200, description = "Prometheus text format 0.0.4 (see README, \"Monitoring\")",

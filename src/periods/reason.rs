@@ -5,12 +5,29 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     NoReport,
-    NotDelivered { batches: usize, repayments: usize },
-    NeedsOperator { batches: usize },
-    RefusedByKiva { loans: usize },
+    NotDelivered {
+        batches: usize,
+        repayments: usize,
+    },
+    NeedsOperator {
+        batches: usize,
+    },
+    RefusedByKiva {
+        loans: usize,
+    },
     NoSnapshot,
-    StaleSnapshot { hours: u64 },
-    NotReported { loans: usize },
+    StaleSnapshot {
+        hours: u64,
+    },
+    NotReported {
+        loans: usize,
+    },
+    /// Loans in more than one report of the period (a correction, or one sent twice): Kiva
+    /// got each of them more than once. Blocks readiness until an admin acknowledges them (a
+    /// later issue adds the acknowledgement; until then it blocks).
+    Repeated {
+        loans: usize,
+    },
 }
 
 impl std::fmt::Display for Reason {
@@ -43,6 +60,10 @@ impl std::fmt::Display for Reason {
             Reason::NotReported { loans } => {
                 write!(f, "{loans} expected loan(s) not reported this period")
             }
+            Reason::Repeated { loans } => write!(
+                f,
+                "{loans} loan(s) reported more than once this period (see `repeated`): check in PA2 that each was counted once"
+            ),
         }
     }
 }

@@ -261,6 +261,11 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
             loans: rejected_by_kiva.len(),
         });
     }
+    if !repeated.is_empty() {
+        reasons.push(Reason::Repeated {
+            loans: repeated.len(),
+        });
+    }
 
     let (mut expected_loans, mut not_reported, mut not_expected) = (None, Vec::new(), Vec::new());
     if input.whole_partner {
@@ -412,6 +417,7 @@ mod tests {
             ),
             batch_count: 1,
             refused_by_kiva: 0,
+            corrects_any_branch: false,
         };
         let doc = crate::store::BatchDoc {
             id: format!("{id}.1"),
@@ -586,5 +592,11 @@ mod tests {
         assert_eq!(v.total.corrections, 1);
         assert_eq!(v.repeated.len(), 1);
         assert_eq!(v.repeated[0].reports, [reports[0].0.id, reports[1].0.id]);
+        assert!(
+            v.why.contains(&Reason::Repeated { loans: 1 }),
+            "{:?}",
+            v.why
+        );
+        assert!(!v.ready_to_finalize);
     }
 }

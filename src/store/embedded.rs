@@ -32,7 +32,7 @@ use super::{
     OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStatus, ReportStore,
     StoreError, report_of_batch,
 };
-use super::{ExpectedLoansSnapshot, RefreshStatus, WebSession};
+use super::{BatchVersion, ExpectedLoansSnapshot, RefreshStatus, WebSession};
 use crate::domain::{PartnerId, Period};
 
 /// Retries promoted per call at most, as in the Redis backend.
@@ -571,6 +571,31 @@ impl ReportStore for EmbeddedStore {
             // no row); only those are looked up, to name the earlier report. A refusal undoes
             // the loans claimed before it: the writer rolls a failed unit back to its own
             // savepoint (see `writer`).
+            if report.correction && !report.corrects_any_branch {
+                // A branch corrects only loans its own branch reported: the branch of the
+                // report that has the loan now (a report no longer kept counts as another's;
+                // an admin key can correct it).
+                let mut owner = tx
+                    .prepare_cached(
+                        "SELECT r.branch FROM period_loans l LEFT JOIN reports r ON r.id = l.report_id WHERE l.partner = ?1 AND l.period = ?2 AND l.loan = ?3",
+                    )
+                    .map_err(other)?;
+                let mut foreign = Vec::new();
+                for (position, loan) in loans.iter().enumerate() {
+                    let found: Option<Option<String>> = owner
+                        .query_row(params![partner, period, loan], |row| row.get(0))
+                        .optional()
+                        .map_err(other)?;
+                    if let Some(branch) = found
+                        && branch.as_deref() != Some(report.branch.as_str())
+                    {
+                        foreign.push(position);
+                    }
+                }
+                if !foreign.is_empty() {
+                    return Err(StoreError::OtherBranchLoans(foreign));
+                }
+            }
             if report.correction {
                 let mut remember = tx
                     .prepare_cached(
@@ -590,7 +615,7 @@ impl ReportStore for EmbeddedStore {
                     .map_err(other)?;
                 let mut earlier_of = tx
                     .prepare_cached(
-                        "SELECT report_id, position FROM period_loans WHERE partner = ?1 AND period = ?2 AND loan = ?3",
+                        "SELECT l.report_id, l.position, r.branch FROM period_loans l LEFT JOIN reports r ON r.id = l.report_id WHERE l.partner = ?1 AND l.period = ?2 AND l.loan = ?3",
                     )
                     .map_err(other)?;
                 let mut earlier = Vec::new();
@@ -601,9 +626,9 @@ impl ReportStore for EmbeddedStore {
                     if claimed == 1 {
                         continue;
                     }
-                    let (report_id, earlier_position): (String, i64) = earlier_of
+                    let (report_id, earlier_position, branch): (String, i64, Option<String>) = earlier_of
                         .query_row(params![partner, period, loan], |row| {
-                            Ok((row.get(0)?, row.get(1)?))
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                         })
                         .map_err(other)?;
                     // Intake lets no loan into a report twice; were one there, it is not an
@@ -613,6 +638,7 @@ impl ReportStore for EmbeddedStore {
                             position,
                             report_id: Uuid::parse_str(&report_id).map_err(other)?,
                             earlier_position: Some(earlier_position as usize),
+                            branch,
                         });
                     }
                 }
@@ -982,6 +1008,25 @@ impl ReportStore for EmbeddedStore {
                 return Ok(OperatorOutcome::NotFound);
             };
             let from: BatchState = parse_name(&state)?;
+            if let Some(expected) = command.expected {
+                let count = |table: &str| -> Result<usize, StoreError> {
+                    tx.query_row(
+                        &format!("SELECT COUNT(*) FROM {table} WHERE batch_id = ?1"),
+                        params![batch_id],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                    .map_err(other)
+                };
+                let found = BatchVersion {
+                    state: from,
+                    attempts: count("attempts")?,
+                    actions: count("actions")?,
+                };
+                if found != expected {
+                    return Ok(OperatorOutcome::Changed(found));
+                }
+            }
             if !kind.allowed_from(from) {
                 return Ok(OperatorOutcome::Conflict(from));
             }

@@ -9,9 +9,11 @@ pub mod embedded;
 pub mod expected;
 pub mod redis;
 pub mod sessions;
+mod version;
 
 pub use expected::{EXPECTED_STATUSES, ExpectedLoan, ExpectedLoansSnapshot, RefreshStatus};
 pub use sessions::WebSession;
+pub use version::BatchVersion;
 
 use std::time::Duration;
 
@@ -38,6 +40,10 @@ pub enum StoreError {
     /// is not a correction); nothing was written.
     #[error("{} loan(s) of the report were already reported in this period", .0.len())]
     AlreadyReported(Vec<EarlierReport>),
+    /// A branch's correction repeats loans another branch reported in the period (positions in
+    /// the refused report); nothing was written. Only an admin key may correct those.
+    #[error("{} loan(s) of the correction were reported by another branch", .0.len())]
+    OtherBranchLoans(Vec<usize>),
     /// A write was sent but no answer came back (a timeout, a connection cut after the
     /// request was written): it may or may not have been applied. Never to be reported as
     /// "nothing was stored".
@@ -161,6 +167,10 @@ pub struct Report {
     /// Sent with `"correction": true`: it may repeat loans of earlier reports of the period.
     #[serde(default)]
     pub correction: bool,
+    /// A correction that may repeat any branch's loans (an admin key's); a branch key's may
+    /// repeat only loans its own branch reported, checked by the accept. Not stored.
+    #[serde(skip)]
+    pub corrects_any_branch: bool,
     pub column_format: ColumnFormat,
     pub status: ReportStatus,
     #[schema(example = 2)]
@@ -348,6 +358,10 @@ pub struct OperatorCommand {
     pub upload_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The version the operator confirmed against: the store refuses the action, in the same
+    /// atomic step, when the batch is no longer at it. Not recorded with the action.
+    #[serde(skip)]
+    pub expected: Option<BatchVersion>,
 }
 
 /// A batch as shown to the MIS and the coordinator.
@@ -360,6 +374,11 @@ pub struct Batch {
     #[schema(example = 1)]
     pub number: usize,
     pub state: BatchState,
+    /// Changes whenever the state, the attempts or the operator actions do: send it as
+    /// `If-Match` to `resend` or `mark-delivered`, which then refuse (409) a batch that
+    /// changed since it was read.
+    #[schema(example = "held.1.0")]
+    pub version: String,
     #[schema(example = 2)]
     pub repayment_count: usize,
     #[schema(value_type = String, example = "65.00")]
@@ -438,11 +457,18 @@ impl Batch {
         for r in &repayments {
             *repayment_states.entry(r.state).or_insert(0) += 1;
         }
+        let version = BatchVersion {
+            state: progress.state,
+            attempts: progress.attempts.len(),
+            actions: progress.operator_actions.len(),
+        }
+        .to_string();
         Batch {
             id: doc.id,
             report_id: doc.report_id,
             number: doc.number,
             state: progress.state,
+            version,
             repayment_count: doc.repayment_count,
             total_amount: doc.total_amount,
             next_attempt_at: progress.next_attempt_at,
@@ -501,6 +527,8 @@ pub enum OperatorOutcome {
     Done(Box<Batch>),
     /// The batch is not in a state that allows the action.
     Conflict(BatchState),
+    /// The batch changed since the version the operator confirmed against; now at this one.
+    Changed(BatchVersion),
     NotFound,
 }
 
@@ -876,6 +904,9 @@ pub struct EarlierReport {
     /// Its index in the earlier report; `None` when that report is no longer kept (purged
     /// after the retention, while the period's loan index lives on).
     pub earlier_position: Option<usize>,
+    /// The branch of the earlier report, when it is still kept and was read (the listed
+    /// loans'): who may be told which report it is.
+    pub branch: Option<String>,
 }
 
 /// A loan as PA2 tells loans apart in a period: by loan id, with the client id for three-column

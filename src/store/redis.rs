@@ -55,7 +55,7 @@ use super::{
     OperatorActionKind, OperatorCommand, OperatorOutcome, RecordedResponse, Report, ReportPage,
     ReportQuery, ReportStore, StoreError, report_of_batch,
 };
-use super::{ExpectedLoansSnapshot, RefreshStatus, WebSession};
+use super::{BatchVersion, ExpectedLoansSnapshot, RefreshStatus, WebSession};
 use crate::domain::{PartnerId, Period};
 
 /// Reports examined per listing call at most, so a filter that matches little can't make one
@@ -110,9 +110,10 @@ return 'OK'
 
 // KEYS: idempotency, report, reports index, branch index, stream, the period's loans, the
 // period's reports, the periods, the queued batches, the state index's `indexed` marker, then
-// one key per batch.
+// one key per batch, then the period's report branches (report id -> branch).
 // ARGV: idempotent ('1'|'0'), claim token, record TTL (s), record JSON, report id, report
-// JSON, now (ms), correction ('1'|'0'), period index TTL (s), period, then the batch JSONs,
+// JSON, now (ms), correction ('0' none, '1' of any branch's loans, '2' of the report's own
+// branch's loans only), period index TTL (s), period, then the batch JSONs,
 // then the batch ids, then the report's loan keys in order (see `loan_key`).
 //
 // One loan, one report per period: the period's loans hash maps each loan key to the report
@@ -123,8 +124,9 @@ return 'OK'
 // field shares: building `report:position` for each loan in Lua was a fifth of a 200-loan
 // accept's Redis time. (Indexes written before hold `report:position`; both are read.)
 const ACCEPT: &str = r#"#!lua
-local batches = #KEYS - 10
+local batches = #KEYS - 11
 local first_loan = 11 + 2 * batches
+local branches = KEYS[#KEYS]
 -- Report ids are never reused, so an existing report means this very accept ran already: a
 -- client that resends a command after a dropped connection (the cluster client does) gets the
 -- answer the first run gave.
@@ -137,7 +139,32 @@ if ARGV[1] == '1' then
     return redis.error_reply('CLAIMLOST the idempotency claim is gone')
   end
 end
-if ARGV[8] ~= '1' then
+if ARGV[8] == '2' then
+  -- A branch corrects only loans its own branch reported: the branch of the report the index
+  -- names now. One the branches hash does not know (indexed before it existed) is refused
+  -- too; an admin key can correct it.
+  local mine = cjson.decode(ARGV[6]).branch
+  local known, foreign = {}, {}
+  for i = first_loan, #ARGV, 1000 do
+    local last = math.min(i + 999, #ARGV)
+    local found = redis.call('HMGET', KEYS[6], unpack(ARGV, i, last))
+    for j = 1, #found do
+      local report = found[j]
+      if report then
+        if known[report] == nil then
+          known[report] = redis.call('HGET', branches, report) or false
+        end
+        if known[report] ~= mine then
+          table.insert(foreign, tostring(i + j - 1 - first_loan))
+        end
+      end
+    end
+  end
+  if #foreign > 0 then
+    table.insert(foreign, 1, 'foreign')
+    return foreign
+  end
+elseif ARGV[8] ~= '1' then
   local earlier = {}
   -- In chunks: Lua's unpack has a limit on how many values it passes.
   for i = first_loan, #ARGV, 1000 do
@@ -177,8 +204,10 @@ for i = first_loan, #ARGV, 500 do
   end
   redis.call('HSET', KEYS[6], unpack(fields))
 end
+redis.call('HSET', branches, ARGV[5], cjson.decode(ARGV[6]).branch)
 -- The period's loans are needed while its reports are; a new report extends that.
 redis.call('EXPIRE', KEYS[6], ARGV[9])
+redis.call('EXPIRE', branches, ARGV[9])
 redis.call('EXPIRE', KEYS[7], ARGV[9])
 if ARGV[1] == '1' then
   redis.call('DEL', KEYS[1])
@@ -314,11 +343,16 @@ return 'OK'
 "#;
 
 // ARGV: action ('resend'|'mark_delivered'), action JSON without from_state, now (ms),
-// result JSON (mark_delivered), the states allowed to start from (",held,failed,"), batch id.
-// Answers the state found.
+// result JSON (mark_delivered), the states allowed to start from (",held,failed,"), batch id,
+// the version the operator confirmed against ('' for none, `BatchVersion`'s text).
+// Answers the state found, or the version found when it is not the one confirmed.
 const OPERATE: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing'} end
+if ARGV[7] ~= '' then
+  local version = state .. '.' .. redis.call('LLEN', KEYS[5]) .. '.' .. redis.call('LLEN', KEYS[6])
+  if version ~= ARGV[7] then return {'changed', version} end
+end
 if not string.find(ARGV[5], ',' .. state .. ',', 1, true) then return {'conflict', state} end
 -- ARGV[2] is a JSON object made by Rust; the state found is spliced in as its last member.
 redis.call('RPUSH', KEYS[6], string.sub(ARGV[2], 1, -2) .. ',"from_state":"' .. state .. '"}')
@@ -723,13 +757,28 @@ impl RedisStore {
             .filter(|(_, _, at)| at.is_none())
             .filter_map(|(position, id, _)| Some(((*id, loan_at(*position)?), None)))
             .collect();
-        let mut wanted: Vec<String> = places.keys().map(|(id, _)| id.to_string()).collect();
+        // Every listed loan's earlier report is read for its branch (who may be told which
+        // report it is); only those whose place the index lacks for their batches too.
+        let mut wanted: Vec<String> = parsed
+            .iter()
+            .take(crate::intake::MAX_LISTED_VIOLATIONS)
+            .map(|(_, id, _)| id.to_string())
+            .collect();
         wanted.sort_unstable();
         wanted.dedup();
+        let mut branches: std::collections::HashMap<Uuid, String> =
+            std::collections::HashMap::new();
         let read = async {
             let found = self.report_docs(&report.partner_id, &wanted).await?;
-            let their_batches = self.batches_of_many(&found).await?;
-            Ok::<_, StoreError>(found.into_iter().zip(their_batches))
+            for earlier in &found {
+                branches.insert(earlier.id, earlier.branch.clone());
+            }
+            let placing: Vec<Report> = found
+                .into_iter()
+                .filter(|r| places.keys().any(|(id, _)| *id == r.id))
+                .collect();
+            let their_batches = self.batches_of_many(&placing).await?;
+            Ok::<_, StoreError>(placing.into_iter().zip(their_batches))
         };
         match read.await {
             Ok(found) => {
@@ -755,6 +804,7 @@ impl RedisStore {
                     let loan = loan_at(position)?;
                     places.get(&(report_id, loan)).copied().flatten()
                 }),
+                branch: branches.get(&report_id).cloned(),
             })
             .collect()
     }
@@ -1156,6 +1206,7 @@ impl ReportStore for RedisStore {
         for batch in batches {
             invocation.key(self.batch_key(partner, &batch.id));
         }
+        invocation.key(self.key_of(partner, &["period:", &period, ":branches"]));
         invocation
             .arg(if idempotency.is_some() { "1" } else { "0" })
             .arg(idempotency.map_or("", |i| i.token.as_str()))
@@ -1169,7 +1220,11 @@ impl ReportStore for RedisStore {
             )
             .arg(encode(report))
             .arg(report.created_at.timestamp_millis())
-            .arg(if report.correction { "1" } else { "0" })
+            .arg(match (report.correction, report.corrects_any_branch) {
+                (false, _) => "0",
+                (true, true) => "1",
+                (true, false) => "2",
+            })
             .arg(self.period_index_ttl.as_secs())
             .arg(&period);
         for batch in batches {
@@ -1191,6 +1246,9 @@ impl ReportStore for RedisStore {
         match reply.split_first() {
             Some((first, earlier)) if first == "reported" => Err(StoreError::AlreadyReported(
                 self.earlier_reports(report, batches, earlier).await,
+            )),
+            Some((first, positions)) if first == "foreign" => Err(StoreError::OtherBranchLoans(
+                positions.iter().filter_map(|p| p.parse().ok()).collect(),
             )),
             _ => Ok(()),
         }
@@ -1525,6 +1583,7 @@ impl ReportStore for RedisStore {
                     .arg(encode(&result))
                     .arg(&allowed)
                     .arg(batch_id)
+                    .arg(command.expected.map(|v| v.to_string()).unwrap_or_default())
                     .invoke_async(c)
                     .await
             })
@@ -1539,6 +1598,11 @@ impl ReportStore for RedisStore {
             Some("conflict") => Ok(OperatorOutcome::Conflict(parse_state(
                 reply.get(1).map(String::as_str),
             )?)),
+            Some("changed") => reply
+                .get(1)
+                .and_then(|v| BatchVersion::parse(v))
+                .map(OperatorOutcome::Changed)
+                .ok_or_else(|| StoreError::Other(format!("unexpected OPERATE reply {reply:?}"))),
             _ => Ok(OperatorOutcome::NotFound),
         }
     }

@@ -185,10 +185,17 @@ async fn the_demo_serves_swagger_and_its_printed_curl_delivers_a_report() {
         .local_addr()
         .unwrap()
         .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
         .args(["serve", "--demo"])
         .current_dir(cwd.path())
         .env("GATEWAY_SERVER__BIND", format!("127.0.0.1:{port}"))
+        // Not the default 9100: other test runs on this machine may hold it.
+        .env("GATEWAY_METRICS__BIND", format!("127.0.0.1:{metrics_port}"))
         .env_remove("GATEWAY_CONFIG")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -225,6 +232,12 @@ async fn the_demo_serves_swagger_and_its_printed_curl_delivers_a_report() {
     let follow = &find("/v1/reports/$(")[0];
     let attention = &find("status=needs_attention' ")[0];
     let resend = &find("/resend")[0];
+    // The metrics, apart from the API, as printed; not on the API's address.
+    let scrape = &find("/metrics")[0];
+    assert!(
+        scrape.contains(&format!("127.0.0.1:{metrics_port}/metrics")),
+        "{scrape}"
+    );
     assert!(!banner.iter().any(|l| l.contains("REPORT_ID")));
     assert!(banner.iter().any(|l| l.contains("L-1042970/C-184729")));
     assert!(
@@ -285,6 +298,15 @@ async fn the_demo_serves_swagger_and_its_printed_curl_delivers_a_report() {
     .await;
     assert_eq!(report["refused_by_kiva"], 1, "{report}");
     assert_eq!(report["id"], id.as_str());
+    let metrics = run(scrape).await;
+    assert!(
+        metrics.contains("repayment_gateway_reports_accepted_total"),
+        "{metrics}"
+    );
+    let on_api = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(on_api.status(), 404, "not on the API's address");
     let repayments = &report["batches"][0]["repayments"];
     assert_eq!(repayments[0]["state"], "accepted");
     assert_eq!(repayments[2]["state"], "rejected_by_kiva");

@@ -265,6 +265,10 @@ enabled = false
 refresh_minutes = 0
 [log]
 level = "info"
+# On the API's address, so each test scrapes its own app (the default, 127.0.0.1:9100, is one
+# port for every test).
+[metrics]
+bind = "server"
 [[partners]]
 id = "{THREE_COL}"
 name = "Three Column MFI"

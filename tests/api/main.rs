@@ -22,6 +22,7 @@ mod hostile_files;
 mod idempotency;
 mod metrics;
 mod openapi;
+mod operator_actions;
 mod outage;
 mod periods;
 mod raw_http;

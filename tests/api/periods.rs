@@ -34,6 +34,28 @@ async fn a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_rep
     let first_id = first.body["id"].as_str().unwrap();
     let stored = app.stored().await;
 
+    // To an admin, and to the branch that sent the earlier report, each problem names the
+    // earlier report and where in it the loan is: L2 its second repayment, L1 its first.
+    for key in [HEAD_OFFICE, NAIROBI] {
+        let second = app
+            .submit(key, &report("2026-10", &["L3", "L2", "L1"]))
+            .await;
+        assert_eq!(second.status, 422, "{}", second.text);
+        assert_eq!(
+            second.pointers(),
+            ["/repayments/1/loan_id", "/repayments/2/loan_id"]
+        );
+        for (error, place) in [(0, "(its /repayments/1)"), (1, "(its /repayments/0)")] {
+            let detail = second.body["errors"][error]["detail"].as_str().unwrap();
+            assert!(
+                detail.contains(first_id)
+                    && detail.contains(place)
+                    && detail.contains("correction"),
+                "{key}: {detail}"
+            );
+        }
+    }
+    // Another branch learns that the loan was reported, not by whom nor where.
     let second = app
         .submit(MOMBASA, &report("2026-10", &["L3", "L2", "L1"]))
         .await;
@@ -42,15 +64,15 @@ async fn a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_rep
         second.pointers(),
         ["/repayments/1/loan_id", "/repayments/2/loan_id"]
     );
-    // Each names the earlier report and where in it the loan is: L2 its second repayment, L1
-    // its first.
-    for (error, place) in [(0, "(its /repayments/1)"), (1, "(its /repayments/0)")] {
-        let detail = second.body["errors"][error]["detail"].as_str().unwrap();
+    for error in second.body["errors"].as_array().unwrap() {
+        let detail = error["detail"].as_str().unwrap();
         assert!(
-            detail.contains(first_id) && detail.contains(place) && detail.contains("correction"),
+            detail.contains("already reported by another branch office this period"),
             "{detail}"
         );
+        assert!(!detail.contains("/repayments/"), "{detail}");
     }
+    assert!(!second.text.contains(first_id), "{}", second.text);
     assert_eq!(
         app.stored().await,
         stored,
@@ -335,6 +357,63 @@ async fn a_partner_that_rejects_unexpected_loans_gets_a_422_naming_them(backend:
     assert!(rig.app.stored().await.is_empty());
 }
 
+/// Issue 22, item 9: a correction from Mombasa replaced Nairobi's L-1, and the month still read
+/// ready. A branch corrects only its own branch's loans; a loan in two reports blocks the month.
+async fn only_the_reporting_branch_or_an_admin_corrects_a_loan_and_a_repeat_blocks_the_month(
+    backend: Backend,
+) {
+    let rig = spawn_delivery_rig(backend).await;
+    refresh(&rig).await;
+    let mut all = three_column_report(SANDBOX_LOANS, "10.00");
+    all["correction"] = json!(false);
+    rig.submit(NAIROBI, &all).await;
+    rig.drain(&rig.worker()).await;
+    let month = async || {
+        rig.app
+            .get("/v1/periods/2026-10", Some(HEAD_OFFICE))
+            .await
+            .body
+    };
+    let m = month().await;
+    assert_eq!(m["ready_to_finalize"], true, "{}", m["reasons"]);
+    let uploads = rig.sandbox.repayment_requests();
+    let stored = rig.app.stored().await;
+
+    let l1 = |amount: &str| {
+        json!({"period": "2026-10", "correction": true, "repayments": [
+            {"loan_id": "L-1", "client_id": "C-1", "amount": amount}]})
+    };
+    let refused = rig.app.submit(MOMBASA, &l1("99.00")).await;
+    assert_eq!(refused.status, 422, "{}", refused.text);
+    assert_eq!(refused.pointers(), ["/repayments/0/loan_id"]);
+    let detail = refused.body["errors"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("another branch"), "{detail}");
+    assert_eq!(rig.app.stored().await, stored, "nothing stored");
+    rig.drain(&rig.worker()).await;
+    assert_eq!(rig.sandbox.repayment_requests(), uploads, "nothing sent");
+    assert_eq!(month().await["ready_to_finalize"], true);
+
+    // An admin may correct any branch's loan; the repeat then blocks the month.
+    let corrected = rig.app.submit(HEAD_OFFICE, &l1("11.00")).await;
+    assert_eq!(corrected.status, 202, "{}", corrected.text);
+    rig.drain(&rig.worker()).await;
+    assert_eq!(rig.sandbox.repayment_requests(), uploads + 1);
+    let m = month().await;
+    assert_eq!(
+        m["repeated"].as_array().unwrap().len(),
+        1,
+        "{}",
+        m["repeated"]
+    );
+    assert_eq!(m["repeated"][0]["loan_id"], "L-1");
+    assert_eq!(m["ready_to_finalize"], false);
+    assert!(
+        m["reasons"].to_string().contains("more than once"),
+        "{}",
+        m["reasons"]
+    );
+}
+
 on_both_stores!(
     a_report_without_a_period_is_refused_naming_it,
     a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_report,
@@ -344,4 +423,5 @@ on_both_stores!(
     a_correction_may_repeat_loans_and_is_marked_as_one,
     the_month_counts_every_loan_and_its_lists_are_exact,
     a_partner_that_rejects_unexpected_loans_gets_a_422_naming_them,
+    only_the_reporting_branch_or_an_admin_corrects_a_loan_and_a_repeat_blocks_the_month,
 );

@@ -7,10 +7,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::html;
 
 use crate::api::AppState;
-use crate::api::batches::{clean_text, operate_batch};
+use crate::api::batches::{OperatorText, clean_text, operate_batch};
 use crate::api::reports::{ListParams, find_report, list as list_reports};
 use crate::config::Role;
-use crate::store::{Batch, BatchState, OperatorActionKind, Report, ReportStatus, report_of_batch};
+use crate::store::{
+    Batch, BatchState, BatchVersion, OperatorActionKind, Report, ReportStatus, report_of_batch,
+};
 use crate::web::i18n::Lang;
 use crate::web::layout::{batch_state, when};
 use crate::web::pages::months::{partner_for, partner_picker, short};
@@ -179,6 +181,9 @@ pub async fn confirm(
         } }
         form.card method="post" action={ "/web/batches/" (batch.id) "/" (slug) } {
             input type="hidden" name="csrf" value=(ctx.viewer.csrf);
+            // What this page showed: the action is refused if the batch changed since (another
+            // operator, another tab, or Kiva's answer to a resend).
+            input type="hidden" name="version" value=(batch.version);
             @if action == OperatorActionKind::MarkDelivered {
                 label for="upload_id" { (lang.t("confirm.upload_id")) }
                 input id="upload_id" name="upload_id" type="text" maxlength="500";
@@ -208,22 +213,27 @@ pub async fn act(
     let (id, slug) = path.into_inner();
     let action = parse_action(&slug).ok_or_else(|| ctx.fail(Failure::NotFound))?;
     let (report, batch) = find_batch(&ctx, &state, &id).await?;
-    let (upload_id, note) = if action == OperatorActionKind::MarkDelivered {
+    // A form without a version was made before versions existed, or by hand: what it was
+    // confirmed against is unknown, so it is refused as changed.
+    let expected = field(&fields, "version")
+        .and_then(BatchVersion::parse)
+        .ok_or_else(|| ctx.fail(Failure::Conflict))?;
+    let text = if action == OperatorActionKind::MarkDelivered {
         let text = |name| field(&fields, name).map(str::to_owned);
-        (
-            clean_text(text("upload_id"), "upload_id").map_err(|e| ctx.api(e))?,
-            clean_text(text("note"), "note").map_err(|e| ctx.api(e))?,
-        )
+        OperatorText {
+            upload_id: clean_text(text("upload_id"), "upload_id").map_err(|e| ctx.api(e))?,
+            note: clean_text(text("note"), "note").map_err(|e| ctx.api(e))?,
+        }
     } else {
-        (None, None)
+        OperatorText::default()
     };
     operate_batch(
         &state,
         &ctx.viewer.caller,
         &batch.id,
         action,
-        upload_id,
-        note,
+        text,
+        Some(expected),
     )
     .await
     .map_err(|e| ctx.api(e))?;

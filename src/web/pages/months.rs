@@ -201,6 +201,7 @@ pub(crate) fn reason(lang: Lang, reason: Reason) -> String {
         Reason::NoSnapshot => lang.t("reason.no_snapshot").to_owned(),
         Reason::StaleSnapshot { hours } => lang.f("reason.stale_snapshot", &[("hours", &hours)]),
         Reason::NotReported { loans } => lang.f("reason.not_reported", &[("loans", &loans)]),
+        Reason::Repeated { loans } => lang.f("reason.repeated", &[("loans", &loans)]),
     }
 }
 
