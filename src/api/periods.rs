@@ -337,6 +337,17 @@ fn wants_csv(request: &HttpRequest) -> bool {
         .is_some_and(|accept| accept.contains("text/csv"))
 }
 
+/// Branches open these files in Excel, and their cells hold text from branches and from Kiva:
+/// a cell that a spreadsheet would read as a formula (or, after a tab or CR, as the start of
+/// one) gets a leading `'`, OWASP's rule for CSV injection. The `'` shows in the cell; a
+/// formula run on a coordinator's machine is worse.
+fn neutralized(cell: &String) -> std::borrow::Cow<'_, [u8]> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into_bytes().into(),
+        _ => cell.as_bytes().into(),
+    }
+}
+
 fn csv_answer<const N: usize>(
     filename: &str,
     header: [&str; N],
@@ -345,7 +356,7 @@ fn csv_answer<const N: usize>(
     let mut out = csv::Writer::from_writer(Vec::new());
     let written = out
         .write_record(header)
-        .and_then(|()| rows.try_for_each(|row| out.write_record(&row)));
+        .and_then(|()| rows.try_for_each(|row| out.write_record(row.iter().map(neutralized))));
     let body = written
         .map_err(|e| e.to_string())
         .and_then(|()| out.into_inner().map_err(|e| e.to_string()))

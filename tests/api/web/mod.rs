@@ -6,7 +6,7 @@
 //! of every page in both languages land in `target/screenshots/`.
 
 mod browser;
-mod plain;
+pub(crate) mod plain;
 mod upload;
 
 use std::collections::HashMap;
