@@ -12,7 +12,7 @@ use crate::config::Role;
 use crate::domain::{Amount, PartnerId, Period};
 use crate::intake::PartnerScope;
 use crate::periods::view::{self, NotExpected, PeriodInput, PeriodView};
-use crate::store::ExpectedLoan;
+use crate::store::{ExpectedLoan, ExpectedLoansSnapshot};
 
 /// Periods listed at most by `GET /v1/periods`.
 const MAX_PERIODS: usize = 24;
@@ -76,6 +76,11 @@ pub async fn list_periods(
     params: web::Query<PartnerParam>,
 ) -> Result<HttpResponse, ApiError> {
     let partner = partner_of(&state, &caller, params.partner_id.as_deref())?;
+    let snapshot = if caller.role == Role::Admin {
+        state.store.expected_loans(&partner).await?
+    } else {
+        None
+    };
     let mut periods = Vec::new();
     for period in state
         .store
@@ -84,7 +89,8 @@ pub async fn list_periods(
         .into_iter()
         .take(MAX_PERIODS)
     {
-        let v = month(&state, &caller, &partner, period).await?;
+        // One month's view at a time, dropped once summed up.
+        let v = month_with(&state, &caller, &partner, period, snapshot.as_ref()).await?;
         periods.push(PeriodSummary {
             period,
             reports: v.total.reports,
@@ -280,14 +286,27 @@ pub(crate) async fn month(
     partner: &PartnerId,
     period: Period,
 ) -> Result<PeriodView, ApiError> {
-    let whole_partner = caller.role == Role::Admin;
-    let branch = (!whole_partner).then_some(caller.branch.as_str());
-    let reports = state.store.period_reports(partner, period, branch).await?;
-    let snapshot = if whole_partner {
+    let snapshot = if caller.role == Role::Admin {
         state.store.expected_loans(partner).await?
     } else {
         None
     };
+    month_with(state, caller, partner, period, snapshot.as_ref()).await
+}
+
+/// `month` with Kiva's snapshot already read (`None` for a branch key): a page of several
+/// months reads the snapshot once, not once a month.
+pub(crate) async fn month_with(
+    state: &AppState,
+    caller: &Caller,
+    partner: &PartnerId,
+    period: Period,
+    snapshot: Option<&ExpectedLoansSnapshot>,
+) -> Result<PeriodView, ApiError> {
+    let whole_partner = caller.role == Role::Admin;
+    let branch = (!whole_partner).then_some(caller.branch.as_str());
+    let reports = state.store.period_reports(partner, period, branch).await?;
+    let snapshot = snapshot.filter(|_| whole_partner);
     Ok(view::build(PeriodInput {
         period,
         partner_id: partner,
@@ -296,7 +315,7 @@ pub(crate) async fn month(
             .column_format(partner)
             .ok_or_else(|| ApiError::NotFound(format!("no partner {partner}")))?,
         reports: &reports,
-        snapshot: snapshot.as_ref(),
+        snapshot,
         whole_partner,
         now: chrono::Utc::now(),
         stale_after: state.stale_after,

@@ -6,6 +6,7 @@
 //! of every page in both languages land in `target/screenshots/`.
 
 mod browser;
+mod lists;
 pub(crate) mod plain;
 mod upload;
 
