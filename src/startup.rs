@@ -102,6 +102,7 @@ impl Application {
             worker: worker.as_ref().map(|w| w.health()),
             stale_after: Duration::from_secs(settings.reconcile.stale_after_hours * 3600),
             max_expected_loans: settings.reconcile.max_expected_loans,
+            snapshots: Arc::default(),
             expected_loans,
             unexpected_loans: settings
                 .partners

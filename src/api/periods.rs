@@ -76,11 +76,7 @@ pub async fn list_periods(
     params: web::Query<PartnerParam>,
 ) -> Result<HttpResponse, ApiError> {
     let partner = partner_of(&state, &caller, params.partner_id.as_deref())?;
-    let snapshot = if caller.role == Role::Admin {
-        state.store.expected_loans(&partner).await?
-    } else {
-        None
-    };
+    let snapshot = admin_snapshot(&state, &caller, &partner).await?;
     let mut periods = Vec::new();
     for period in state
         .store
@@ -90,7 +86,7 @@ pub async fn list_periods(
         .take(MAX_PERIODS)
     {
         // One month's view at a time, dropped once summed up.
-        let v = month_with(&state, &caller, &partner, period, snapshot.as_ref()).await?;
+        let v = month_with(&state, &caller, &partner, period, snapshot.as_deref()).await?;
         periods.push(PeriodSummary {
             period,
             reports: v.total.reports,
@@ -286,12 +282,20 @@ pub(crate) async fn month(
     partner: &PartnerId,
     period: Period,
 ) -> Result<PeriodView, ApiError> {
-    let snapshot = if caller.role == Role::Admin {
-        state.store.expected_loans(partner).await?
-    } else {
-        None
-    };
-    month_with(state, caller, partner, period, snapshot.as_ref()).await
+    let snapshot = admin_snapshot(state, caller, partner).await?;
+    month_with(state, caller, partner, period, snapshot.as_deref()).await
+}
+
+/// Kiva's snapshot for an admin key (`None` for a branch key, which does not see Kiva's side).
+pub(crate) async fn admin_snapshot(
+    state: &AppState,
+    caller: &Caller,
+    partner: &PartnerId,
+) -> Result<Option<std::sync::Arc<ExpectedLoansSnapshot>>, ApiError> {
+    if caller.role != Role::Admin {
+        return Ok(None);
+    }
+    Ok(state.snapshots.get(state.store.as_ref(), partner).await?)
 }
 
 /// `month` with Kiva's snapshot already read (`None` for a branch key): a page of several

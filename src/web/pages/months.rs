@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::api::AppState;
 use crate::api::periods::{
-    admin_month, month as period_view, month_with, not_expected_csv, not_reported_csv, partner_of,
+    admin_month, admin_snapshot, month as period_view, month_with, not_expected_csv,
+    not_reported_csv, partner_of,
 };
 use crate::api::problem::ApiError;
 use crate::config::Role;
@@ -128,22 +129,16 @@ pub async fn months(
         .map_err(|e| ctx.api(e.into()))?;
     let pages = periods.len().div_ceil(MONTHS_PER_PAGE).max(1);
     let page = page.min(pages);
-    let snapshot = if admin {
-        state
-            .store
-            .expected_loans(&partner)
-            .await
-            .map_err(|e| ctx.api(e.into()))?
-    } else {
-        None
-    };
+    let snapshot = admin_snapshot(&state, caller, &partner)
+        .await
+        .map_err(|e| ctx.api(e))?;
     let mut views = Vec::new();
     for period in periods
         .into_iter()
         .skip((page - 1).saturating_mul(MONTHS_PER_PAGE))
         .take(MONTHS_PER_PAGE)
     {
-        let view = month_with(&state, caller, &partner, period, snapshot.as_ref())
+        let view = month_with(&state, caller, &partner, period, snapshot.as_deref())
             .await
             .map_err(|e| ctx.api(e))?;
         views.push(MonthRow::of(view));
