@@ -134,6 +134,10 @@ pub struct ReconcileSettings {
     pub refresh_minutes: u64,
     /// A snapshot older than this is called stale by the period view.
     pub stale_after_hours: u64,
+    /// The most loans a partner's snapshot may hold (every status read): a refresh of a
+    /// longer list fails, keeping the previous snapshot, rather than grow without bound on
+    /// what Kiva says.
+    pub max_expected_loans: usize,
 }
 
 /// `GET /metrics` (Prometheus).
@@ -319,6 +323,7 @@ fn defaults() -> Defaults {
         reconcile: ReconcileSettings {
             refresh_minutes: 60,
             stale_after_hours: 24,
+            max_expected_loans: 200_000,
         },
         // Loopback; a remote Prometheus gets an address of its own (see docker-compose.yml).
         metrics: MetricsDefaults {
@@ -558,6 +563,10 @@ impl Settings {
         check(
             self.reconcile.stale_after_hours >= 1,
             "reconcile.stale_after_hours: must be at least 1".into(),
+        );
+        check(
+            (1..=10_000_000).contains(&self.reconcile.max_expected_loans),
+            "reconcile.max_expected_loans: must be between 1 and 10000000".into(),
         );
         let w = &self.web;
         check(

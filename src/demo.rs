@@ -97,7 +97,14 @@ pub async fn run() -> anyhow::Result<()> {
     let kiva = KivaClient::new(&settings.kiva, &settings.partners)?;
     let mut expected = Vec::new();
     for partner in &settings.partners {
-        match refresh_expected_loans(store.clone(), &kiva, &partner.id).await {
+        match refresh_expected_loans(
+            store.clone(),
+            &kiva,
+            &partner.id,
+            settings.reconcile.max_expected_loans,
+        )
+        .await
+        {
             Ok(RefreshOutcome::Refreshed { loans, pages }) => expected.push(format!(
                 "partner {}: {loans} loans read in {pages} pages",
                 partner.id

@@ -103,6 +103,8 @@ impl Application {
             idempotency_ttl: Duration::from_secs(settings.store.idempotency_ttl_hours * 3600),
             worker: worker.as_ref().map(|w| w.health()),
             stale_after: Duration::from_secs(settings.reconcile.stale_after_hours * 3600),
+            max_expected_loans: settings.reconcile.max_expected_loans,
+            snapshots: Arc::default(),
             expected_loans,
             unexpected_loans: settings
                 .partners
@@ -297,6 +299,7 @@ pub fn build_refresher(
         kiva,
         partners: settings.partners.iter().map(|p| p.id.clone()).collect(),
         every: Duration::from_secs(minutes * 60),
+        max_loans: settings.reconcile.max_expected_loans,
         intake,
     })
 }

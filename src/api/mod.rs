@@ -40,6 +40,10 @@ pub struct AppState {
     pub worker: Option<Arc<crate::delivery::WorkerHealth>>,
     /// Kiva's expected-loans snapshot older than this is stale (`reconcile.stale_after_hours`).
     pub stale_after: Duration,
+    /// Kiva's expected-loans snapshots as the period view reads them.
+    pub snapshots: Arc<crate::periods::snapshot::SnapshotCache>,
+    /// `reconcile.max_expected_loans`: the most loans a refresh keeps.
+    pub max_expected_loans: usize,
     /// Kiva's expected loans, as intake compares reports with them.
     pub expected_loans: Arc<crate::periods::expected::ExpectedLoansCache>,
     /// Per partner: warn about, or refuse, repayments PA2 will ignore.

@@ -95,7 +95,9 @@ pub async fn refresh_expected_loans(
 ) -> Result<HttpResponse, ApiError> {
     let partner = admin_partner(&state, &caller, &id)?;
     // The lock is taken here, before answering, so two requests can't both be told 202.
-    let Some(locked) = refresh::begin(state.store.clone(), &partner).await? else {
+    let Some(locked) =
+        refresh::begin(state.store.clone(), &partner, state.max_expected_loans).await?
+    else {
         return Err(ApiError::Conflict(format!(
             "a refresh of partner {partner}'s expected loans is already running; poll {}",
             status_location(&partner)

@@ -12,7 +12,7 @@ use crate::config::Role;
 use crate::domain::{Amount, PartnerId, Period};
 use crate::intake::PartnerScope;
 use crate::periods::view::{self, NotExpected, PeriodInput, PeriodView};
-use crate::store::ExpectedLoan;
+use crate::store::{ExpectedLoan, ExpectedLoansSnapshot};
 
 /// Periods listed at most by `GET /v1/periods`.
 const MAX_PERIODS: usize = 24;
@@ -76,6 +76,7 @@ pub async fn list_periods(
     params: web::Query<PartnerParam>,
 ) -> Result<HttpResponse, ApiError> {
     let partner = partner_of(&state, &caller, params.partner_id.as_deref())?;
+    let snapshot = admin_snapshot(&state, &caller, &partner).await?;
     let mut periods = Vec::new();
     for period in state
         .store
@@ -84,7 +85,8 @@ pub async fn list_periods(
         .into_iter()
         .take(MAX_PERIODS)
     {
-        let v = month(&state, &caller, &partner, period).await?;
+        // One month's view at a time, dropped once summed up.
+        let v = month_with(&state, &caller, &partner, period, snapshot.as_deref()).await?;
         periods.push(PeriodSummary {
             period,
             reports: v.total.reports,
@@ -280,14 +282,35 @@ pub(crate) async fn month(
     partner: &PartnerId,
     period: Period,
 ) -> Result<PeriodView, ApiError> {
+    let snapshot = admin_snapshot(state, caller, partner).await?;
+    month_with(state, caller, partner, period, snapshot.as_deref()).await
+}
+
+/// Kiva's snapshot for an admin key (`None` for a branch key, which does not see Kiva's side).
+pub(crate) async fn admin_snapshot(
+    state: &AppState,
+    caller: &Caller,
+    partner: &PartnerId,
+) -> Result<Option<std::sync::Arc<ExpectedLoansSnapshot>>, ApiError> {
+    if caller.role != Role::Admin {
+        return Ok(None);
+    }
+    Ok(state.snapshots.get(state.store.as_ref(), partner).await?)
+}
+
+/// `month` with Kiva's snapshot already read (`None` for a branch key): a page of several
+/// months reads the snapshot once, not once a month.
+pub(crate) async fn month_with(
+    state: &AppState,
+    caller: &Caller,
+    partner: &PartnerId,
+    period: Period,
+    snapshot: Option<&ExpectedLoansSnapshot>,
+) -> Result<PeriodView, ApiError> {
     let whole_partner = caller.role == Role::Admin;
     let branch = (!whole_partner).then_some(caller.branch.as_str());
     let reports = state.store.period_reports(partner, period, branch).await?;
-    let snapshot = if whole_partner {
-        state.store.expected_loans(partner).await?
-    } else {
-        None
-    };
+    let snapshot = snapshot.filter(|_| whole_partner);
     Ok(view::build(PeriodInput {
         period,
         partner_id: partner,
@@ -296,7 +319,7 @@ pub(crate) async fn month(
             .column_format(partner)
             .ok_or_else(|| ApiError::NotFound(format!("no partner {partner}")))?,
         reports: &reports,
-        snapshot: snapshot.as_ref(),
+        snapshot,
         whole_partner,
         now: chrono::Utc::now(),
         stale_after: state.stale_after,
@@ -337,6 +360,17 @@ fn wants_csv(request: &HttpRequest) -> bool {
         .is_some_and(|accept| accept.contains("text/csv"))
 }
 
+/// Branches open these files in Excel, and their cells hold text from branches and from Kiva:
+/// a cell that a spreadsheet would read as a formula (or, after a tab or CR, as the start of
+/// one) gets a leading `'`, OWASP's rule for CSV injection. The `'` shows in the cell; a
+/// formula run on a coordinator's machine is worse.
+fn neutralized(cell: &String) -> std::borrow::Cow<'_, [u8]> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into_bytes().into(),
+        _ => cell.as_bytes().into(),
+    }
+}
+
 fn csv_answer<const N: usize>(
     filename: &str,
     header: [&str; N],
@@ -345,7 +379,7 @@ fn csv_answer<const N: usize>(
     let mut out = csv::Writer::from_writer(Vec::new());
     let written = out
         .write_record(header)
-        .and_then(|()| rows.try_for_each(|row| out.write_record(&row)));
+        .and_then(|()| rows.try_for_each(|row| out.write_record(row.iter().map(neutralized))));
     let body = written
         .map_err(|e| e.to_string())
         .and_then(|()| out.into_inner().map_err(|e| e.to_string()))

@@ -35,6 +35,11 @@ const TOKEN_LIFETIME_WHEN_UNSAID: Duration = Duration::from_secs(300);
 /// The most of any answer kept in memory: Kiva's answers are small, and a misbehaving proxy
 /// must not be able to exhaust memory before the total timeout fires.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// The most of one loans-list page read: a page holds at most `MAX_LOANS_PAGE` loans of a few
+/// hundred bytes each, so this leaves room for fields Kiva may add (about 14 KiB a loan) while
+/// a page that ignores `limit`, or a proxy's endless body, is refused after 4 MiB rather than
+/// parsed and kept.
+pub const MAX_LOANS_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Error bodies quoted in a reason: enough to recognise the error, short enough for a log line.
 const REASON_EXCERPT: usize = 300;
 /// Below common load-balancer idle timeouts (60 s): reusing a connection the far end is
@@ -116,6 +121,8 @@ struct RawAnswer {
     status: StatusCode,
     retry_after: Option<Duration>,
     body: Bytes,
+    /// More arrived than the endpoint's bound: `body` is its first part only.
+    over_limit: bool,
 }
 
 enum Failure {
@@ -210,7 +217,11 @@ impl KivaClient {
         request: reqwest::RequestBuilder,
     ) -> Result<RawAnswer, Failure> {
         let started = Instant::now();
-        let result = perform(request).await;
+        let max_bytes = match endpoint {
+            KivaEndpoint::Loans => MAX_LOANS_PAGE_BYTES,
+            _ => MAX_RESPONSE_BYTES,
+        };
+        let result = perform(request, max_bytes).await;
         if let Some(metrics) = &self.metrics {
             let end = match &result {
                 Ok(answer) => KivaCallEnd::Status(answer.status.as_u16()),
@@ -299,8 +310,10 @@ impl KivaClient {
                 query.append_pair("status", status);
             }
             query.append_pair("offset", &offset.to_string());
-            query.append_pair("limit", &limit.clamp(1, MAX_LOANS_PAGE).to_string());
         }
+        let limit = limit.clamp(1, MAX_LOANS_PAGE);
+        url.query_pairs_mut()
+            .append_pair("limit", &limit.to_string());
 
         let token = self.token(partner, auth, None).await?;
         let mut answer = self
@@ -333,7 +346,14 @@ impl KivaClient {
                 excerpt(&answer.body, REASON_EXCERPT)
             ));
         }
-        parse_loans_page(&answer.body).map_err(|e| format!("loans list: {e}"))
+        if answer.over_limit {
+            return Err(format!(
+                "loans list: the page is larger than {} MiB (asked for at most {limit} loans); \
+                 not read further",
+                MAX_LOANS_PAGE_BYTES / (1024 * 1024)
+            ));
+        }
+        parse_loans_page(&answer.body, limit).map_err(|e| format!("loans list: {e}"))
     }
 
     fn partner(&self, partner: &PartnerId) -> Result<&PartnerAuth, String> {
@@ -596,7 +616,7 @@ fn into_outcome(result: Result<RawAnswer, Failure>, token_refreshed: bool) -> Se
 }
 
 /// Sends and reads the whole answer, sorting failures by whether anything reached the server.
-async fn perform(request: reqwest::RequestBuilder) -> Result<RawAnswer, Failure> {
+async fn perform(request: reqwest::RequestBuilder, max_bytes: usize) -> Result<RawAnswer, Failure> {
     let mut response = request.send().await.map_err(|e| {
         // reqwest marks every failure of the connector (DNS, TCP connect, TLS handshake and
         // the connect timeout) as a connect error; only then is it certain nothing was written.
@@ -613,12 +633,14 @@ async fn perform(request: reqwest::RequestBuilder) -> Result<RawAnswer, Failure>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
     let mut body = Vec::new();
+    let mut over_limit = false;
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = MAX_RESPONSE_BYTES - body.len();
+                let room = max_bytes - body.len();
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if body.len() == MAX_RESPONSE_BYTES {
+                if chunk.len() > room {
+                    over_limit = true;
                     break;
                 }
             }
@@ -642,6 +664,7 @@ async fn perform(request: reqwest::RequestBuilder) -> Result<RawAnswer, Failure>
         status,
         retry_after,
         body: Bytes::from(body),
+        over_limit,
     })
 }
 
@@ -718,7 +741,9 @@ fn excerpt(body: &[u8], max: usize) -> String {
     text
 }
 
-fn parse_loans_page(body: &[u8]) -> Result<LoansPage, String> {
+/// One page, refused when it holds more than the `limit` loans asked for: a list that ignores
+/// `limit` has no bound a client can rely on.
+fn parse_loans_page(body: &[u8], limit: u32) -> Result<LoansPage, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let object = value.as_object().ok_or("not a JSON object")?;
     // `total_records` from the integration that runs against Kiva, `totalRecords` from Kiva's
@@ -733,6 +758,12 @@ fn parse_loans_page(body: &[u8]) -> Result<LoansPage, String> {
         None | Some(Value::Null) => &[],
         Some(_) => return Err("data is not a list".into()),
     };
+    if items.len() > limit as usize {
+        return Err(format!(
+            "Kiva sent {} loans for a page of at most {limit}",
+            items.len()
+        ));
+    }
     let loans = items
         .iter()
         .enumerate()

@@ -4,4 +4,5 @@
 pub mod expected;
 pub mod reason;
 pub mod refresh;
+pub mod snapshot;
 pub mod view;

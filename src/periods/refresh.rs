@@ -61,12 +61,16 @@ pub struct LockedRefresh {
     holder: String,
     /// This process's intake copy, told when the snapshot is replaced.
     intake: Option<Arc<ExpectedLoansCache>>,
+    /// `reconcile.max_expected_loans`.
+    max_loans: usize,
 }
 
-/// Takes the partner's refresh lock; `None` when another refresh holds it.
+/// Takes the partner's refresh lock; `None` when another refresh holds it. The snapshot will
+/// hold at most `max_loans` loans (`reconcile.max_expected_loans`).
 pub async fn begin(
     store: Arc<dyn ReportStore>,
     partner: &PartnerId,
+    max_loans: usize,
 ) -> Result<Option<LockedRefresh>, StoreError> {
     let holder = format!("refresh-{}", Uuid::new_v4());
     if !store.lock_refresh(partner, &holder, LOCK_TTL).await? {
@@ -77,6 +81,7 @@ pub async fn begin(
         partner: partner.clone(),
         holder,
         intake: None,
+        max_loans,
     }))
 }
 
@@ -85,8 +90,9 @@ pub async fn refresh_expected_loans(
     store: Arc<dyn ReportStore>,
     kiva: &KivaClient,
     partner: &PartnerId,
+    max_loans: usize,
 ) -> Result<RefreshOutcome, RefreshError> {
-    match begin(store, partner).await? {
+    match begin(store, partner, max_loans).await? {
         Some(locked) => locked.run(kiva).await,
         None => Ok(RefreshOutcome::AlreadyRunning),
     }
@@ -126,7 +132,7 @@ impl LockedRefresh {
                 },
             )
             .await?;
-        match read_all(kiva, &self.partner).await {
+        match read_all(kiva, &self.partner, self.max_loans).await {
             Ok((loans, pages)) => {
                 let count = loans.len();
                 let snapshot = ExpectedLoansSnapshot {
@@ -176,10 +182,11 @@ impl LockedRefresh {
     }
 }
 
-/// Every loan in `STATUSES_READ`, and the number of pages requested.
+/// Every loan in `STATUSES_READ`, and the number of pages requested; at most `max_loans`.
 async fn read_all(
     kiva: &KivaClient,
     partner: &PartnerId,
+    max_loans: usize,
 ) -> Result<(Vec<ExpectedLoan>, u32), String> {
     let mut loans = Vec::new();
     // A loan that changes status mid-read can show up under both statuses: it is kept once,
@@ -187,7 +194,8 @@ async fn read_all(
     let mut seen = HashSet::new();
     let mut pages = 0;
     for status in STATUSES_READ {
-        for loan in read_status(kiva, partner, status, &mut pages).await? {
+        let room = max_loans - loans.len();
+        for loan in read_status(kiva, partner, status, room, max_loans, &mut pages).await? {
             if seen.insert((
                 loan.internal_loan_id.clone(),
                 loan.internal_client_id.clone(),
@@ -205,25 +213,45 @@ async fn read_all(
     Ok((loans, pages))
 }
 
-/// The list for one status, page by page until its total; fails when Kiva fails, when a page
-/// comes back empty before the total, or when the total moves by more than a few loans while
+/// The list for one status, of at most `room` loans, page by page; each page starts where the
+/// loans received so far end. Kiva's paging is not trusted: the read goes on past a full page
+/// even at the total (a total too small would otherwise cut the list), stops at an empty page,
+/// a short page at or past the total, or a page that adds no loan not already read (a list
+/// that ignores `offset` repeats itself); then the distinct loans read must be exactly the
+/// total. Fails, too, when Kiva fails or when the total moves by more than a few loans while
 /// reading (offsets then no longer point at the same loans).
 async fn read_status(
     kiva: &KivaClient,
     partner: &PartnerId,
     status: &str,
+    room: usize,
+    max_loans: usize,
     pages: &mut u32,
 ) -> Result<Vec<KivaLoan>, String> {
+    let too_many = |many: String| {
+        format!(
+            "status {status}: {many}, more loans than the snapshot may hold ({max_loans}, \
+             reconcile.max_expected_loans)"
+        )
+    };
     let mut loans: Vec<KivaLoan> = Vec::new();
+    let mut keys: HashSet<(String, Option<String>)> = HashSet::new();
+    let mut received_so_far: u64 = 0;
     let mut first_total = None;
+    let mut last_total = 0;
     for page_number in 1..=MAX_PAGES_PER_STATUS {
-        let offset = u32::try_from(loans.len()).map_err(|_| "too many loans".to_owned())?;
+        let offset = u32::try_from(received_so_far)
+            .map_err(|_| too_many(format!("{received_so_far} loans sent")))?;
         *pages += 1;
         let page = kiva
             .loans(partner, &[status], offset, MAX_LOANS_PAGE)
             .await
             .map_err(|e| format!("status {status}, page {page_number}: {e}"))?;
         let total = *first_total.get_or_insert(page.total_records);
+        last_total = page.total_records;
+        if total > room as u64 {
+            return Err(too_many(format!("Kiva says {total} loans")));
+        }
         if changed_too_much(total, page.total_records) {
             return Err(format!(
                 "status {status}: Kiva's list went from {total} to {} loans while it was read",
@@ -231,21 +259,38 @@ async fn read_status(
             ));
         }
         let received = page.loans.len();
-        loans.extend(page.loans);
-        if loans.len() as u64 >= page.total_records {
-            return Ok(loans);
+        received_so_far += received as u64;
+        let mut new = 0;
+        for loan in page.loans {
+            if keys.insert((
+                loan.internal_loan_id.clone(),
+                loan.internal_client_id.clone(),
+            )) {
+                if loans.len() == room {
+                    return Err(too_many(format!("over {room} loans sent")));
+                }
+                loans.push(loan);
+                new += 1;
+            }
         }
-        if received == 0 {
+        let short = received < MAX_LOANS_PAGE as usize;
+        if received == 0 || new == 0 || (short && received_so_far >= page.total_records) {
+            break;
+        }
+        if page_number == MAX_PAGES_PER_STATUS {
             return Err(format!(
-                "status {status}: Kiva's list ended after {} of {} loans",
-                loans.len(),
-                page.total_records
+                "status {status}: more than {MAX_PAGES_PER_STATUS} pages"
             ));
         }
     }
-    Err(format!(
-        "status {status}: more than {MAX_PAGES_PER_STATUS} pages"
-    ))
+    if loans.len() as u64 != last_total {
+        return Err(format!(
+            "status {status}: Kiva's total says {last_total} loans, its pages held {} distinct \
+             loans (a list that ignores offset, or a wrong total)",
+            loans.len()
+        ));
+    }
+    Ok(loans)
 }
 
 /// A loan or two changing status during a read is normal; more means the pages no longer
@@ -260,6 +305,8 @@ pub struct Scheduler {
     pub kiva: Arc<KivaClient>,
     pub partners: Vec<PartnerId>,
     pub every: Duration,
+    /// `reconcile.max_expected_loans`.
+    pub max_loans: usize,
     /// The intake copy of the process, when it takes reports (`serve`, not `worker`).
     pub intake: Option<Arc<ExpectedLoansCache>>,
 }
@@ -279,6 +326,7 @@ async fn schedule(scheduler: Scheduler, shutdown: CancellationToken) {
         kiva,
         partners,
         every,
+        max_loans,
         intake,
     } = scheduler;
     let tick = every.min(Duration::from_secs(60));
@@ -299,7 +347,7 @@ async fn schedule(scheduler: Scheduler, shutdown: CancellationToken) {
             if !due {
                 continue;
             }
-            let locked = match begin(store.clone(), partner).await {
+            let locked = match begin(store.clone(), partner, max_loans).await {
                 Ok(Some(locked)) => match &intake {
                     Some(intake) => locked.telling(intake.clone()),
                     None => locked,

@@ -72,12 +72,25 @@ pub(super) async fn handle(shared: &Shared, partner_id: &str, parts: &Parts) -> 
         TotalRecordsField::Snake => "total_records",
         TotalRecordsField::Camel => "totalRecords",
     };
+    let paging = state.loans_paging.clone();
     drop(state);
-    let total_records = matching.len();
+    let total_records = paging.total_records.unwrap_or(matching.len() as u64);
+    let offset = if paging.ignore_offset {
+        0
+    } else {
+        query.offset
+    };
+    let padding = "x".repeat(paging.padding_bytes);
     let data: Vec<Value> = matching
         .into_iter()
-        .skip(query.offset)
-        .take(query.limit)
+        .skip(offset)
+        .take(query.limit + paging.beyond_limit)
+        .map(|mut loan| {
+            if !padding.is_empty() {
+                loan["description"] = Value::String(padding.clone());
+            }
+            loan
+        })
         .collect();
     Ok(json_answer(
         StatusCode::OK,

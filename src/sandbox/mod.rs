@@ -78,6 +78,22 @@ pub enum TotalRecordsField {
     Camel,
 }
 
+/// How the loans list misbehaves with its paging, from `Sandbox::set_loans_paging` on, for
+/// every request until set back to the default (which behaves like Kiva).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoansPaging {
+    /// Loans sent beyond the `limit` asked for: the next ones of the list, as if `limit`
+    /// were this much larger.
+    pub beyond_limit: usize,
+    /// Answer every page as if `offset` were 0: the same page again and again.
+    pub ignore_offset: bool,
+    /// Say this many loans in `total_records`, whatever the list holds.
+    pub total_records: Option<u64>,
+    /// Give each loan a `description` of this many bytes: a page of 300 loans as large as a
+    /// misbehaving server or proxy cares to make it.
+    pub padding_bytes: usize,
+}
+
 /// How the sandbox answers one request instead of answering normally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -368,6 +384,12 @@ impl Sandbox {
         self.shared().lock().loans_faults.push_back(fault);
     }
 
+    /// The loans list's paging misbehaves this way from now on (`LoansPaging::default()`
+    /// behaves like Kiva again).
+    pub fn set_loans_paging(&self, paging: LoansPaging) {
+        self.shared().lock().loans_paging = paging;
+    }
+
     pub fn set_total_records_field(&self, field: TotalRecordsField) {
         self.shared().lock().total_records_field = field;
     }
@@ -419,6 +441,7 @@ struct State {
     loans_requests: Vec<LoansRequest>,
     loans_faults: VecDeque<Fault>,
     total_records_field: TotalRecordsField,
+    loans_paging: LoansPaging,
     /// See `SandboxConfig::unknown_outcome_once`; and the (partner, loan) already answered so.
     unknown_outcome_once: Vec<String>,
     answered_unknown: std::collections::HashSet<(String, String)>,

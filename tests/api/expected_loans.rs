@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use repayment_gateway::domain::PartnerId;
-use repayment_gateway::sandbox::{Fault, SandboxLoan, TotalRecordsField};
+use repayment_gateway::sandbox::{Fault, LoansPaging, SandboxLoan, TotalRecordsField};
 use repayment_gateway::store::ReportStore;
 use serde_json::Value;
 
@@ -221,10 +221,164 @@ async fn a_failed_refresh_keeps_the_previous_snapshot_and_says_why(backend: Back
     assert_eq!(rig.sandbox.repayment_requests(), 0);
 }
 
+/// A first refresh reads the 1,000 loans; then Kiva's list misbehaves with `paging` and the
+/// next refresh must fail with an error holding each of `words`, keep the previous snapshot,
+/// and ask for at most `most_payingback_pages` pages of `payingBack` (of 700 loans).
+async fn a_misbehaving_list_fails_the_refresh(
+    backend: Backend,
+    paging: LoansPaging,
+    words: &[&str],
+    most_payingback_pages: usize,
+) {
+    let rig = rig_with_1000_loans(backend).await;
+    assert_eq!(post_refresh(&rig.app, HEAD_OFFICE).await.status, 202);
+    let first = wait_for_refresh_end(&rig.app, None).await;
+    assert_eq!(first["refresh"]["last_error"], Value::Null, "{first}");
+    let before = rig.app.store.expected_loans(&partner()).await.unwrap();
+    let asked_before = rig.sandbox.loans_requests().len();
+
+    rig.sandbox.set_loans_paging(paging.clone());
+    assert_eq!(post_refresh(&rig.app, HEAD_OFFICE).await.status, 202);
+    let failed = wait_for_refresh_end(&rig.app, first["refresh"]["last_started_at"].as_str()).await;
+    let error = failed["refresh"]["last_error"].as_str().unwrap_or_default();
+    for word in words.iter().chain(&["previous snapshot is kept"]) {
+        assert!(error.contains(word), "{paging:?}: {word:?} not in {failed}");
+    }
+    assert_eq!(
+        failed["refresh"]["last_succeeded_at"],
+        first["refresh"]["last_succeeded_at"]
+    );
+    assert_eq!(failed["expected"], 900);
+    assert_eq!(
+        rig.app.store.expected_loans(&partner()).await.unwrap(),
+        before
+    );
+    let paying_back_pages = rig.sandbox.loans_requests()[asked_before..]
+        .iter()
+        .filter(|r| r.statuses == ["payingBack"])
+        .count();
+    assert!(
+        paying_back_pages <= most_payingback_pages,
+        "{paging:?}: {paying_back_pages} pages asked"
+    );
+}
+
+async fn a_page_larger_than_asked_fails_the_refresh(backend: Backend) {
+    let paging = LoansPaging {
+        beyond_limit: 1,
+        ..LoansPaging::default()
+    };
+    a_misbehaving_list_fails_the_refresh(backend, paging, &["301 loans", "at most 300"], 1).await;
+}
+
+async fn a_page_of_too_many_bytes_fails_the_refresh_unread(backend: Backend) {
+    // 300 loans of 20 KB each: a 6 MB page, read no further than the bound.
+    let paging = LoansPaging {
+        padding_bytes: 20_000,
+        ..LoansPaging::default()
+    };
+    a_misbehaving_list_fails_the_refresh(backend, paging, &["page is larger than"], 1).await;
+}
+
+async fn a_list_that_ignores_the_offset_fails_the_refresh(backend: Backend) {
+    let paging = LoansPaging {
+        ignore_offset: true,
+        ..LoansPaging::default()
+    };
+    // Page 2 repeats page 1: no new loan, so the read stops there.
+    a_misbehaving_list_fails_the_refresh(
+        backend,
+        paging,
+        &["payingBack", "700", "300 distinct"],
+        2,
+    )
+    .await;
+}
+
+async fn a_list_whose_total_is_too_small_fails_the_refresh(backend: Backend) {
+    // "300 loans" while 700 are payingBack: the pages go on past the total, and disagree.
+    let paging = LoansPaging {
+        total_records: Some(300),
+        ..LoansPaging::default()
+    };
+    a_misbehaving_list_fails_the_refresh(
+        backend,
+        paging,
+        &["payingBack", "300", "700 distinct"],
+        4,
+    )
+    .await;
+}
+
+async fn a_list_whose_total_is_too_large_fails_the_refresh(backend: Backend) {
+    let paging = LoansPaging {
+        total_records: Some(3_000),
+        ..LoansPaging::default()
+    };
+    a_misbehaving_list_fails_the_refresh(
+        backend,
+        paging,
+        &["payingBack", "3000", "700 distinct"],
+        4,
+    )
+    .await;
+}
+
+async fn the_same_page_with_a_huge_total_fails_the_refresh_at_once(backend: Backend) {
+    let paging = LoansPaging {
+        ignore_offset: true,
+        total_records: Some(3_000_000),
+        ..LoansPaging::default()
+    };
+    a_misbehaving_list_fails_the_refresh(
+        backend,
+        paging,
+        &["3000000", "reconcile.max_expected_loans"],
+        1,
+    )
+    .await;
+}
+
 on_both_stores!(
     a_refresh_reads_every_page_and_replaces_the_snapshot,
     a_failed_refresh_keeps_the_previous_snapshot_and_says_why,
+    a_page_larger_than_asked_fails_the_refresh,
+    a_page_of_too_many_bytes_fails_the_refresh_unread,
+    a_list_that_ignores_the_offset_fails_the_refresh,
+    a_list_whose_total_is_too_small_fails_the_refresh,
+    a_list_whose_total_is_too_large_fails_the_refresh,
+    the_same_page_with_a_huge_total_fails_the_refresh_at_once,
 );
+
+#[tokio::test]
+async fn a_list_larger_than_the_setting_fails_the_refresh_naming_it() {
+    let rig =
+        spawn_delivery_rig_with(Backend::Redis, |s| s.reconcile.max_expected_loans = 999).await;
+    rig.sandbox.add_loans(more_loans());
+    assert_eq!(post_refresh(&rig.app, HEAD_OFFICE).await.status, 202);
+    let failed = wait_for_refresh_end(&rig.app, None).await;
+    let error = failed["refresh"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("999") && error.contains("reconcile.max_expected_loans"),
+        "{failed}"
+    );
+    assert!(
+        rig.app
+            .store
+            .expected_loans(&partner())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Exactly at the setting is allowed.
+    let rig =
+        spawn_delivery_rig_with(Backend::Redis, |s| s.reconcile.max_expected_loans = 1000).await;
+    rig.sandbox.add_loans(more_loans());
+    assert_eq!(post_refresh(&rig.app, HEAD_OFFICE).await.status, 202);
+    let done = wait_for_refresh_end(&rig.app, None).await;
+    assert_eq!(done["refresh"]["last_error"], Value::Null, "{done}");
+}
 
 #[tokio::test]
 async fn the_count_spelled_total_records_in_camel_case_is_read() {

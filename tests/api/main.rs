@@ -13,6 +13,7 @@ mod delivery;
 mod durability;
 mod expected_loans;
 mod expected_store;
+mod exports;
 mod fault_proxy;
 mod files;
 mod first_hour;

@@ -414,7 +414,70 @@ async fn only_the_reporting_branch_or_an_admin_corrects_a_loan_and_a_repeat_bloc
     );
 }
 
+/// Each process keeps the snapshot the month view last read, asking the store only whether a
+/// refresh replaced it: the month, the months list and the page show a new snapshot at once.
+async fn the_month_shows_the_snapshot_of_the_latest_refresh(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
+    refresh(&rig).await;
+    let report = json!({"period": "2026-09", "repayments": [
+        {"loan_id": "L-0", "client_id": "C-0", "amount": "1"}]});
+    assert_eq!(rig.app.submit(NAIROBI, &report).await.status, 202);
+    let numbers = async || {
+        let month = rig.app.get("/v1/periods/2026-09", Some(HEAD_OFFICE)).await;
+        let months = rig.app.get("/v1/periods", Some(HEAD_OFFICE)).await;
+        (
+            month.body["expected_loans"]["expected"].clone(),
+            month.body["not_reported"].as_array().unwrap().len(),
+            months.body["periods"][0]["expected"].clone(),
+        )
+    };
+    assert_eq!(
+        numbers().await,
+        (
+            json!(SANDBOX_LOANS),
+            SANDBOX_LOANS - 1,
+            json!(SANDBOX_LOANS)
+        )
+    );
+
+    rig.sandbox.set_loan_status(THREE_COL, "L-1", "ended");
+    let answer = rig
+        .app
+        .send(
+            rig.app
+                .client
+                .post(format!(
+                    "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
+                    rig.app.address
+                ))
+                .header("X-Api-Key", plain_key(HEAD_OFFICE)),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.text);
+    wait_until("the second refresh ends", async || {
+        let status = rig
+            .app
+            .get(
+                &format!("/v1/partners/{THREE_COL}/expected-loans"),
+                Some(HEAD_OFFICE),
+            )
+            .await
+            .body;
+        status["refresh"]["running"] == false && status["expected"] == SANDBOX_LOANS - 1
+    })
+    .await;
+    assert_eq!(
+        numbers().await,
+        (
+            json!(SANDBOX_LOANS - 1),
+            SANDBOX_LOANS - 2,
+            json!(SANDBOX_LOANS - 1)
+        )
+    );
+}
+
 on_both_stores!(
+    the_month_shows_the_snapshot_of_the_latest_refresh,
     a_report_without_a_period_is_refused_naming_it,
     a_loan_already_reported_in_the_period_is_refused_naming_the_earlier_report,
     a_month_sent_again_names_each_earlier_report_of_the_listed_loans,

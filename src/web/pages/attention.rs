@@ -22,10 +22,15 @@ use crate::web::{Ctx, Failure, PageError, field, form_fields, see_other};
 
 /// Reports looked at, at most (the API's largest page): a backlog beyond it shows on later visits.
 const MAX_REPORTS: usize = 200;
+/// Batches on one page of the list: a page reads batches one at a time until it has these, so
+/// its cost does not grow with the backlog or the reports' size.
+pub(crate) const BATCHES_PER_PAGE: usize = 20;
 
 #[derive(Debug, serde::Deserialize, Default)]
 pub struct PartnerQuery {
     partner: Option<String>,
+    /// Which page of batches (from 1, the oldest).
+    page: Option<usize>,
 }
 
 pub async fn list(
@@ -49,22 +54,44 @@ pub async fn list(
     )
     .await
     .map_err(|e| ctx.api(e))?;
+    let number = query.page.unwrap_or(1).max(1);
+    let skip = (number - 1).saturating_mul(BATCHES_PER_PAGE);
+    // Oldest first: the longest wait is the first to see. Report ids are UUIDv7 (time order).
+    let mut reports = page.reports;
+    reports.sort_by_key(|report| report.id);
+    // The listed reports (summaries, already limited to what the key may see) are walked a
+    // batch at a time, keeping only this page's batches, without their repayments (the page
+    // shows counts): a report of 10,000 repayments is never read whole.
     let mut items: Vec<(Report, Batch)> = Vec::new();
-    for report in page.reports {
-        let (report, batches) = find_report(&state, &ctx.viewer.caller, &report.id.to_string())
-            .await
-            .map_err(|e| ctx.api(e))?;
-        for batch in batches {
-            if matches!(
+    let (mut found, mut more) = (0, false);
+    'reports: for report in &reports {
+        for id in report.batch_ids() {
+            let Some((mut batch, _)) = state
+                .store
+                .batch(&partner, &id)
+                .await
+                .map_err(|e| ctx.api(e.into()))?
+            else {
+                continue;
+            };
+            if !matches!(
                 batch.state,
                 BatchState::Held | BatchState::Failed | BatchState::Rejected
             ) {
+                continue;
+            }
+            if found == skip + BATCHES_PER_PAGE {
+                more = true;
+                break 'reports;
+            }
+            if found >= skip {
+                batch.repayments = Vec::new();
                 items.push((report.clone(), batch));
             }
+            found += 1;
         }
     }
-    // Oldest first: the longest wait is the first to see. Report ids are UUIDv7 (time order).
-    items.sort_by_key(|(report, batch)| (report.id, batch.number));
+    let pq = crate::web::layout::encode(partner.as_str());
     let admin = ctx.viewer.caller.role == Role::Admin;
     let body = html! {
         h1 { (lang.t("attention.title")) }
@@ -88,6 +115,12 @@ pub async fn list(
                         @if a.allowed_from(batch.state) { (action_link(lang, &batch.id, a)) " " }
                     } }
                 }
+            }
+        }
+        @if number > 1 || more {
+            nav.pages aria-label=(lang.t("attention.pages")) {
+                @if number > 1 { a rel="prev" href={ "/web/attention?partner=" (pq) "&page=" (number - 1) } { (lang.t("attention.previous")) } " " }
+                @if more { a rel="next" href={ "/web/attention?partner=" (pq) "&page=" (number + 1) } { (lang.t("attention.next")) } }
             }
         }
     };

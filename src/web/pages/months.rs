@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::api::AppState;
 use crate::api::periods::{
-    admin_month, month as period_view, not_expected_csv, not_reported_csv, partner_of,
+    admin_month, admin_snapshot, month as period_view, month_with, not_expected_csv,
+    not_reported_csv, partner_of,
 };
 use crate::api::problem::ApiError;
 use crate::config::Role;
@@ -20,8 +21,9 @@ use crate::web::layout::{encode, repayment_state, status_text, when};
 use crate::web::session::WebConfig;
 use crate::web::{Ctx, Failure, PageError};
 
-/// Months shown on the home page (as `GET /v1/periods`).
-const MAX_MONTHS: usize = 24;
+/// Months on one page of the home page (newest first; `?page=` for older ones). Each month
+/// is built from all its reports, so the page's cost grows with this, not with the store.
+pub(crate) const MONTHS_PER_PAGE: usize = 6;
 /// Rows of a loan list shown on the page; the search finds the others, the CSV has them all.
 const LIST_ROWS: usize = 100;
 
@@ -30,6 +32,41 @@ pub struct MonthQuery {
     partner: Option<String>,
     /// Search in the not-reported and not-expected lists.
     q: Option<String>,
+    /// Which page of months (from 1, the newest).
+    page: Option<usize>,
+}
+
+/// What the months table shows of one month: kept instead of the month's whole view (its
+/// lists of loans), which is dropped as soon as this is taken from it.
+struct MonthRow {
+    period: Period,
+    expected: Option<(usize, usize)>,
+    repayments: usize,
+    amount: crate::domain::Amount,
+    chips: Vec<(String, &'static str)>,
+    ready: bool,
+    why: Vec<Reason>,
+}
+
+impl MonthRow {
+    fn of(v: PeriodView) -> Self {
+        MonthRow {
+            period: v.period,
+            expected: v.expected_loans.as_ref().map(|e| (e.reported, e.expected)),
+            repayments: v.total.repayments,
+            amount: v.total.amount,
+            chips: v
+                .branches
+                .into_iter()
+                .map(|b| {
+                    let state = branch_state(&b.tally);
+                    (b.branch, state)
+                })
+                .collect(),
+            ready: v.ready_to_finalize,
+            why: v.why,
+        }
+    }
 }
 
 /// The partner the page is about: the one asked for, the key's own, or (an every-partner
@@ -83,22 +120,31 @@ pub async fn months(
     let lang = ctx.lang;
     let partner = partner_for(&ctx, &state, query.partner.as_deref())?;
     let caller = &ctx.viewer.caller;
-    let mut views = Vec::new();
-    for period in state
+    let admin = caller.role == Role::Admin;
+    let page = query.page.unwrap_or(1).max(1);
+    let periods = state
         .store
         .periods(&partner)
         .await
-        .map_err(|e| ctx.api(e.into()))?
+        .map_err(|e| ctx.api(e.into()))?;
+    let pages = periods.len().div_ceil(MONTHS_PER_PAGE).max(1);
+    let page = page.min(pages);
+    let snapshot = admin_snapshot(&state, caller, &partner)
+        .await
+        .map_err(|e| ctx.api(e))?;
+    let mut views = Vec::new();
+    for period in periods
         .into_iter()
-        .take(MAX_MONTHS)
+        .skip((page - 1).saturating_mul(MONTHS_PER_PAGE))
+        .take(MONTHS_PER_PAGE)
     {
-        views.push(
-            period_view(&state, caller, &partner, period)
-                .await
-                .map_err(|e| ctx.api(e))?,
-        );
+        let view = month_with(&state, caller, &partner, period, snapshot.as_deref())
+            .await
+            .map_err(|e| ctx.api(e))?;
+        views.push(MonthRow::of(view));
     }
-    let admin = caller.role == Role::Admin;
+    drop(snapshot);
+    let pq = encode(partner.as_str());
     let body = html! {
         h1 { (lang.t("months.title")) }
         (partner_picker(&ctx, &state, &partner, "/web/"))
@@ -120,38 +166,45 @@ pub async fn months(
                     tbody {
                         @for v in &views {
                             tr data-period=(v.period) {
-                                th scope="row" { a href={ "/web/months/" (v.period) "?partner=" (encode(partner.as_str())) } { (v.period) } }
+                                th scope="row" { a href={ "/web/months/" (v.period) "?partner=" (pq) } { (v.period) } }
                                 td { (reported_of_expected(lang, v)) }
-                                td.num data-field="amount" { (v.total.amount) }
-                                td { @for b in &v.branches { (branch_chip(lang, &b.branch, &b.tally)) " " } }
-                                td { (readiness(lang, v)) }
+                                td.num data-field="amount" { (v.amount) }
+                                td { @for (branch, state) in &v.chips { (branch_chip(lang, branch, state)) " " } }
+                                td { (readiness(lang, v.ready, &v.why)) }
                             }
                         }
                     }
                 }
             }
         }
+        @if pages > 1 {
+            nav.pages aria-label=(lang.t("months.pages")) {
+                @if page > 1 { a rel="prev" href={ "/web/?partner=" (pq) "&page=" (page - 1) } { (lang.t("months.newer")) } " " }
+                span data-field="page" { (lang.f("months.page_of", &[("n", &page), ("m", &pages)])) }
+                @if page < pages { " " a rel="next" href={ "/web/?partner=" (pq) "&page=" (page + 1) } { (lang.t("months.older")) } }
+            }
+        }
     };
     Ok(ctx.page(lang.t("months.title"), body))
 }
 
-fn reported_of_expected(lang: Lang, v: &PeriodView) -> Markup {
+fn reported_of_expected(lang: Lang, v: &MonthRow) -> Markup {
     html! {
-        @match &v.expected_loans {
-            Some(e) => span data-field="reported-of-expected" {
-                (lang.f("months.n_of_m", &[("n", &e.reported), ("m", &e.expected)]))
+        @match v.expected {
+            Some((reported, expected)) => span data-field="reported-of-expected" {
+                (lang.f("months.n_of_m", &[("n", &reported), ("m", &expected)]))
             },
             None => span data-field="repayments" {
-                (lang.f("months.n_repayments", &[("n", &v.total.repayments)]))
+                (lang.f("months.n_repayments", &[("n", &v.repayments)]))
             },
         }
     }
 }
 
 /// One branch's standing, from its repayments' states: what most needs doing first.
-fn branch_chip(lang: Lang, branch: &str, tally: &Tally) -> Markup {
+fn branch_state(tally: &Tally) -> &'static str {
     let has = |states: &[RepaymentState]| states.iter().any(|s| tally.by_state.contains_key(s));
-    let name = if has(&[
+    if has(&[
         RepaymentState::Held,
         RepaymentState::Failed,
         RepaymentState::Rejected,
@@ -163,7 +216,10 @@ fn branch_chip(lang: Lang, branch: &str, tally: &Tally) -> Markup {
         "delivered_with_problems"
     } else {
         "delivered"
-    };
+    }
+}
+
+fn branch_chip(lang: Lang, branch: &str, name: &str) -> Markup {
     let tone = match name {
         "needs_attention" => "bad",
         "delivering" => "wait",
@@ -173,13 +229,13 @@ fn branch_chip(lang: Lang, branch: &str, tally: &Tally) -> Markup {
     html! { span class={ "chip " (tone) } data-state=(name) { (branch) ": " (status_text(lang, name)) } }
 }
 
-fn readiness(lang: Lang, v: &PeriodView) -> Markup {
+fn readiness(lang: Lang, ready: bool, why: &[Reason]) -> Markup {
     html! {
-        @if v.ready_to_finalize {
+        @if ready {
             span.chip.good data-field="ready" data-ready="true" { (lang.t("months.ready_yes")) }
         } @else {
             span.chip.bad data-field="ready" data-ready="false" { (lang.t("months.ready_no")) }
-            ul.reasons { @for r in &v.why { li { (reason(lang, *r)) } } }
+            ul.reasons { @for r in why { li { (reason(lang, *r)) } } }
         }
     }
 }
@@ -248,7 +304,7 @@ pub async fn month(
                     dt { (lang.t("month.snapshot")) } dd { (when(e.taken_at)) @if e.stale { " " span.chip.warn { (lang.t("month.stale")) } } }
                 }
             }
-            (readiness(lang, &v))
+            (readiness(lang, v.ready_to_finalize, &v.why))
         }
         section aria-labelledby="h-branches" {
             h2 id="h-branches" { (lang.t("month.branches")) }

@@ -7,7 +7,8 @@
 
 mod browser;
 mod edge;
-mod plain;
+mod lists;
+pub(crate) mod plain;
 mod upload;
 
 use std::collections::HashMap;

@@ -34,7 +34,7 @@ pub(super) async fn sign_in_form(address: &str) -> (String, String) {
     (cookie, field)
 }
 
-pub(super) fn set_cookie(answer: &reqwest::Response, name: &str) -> Option<String> {
+pub(crate) fn set_cookie(answer: &reqwest::Response, name: &str) -> Option<String> {
     answer
         .headers()
         .get_all("set-cookie")
@@ -44,7 +44,7 @@ pub(super) fn set_cookie(answer: &reqwest::Response, name: &str) -> Option<Strin
         .map(str::to_owned)
 }
 
-pub(super) async fn post_sign_in(address: &str, key: &str) -> reqwest::Response {
+pub(crate) async fn post_sign_in(address: &str, key: &str) -> reqwest::Response {
     let (cookie, token) = sign_in_form(address).await;
     let value = cookie.split(';').next().unwrap().to_owned();
     no_redirects()
