@@ -617,6 +617,9 @@ pub struct GatedStore {
     pub finish_failed: Notify,
     /// While set, `claim_batches` panics: a bug in the delivery loop, as the supervisor sees it.
     pub panic_on_claim: AtomicBool,
+    /// While set, this partner's promotions and claims fail as they do when its keys' node
+    /// refuses writes (`NOREPLICAS`, `CLUSTERDOWN`): the other partners' keys still answer.
+    pub failing_partner: std::sync::Mutex<Option<PartnerId>>,
 }
 
 impl GatedStore {
@@ -628,6 +631,16 @@ impl GatedStore {
             release: Notify::new(),
             finish_failed: Notify::new(),
             panic_on_claim: AtomicBool::new(false),
+            failing_partner: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn fail_if_failing(&self, partner: &PartnerId) -> Result<(), StoreError> {
+        match &*self.failing_partner.lock().unwrap() {
+            Some(failing) if failing == partner => Err(StoreError::Unavailable(
+                "NOREPLICAS Not enough good replicas to write.".into(),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -711,6 +724,7 @@ impl ReportStore for GatedStore {
         partner: &PartnerId,
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
+        self.fail_if_failing(partner)?;
         self.inner.promote_due_retries(partner, now).await
     }
 
@@ -725,6 +739,7 @@ impl ReportStore for GatedStore {
             !self.panic_on_claim.load(Ordering::SeqCst),
             "injected bug in the delivery loop"
         );
+        self.fail_if_failing(partner)?;
         self.inner
             .claim_batches(partner, consumer, count, reclaim_after)
             .await
