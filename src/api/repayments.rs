@@ -190,7 +190,10 @@ pub(crate) async fn accept_report(
                         .accept(&record, &batches, Some(&accept), state.idempotency_ttl)
                         .await;
                     if let Err(error) = &accepted
-                        && !matches!(error, StoreError::OutcomeUnknown(_))
+                        && !matches!(
+                            error,
+                            StoreError::OutcomeUnknown(_) | StoreError::NotReplicated(_)
+                        )
                     {
                         // Nothing was stored: free the key for the MIS's retry. If Redis is
                         // down this fails too, and the claim expires after
@@ -258,6 +261,14 @@ async fn settle_accept(
                     location: location.to_owned(),
                 }),
             }
+        }
+        // Stored on the master, but a failover may still lose it: the MIS must not take it
+        // for a 202. Its retry with the same key is answered from what the store then has.
+        Err(StoreError::NotReplicated(reason)) => {
+            tracing::warn!(%reason, report_id = %record.id, "accept not acknowledged by the replicas");
+            Err(ApiError::OutcomeUnknown {
+                location: location.to_owned(),
+            })
         }
         Err(error) => Err(error.into()),
     }

@@ -510,9 +510,11 @@ impl Worker {
         loop {
             match self.store.release_attempt(claimed).await {
                 Ok(()) => return,
-                Err(StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_))
-                    if !self.shutdown.is_cancelled() =>
-                {
+                Err(
+                    StoreError::Unavailable(_)
+                    | StoreError::OutcomeUnknown(_)
+                    | StoreError::NotReplicated(_),
+                ) if !self.shutdown.is_cancelled() => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
@@ -647,9 +649,11 @@ impl Worker {
         loop {
             match self.store.finish_attempt(claimed, attempt, end).await {
                 Ok(()) => return Ok(()),
-                Err(StoreError::Unavailable(reason) | StoreError::OutcomeUnknown(reason))
-                    if !self.shutdown.is_cancelled() =>
-                {
+                Err(
+                    StoreError::Unavailable(reason)
+                    | StoreError::OutcomeUnknown(reason)
+                    | StoreError::NotReplicated(reason),
+                ) if !self.shutdown.is_cancelled() => {
                     tracing::warn!(batch = %claimed.batch_id, %reason, "cannot record the outcome yet; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));

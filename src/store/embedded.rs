@@ -1112,6 +1112,9 @@ impl ReportStore for EmbeddedStore {
             backend: "embedded".into(),
             level: "SQLite WAL, synchronous=FULL: on disk before each 202 and each send".into(),
             may_lose_acknowledged_writes: false,
+            survives: vec!["process crash".into(), "host crash".into()],
+            replica_acks: 0,
+            replicas: None,
         })
     }
 

@@ -43,6 +43,11 @@ pub enum StoreError {
     /// "nothing was stored".
     #[error("the store did not confirm a write; it may have been applied: {0}")]
     OutcomeUnknown(String),
+    /// The write was made, but not acknowledged by the replicas (`store.replica_acks`) or
+    /// the AOF in time: a failover (or crash) may still lose it. Never to be answered as a
+    /// plain success, nor as "nothing was stored".
+    #[error("the store did not confirm the write on enough replicas: {0}")]
+    NotReplicated(String),
     #[error("store error: {0}")]
     Other(String),
 }
@@ -828,8 +833,20 @@ pub struct Durability {
     /// "AOF appendfsync everysec, WAITAOF after each write".
     #[schema(example = "AOF (appendfsync everysec) with WAITAOF before each answer")]
     pub level: String,
-    /// True when a crash of the store's host can lose an acknowledged write.
+    /// True when a crash of the store's host (or, with replicas, a failover) can lose an
+    /// acknowledged write.
     pub may_lose_acknowledged_writes: bool,
+    /// What an acknowledged report survives: `process crash`, `Redis crash` (or `host
+    /// crash` for the embedded store), `failover`.
+    #[schema(example = json!(["process crash", "Redis crash", "failover"]))]
+    pub survives: Vec<String>,
+    /// Replicas each promise-bearing write waits for (`store.replica_acks`).
+    #[schema(example = 1)]
+    pub replica_acks: u32,
+    /// Replicas connected to the master (on a cluster, the fewest any master has); none for
+    /// the embedded store.
+    #[schema(example = 1)]
+    pub replicas: Option<u32>,
 }
 
 /// Cuts an accepted report into batches of at most `batch_size` repayments.

@@ -35,12 +35,14 @@
 
 mod connection;
 mod expected;
+mod persistence;
 mod pool;
 mod sessions;
 mod summary;
 
 pub use connection::Connection;
 use connection::Pools;
+pub use persistence::Persistence;
 
 use std::time::Duration;
 
@@ -371,6 +373,9 @@ pub struct RedisStore {
     period_index_ttl: Duration,
     /// Set by `check_persistence`: the server can confirm that a write reached its AOF.
     waitaof: std::sync::atomic::AtomicBool,
+    /// Replicas a promise-bearing write waits for (`WAIT`), and for how long.
+    replica_acks: u32,
+    replica_ack_timeout: Duration,
     claim: Script,
     release: Script,
     accept: Script,
@@ -380,96 +385,6 @@ pub struct RedisStore {
     operate: Script,
     promote: Script,
     purge: Script,
-}
-
-/// What the server said of its persistence (`INFO persistence`, `INFO memory`, `INFO server`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Persistence {
-    pub version: String,
-    pub aof_enabled: bool,
-    /// `always`, `everysec` or `no`; empty when the server does not say.
-    pub appendfsync: String,
-    pub maxmemory_policy: String,
-}
-
-impl Persistence {
-    /// From the text of `INFO` (sections persistence, memory, server) and, when the server
-    /// allows it, `CONFIG GET appendfsync` (INFO does not carry it).
-    pub fn from_info(info: &str, appendfsync: Option<&str>) -> Self {
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_default()
-        };
-        Self {
-            version: field("redis_version"),
-            aof_enabled: field("aof_enabled") == "1",
-            appendfsync: appendfsync.unwrap_or_default().to_owned(),
-            maxmemory_policy: field("maxmemory_policy"),
-        }
-    }
-
-    /// `WAITAOF` exists from Redis 7.2.
-    pub fn supports_waitaof(&self) -> bool {
-        let mut parts = self
-            .version
-            .split('.')
-            .map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        self.aof_enabled && (major, minor) >= (7, 2)
-    }
-
-    /// Why this server could lose or refuse what the gateway acknowledged, if it could.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !self.aof_enabled {
-            problems.push(
-                "appendonly is off: a Redis restart loses every accepted report and can send a \
-                 batch twice (set `appendonly yes`)"
-                    .to_owned(),
-            );
-        }
-        if self.maxmemory_policy != "noeviction" {
-            problems.push(format!(
-                "maxmemory-policy is {:?}: Redis may evict accepted reports and queue entries \
-                 (set `maxmemory-policy noeviction`)",
-                self.maxmemory_policy
-            ));
-        }
-        problems
-    }
-
-    pub fn durability(&self) -> Durability {
-        let level = if !self.aof_enabled {
-            "no AOF: a Redis restart loses acknowledged reports".to_owned()
-        } else if self.supports_waitaof() {
-            format!(
-                "AOF (appendfsync {}), WAITAOF confirms the fsync before each 202 and each send",
-                self.appendfsync_or_unknown()
-            )
-        } else {
-            format!(
-                "AOF (appendfsync {}), Redis {} has no WAITAOF",
-                self.appendfsync_or_unknown(),
-                self.version
-            )
-        };
-        Durability {
-            backend: "redis".into(),
-            level,
-            may_lose_acknowledged_writes: !self.aof_enabled
-                || (self.appendfsync != "always" && !self.supports_waitaof()),
-        }
-    }
-
-    fn appendfsync_or_unknown(&self) -> &str {
-        if self.appendfsync.is_empty() {
-            "unknown"
-        } else {
-            &self.appendfsync
-        }
-    }
 }
 
 fn delivery_script(body: &str) -> Script {
@@ -504,6 +419,8 @@ impl RedisStore {
             promote: Script::new(PROMOTE),
             purge: Script::new(PURGE),
             waitaof: std::sync::atomic::AtomicBool::new(false),
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
             period_index_ttl: super::period_index_ttl(super::DEFAULT_RETENTION),
         })
     }
@@ -511,6 +428,15 @@ impl RedisStore {
     /// Settled reports are kept `retention`; a period's loan index as long, and a bit more.
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.period_index_ttl = super::period_index_ttl(retention);
+        self
+    }
+
+    /// Each write a promise rests on (an accept, `sending`, an attempt's outcome) waits until
+    /// `replicas` replicas have it, at most `timeout`; one they did not acknowledge in time
+    /// is `NotReplicated`.
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks = replicas;
+        self.replica_ack_timeout = timeout;
         self
     }
 
@@ -528,19 +454,29 @@ impl RedisStore {
         Ok(persistence)
     }
 
-    /// After a write the gateway is about to acknowledge (a 202, or `sending` before a call to
-    /// Kiva): waits until the local AOF has it on disk, when the server can say so. `key` is
-    /// one the write touched: on a cluster, its master is the one asked.
-    async fn wait_for_aof(&self, c: &mut Connection, key: &str) -> redis::RedisResult<()> {
-        if !self.waitaof.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
+    /// After a write the gateway is about to acknowledge (a 202, `sending` before a call to
+    /// Kiva, an attempt's outcome): waits until the local AOF has it on disk, when the server
+    /// can say so, and until `replica_acks` replicas have it (a failover promotes a replica:
+    /// what it lacks is lost, and a lost `sending` means a second upload). `key` is one the
+    /// write touched: on a cluster, its master is the one asked.
+    async fn wait_for_copies(&self, c: &mut Connection, key: &str) -> redis::RedisResult<()> {
+        if self.waitaof.load(std::sync::atomic::Ordering::Relaxed) {
+            let local = c.wait_aof(key, self.timeout.as_millis() as u64).await?;
+            if local < 1 {
+                return Err(not_acknowledged(
+                    "WAITAOF: the write is not yet on disk".into(),
+                ));
+            }
         }
-        let local = c.wait_aof(key, self.timeout.as_millis() as u64).await?;
-        if local < 1 {
-            return Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "WAITAOF: the write is not yet on disk",
-            )));
+        if self.replica_acks > 0 {
+            let timeout_ms = self.replica_ack_timeout.as_millis() as u64;
+            let acked = c.wait_replicas(key, self.replica_acks, timeout_ms).await?;
+            if acked < i64::from(self.replica_acks) {
+                return Err(not_acknowledged(format!(
+                    "WAIT: {acked} of {} replica(s) acknowledged the write within {timeout_ms} ms",
+                    self.replica_acks
+                )));
+            }
         }
         Ok(())
     }
@@ -1028,10 +964,20 @@ const REFUSALS: [&str; 11] = [
     "NOREPLICAS",
 ];
 
+/// A write made but not acknowledged by the replicas or the AOF (see `wait_for_copies`).
+fn not_acknowledged(detail: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, NOT_ACKNOWLEDGED, detail))
+}
+
+const NOT_ACKNOWLEDGED: &str = "NOTACKNOWLEDGED";
+
 fn redis_error(e: redis::RedisError, sent: Sent) -> StoreError {
     let code = e.code().unwrap_or_default();
-    if code == "CLAIMLOST" || e.to_string().contains("CLAIMLOST") {
+    let text = e.to_string();
+    if code == "CLAIMLOST" || text.contains("CLAIMLOST") {
         StoreError::ClaimLost
+    } else if text.contains(NOT_ACKNOWLEDGED) {
+        StoreError::NotReplicated(text)
     } else if REFUSALS.contains(&code) || e.is_connection_refusal() {
         StoreError::Unavailable(e.to_string())
     } else if e.is_io_error()
@@ -1184,7 +1130,7 @@ impl ReportStore for RedisStore {
         let reply: Vec<String> = self
             .write_repeatable(async |c| {
                 let reply = invocation.invoke_async(c).await?;
-                self.wait_for_aof(c, &report_key).await?;
+                self.wait_for_copies(c, &report_key).await?;
                 Ok(reply)
             })
             .await?;
@@ -1402,7 +1348,7 @@ impl ReportStore for RedisStore {
                 // `sending` must be on disk before Kiva is called: a Redis that lost it would
                 // hand the batch out again as queued, and it would be uploaded twice.
                 if reply.first().map(String::as_str) == Some("send") {
-                    self.wait_for_aof(c, &keys[0]).await?;
+                    self.wait_for_copies(c, &keys[0]).await?;
                 }
                 Ok(reply)
             })
@@ -1471,7 +1417,7 @@ impl ReportStore for RedisStore {
                 for key in &keys {
                     invocation.key(key);
                 }
-                invocation
+                let reply: String = invocation
                     .arg(&claimed.entry_id)
                     .arg(attempt.to_string())
                     .arg(end.state.as_str())
@@ -1484,7 +1430,11 @@ impl ReportStore for RedisStore {
                     .arg(&claimed.batch_id)
                     .arg(end.refused_by_kiva)
                     .invoke_async(c)
-                    .await
+                    .await?;
+                // Kiva's answer lost with a master would leave the batch to be held (or, for
+                // a retry, resent): the worker repeats FINISH until the replicas have it.
+                self.wait_for_copies(c, &keys[0]).await?;
+                Ok(reply)
             })
             .await?;
         Ok(())
@@ -1648,7 +1598,10 @@ impl ReportStore for RedisStore {
     }
 
     async fn durability(&self) -> Result<Durability, StoreError> {
-        Ok(self.check_persistence().await?.durability())
+        Ok(self
+            .check_persistence()
+            .await?
+            .durability(self.replica_acks))
     }
 
     async fn period_reports(

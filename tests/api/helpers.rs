@@ -934,6 +934,14 @@ pub async fn spawn_delivery_rig_on(redis: TestRedis, store: Arc<dyn ReportStore>
     rig_on(settings, store, Some(redis), None, |_| {}).await
 }
 
+/// A rig whose app uses `store`, configured by `settings` (whose Redis the test runs).
+pub async fn spawn_delivery_rig_with_store(
+    settings: Settings,
+    store: Arc<dyn ReportStore>,
+) -> DeliveryRig {
+    rig_on(settings, store, None, None, |_| {}).await
+}
+
 /// A rig on a Redis that keeps its data across `stop` + `restart` (AOF, fsync always).
 pub async fn spawn_delivery_rig_on_persistent_redis() -> DeliveryRig {
     let redis = TestRedis::start_persistent().await;

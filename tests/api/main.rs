@@ -22,6 +22,7 @@ mod openapi;
 mod outage;
 mod periods;
 mod redis_tls;
+mod replicas;
 mod reports;
 mod secrets;
 mod submit;
