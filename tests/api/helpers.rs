@@ -620,6 +620,9 @@ pub struct GatedStore {
     /// While set, this partner's promotions and claims fail as they do when its keys' node
     /// refuses writes (`NOREPLICAS`, `CLUSTERDOWN`): the other partners' keys still answer.
     pub failing_partner: std::sync::Mutex<Option<PartnerId>>,
+    /// While set, the next `accept` is lost on its way (as on a master that died with it)
+    /// and answers `OutcomeUnknown`; the claim it would have completed stays in progress.
+    pub lose_next_accept: AtomicBool,
 }
 
 impl GatedStore {
@@ -632,6 +635,7 @@ impl GatedStore {
             finish_failed: Notify::new(),
             panic_on_claim: AtomicBool::new(false),
             failing_partner: std::sync::Mutex::new(None),
+            lose_next_accept: AtomicBool::new(false),
         }
     }
 
@@ -684,6 +688,11 @@ impl ReportStore for GatedStore {
         if self.armed.swap(false, Ordering::SeqCst) {
             self.reached.notify_one();
             self.release.notified().await;
+        }
+        if self.lose_next_accept.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::OutcomeUnknown(
+                "connection closed after the request was written".into(),
+            ));
         }
         self.inner.accept(report, batches, idempotency, ttl).await
     }
