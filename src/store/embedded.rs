@@ -131,9 +131,12 @@ CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at);
 
 /// Columns added after the first release: a database made by an older gateway gets them at
 /// start (`CREATE TABLE IF NOT EXISTS` leaves an existing table as it is).
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("batches", "budget_from", "INTEGER NOT NULL DEFAULT 0"),
     ("batches", "fence", "TEXT"),
+    // When the current attempt's `sending` was written (ms), for the record of an attempt
+    // whose outcome never came.
+    ("batches", "sending_at", "INTEGER"),
     ("reports", "refused", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
@@ -806,7 +809,7 @@ impl ReportStore for EmbeddedStore {
     async fn begin_attempt(
         &self,
         claimed: &ClaimedBatch,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Result<BeginAttempt, StoreError> {
         let claimed = claimed.clone();
         self.transaction(move |tx| {
@@ -826,8 +829,8 @@ impl ReportStore for EmbeddedStore {
             match state.as_str() {
                 "queued" | "retry_wait" => {
                     tx.execute(
-                        "UPDATE batches SET attempt = attempt + 1, state = 'sending', next_attempt_at = NULL, fence = ?2 WHERE id = ?1",
-                        params![claimed.batch_id, claimed.entry_id],
+                        "UPDATE batches SET attempt = attempt + 1, state = 'sending', next_attempt_at = NULL, fence = ?2, sending_at = ?3 WHERE id = ?1",
+                        params![claimed.batch_id, claimed.entry_id, now.timestamp_millis()],
                     )
                     .map_err(other)?;
                     rollup(tx, &report_id)?;
@@ -852,6 +855,23 @@ impl ReportStore for EmbeddedStore {
                     // This very entry was begun by a worker that stopped before settling it:
                     // Kiva may have the upload, and a second one would be counted twice.
                     settle(tx, &claimed.entry_id)?;
+                    // The attempt's own record never came: keep one that says when it began.
+                    let (attempt, sending_at): (u32, Option<i64>) = tx
+                        .query_row(
+                            "SELECT attempt, sending_at FROM batches WHERE id = ?1",
+                            params![claimed.batch_id],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .map_err(other)?;
+                    let began = sending_at.and_then(from_ms).unwrap_or(now);
+                    tx.execute(
+                        "INSERT INTO attempts (batch_id, doc) VALUES (?1, ?2)",
+                        params![
+                            claimed.batch_id,
+                            encode(&super::Attempt::unrecorded(attempt, began))
+                        ],
+                    )
+                    .map_err(other)?;
                     let held = BatchResult::held_after_worker_stopped();
                     tx.execute(
                         "UPDATE batches SET state = 'held', result = ?2, fence = NULL WHERE id = ?1",

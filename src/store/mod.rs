@@ -279,6 +279,34 @@ pub struct Attempt {
     pub upload_id: Option<String>,
 }
 
+impl Attempt {
+    /// An attempt whose outcome was never recorded (its worker stopped, or its record went to
+    /// a node that then lost it in a failover), written when its batch is taken over and
+    /// held: `started_at`, when `sending` was written, is when the upload may have reached
+    /// Kiva, the time an operator searches PA2 with.
+    pub fn unrecorded(number: u32, started_at: DateTime<Utc>) -> Self {
+        Attempt {
+            number,
+            started_at,
+            duration_ms: 0,
+            outcome: BatchState::Held,
+            http_status: None,
+            error: Some(
+                "no outcome recorded: the worker stopped, or its record was lost; Kiva may \
+                 have the upload from this time on: check PA2"
+                    .into(),
+            ),
+            kiva_body: None,
+            upload_id: None,
+        }
+    }
+
+    /// `started_at` as attempts carry it (see `rfc3339`).
+    pub fn time_text(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OperatorActionKind {

@@ -52,7 +52,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
+    Attempt, AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
     ClaimedBatch, Durability, IdempotencyClaim, IdempotencyScope, IdempotentAccept,
     OperatorActionKind, OperatorCommand, OperatorOutcome, RecordedResponse, Report, ReportPage,
     ReportQuery, ReportStore, StoreError, report_of_batch,
@@ -231,13 +231,14 @@ local function settle(entry)
 end
 "#;
 
-// ARGV: entry id, now (ms), the result JSON to record if the batch is held, batch id.
+// ARGV: entry id, now (ms), the result JSON to record if the batch is held, batch id, the
+// attempt JSON to record if held (see `Attempt::unrecorded`), now as attempts write it.
 // Answers {'send', attempt, budget_from, doc, queued_at} so the worker needs no second read.
 const BEGIN: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'queued' or state == 'retry_wait' then
   local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-  redis.call('HSET', KEYS[1], 'state', 'sending', 'fence', ARGV[1])
+  redis.call('HSET', KEYS[1], 'state', 'sending', 'fence', ARGV[1], 'sending_at', ARGV[6])
   redis.call('HDEL', KEYS[1], 'next_attempt_at')
   move(ARGV[4], state, 'sending')
   rollup()
@@ -250,6 +251,13 @@ if state == 'sending' and (not fence or fence == ARGV[1]) then
   -- claim deadline): Kiva may have processed the upload, and a second one would be counted
   -- twice. (No fence: written before fences existed; the same reasoning holds.)
   settle(ARGV[1])
+  -- The attempt's own record never came: keep one that says when it began (ARGV[5] is its
+  -- template, started now, for a batch begun before `sending_at` was kept).
+  local begun = redis.call('HMGET', KEYS[1], 'attempt', 'sending_at')
+  local record = cjson.decode(ARGV[5])
+  record.number = tonumber(begun[1]) or 0
+  if begun[2] then record.started_at = begun[2] end
+  redis.call('RPUSH', KEYS[5], cjson.encode(record))
   redis.call('HSET', KEYS[1], 'state', 'held', 'result', ARGV[3])
   redis.call('HDEL', KEYS[1], 'fence')
   move(ARGV[4], 'sending', 'held')
@@ -1343,6 +1351,8 @@ impl ReportStore for RedisStore {
                     .arg(now.timestamp_millis())
                     .arg(encode(&held))
                     .arg(&claimed.batch_id)
+                    .arg(encode(&Attempt::unrecorded(0, now)))
+                    .arg(Attempt::time_text(&now))
                     .invoke_async(c)
                     .await?;
                 // `sending` must be on disk before Kiva is called: a Redis that lost it would
