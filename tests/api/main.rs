@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod expected_loans;
 mod expected_store;
+mod failover;
 mod fairness;
 mod fault_proxy;
 mod files;
