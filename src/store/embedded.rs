@@ -900,24 +900,35 @@ impl ReportStore for EmbeddedStore {
         let end = end.clone();
         self.transaction(move |tx| {
             settle(tx, &claimed.entry_id)?;
-            let recorded: Option<i64> = tx
+            let recorded: Option<(i64, String)> = tx
                 .query_row(
-                    "SELECT 1 FROM attempts WHERE batch_id = ?1 AND json_extract(doc, '$.number') = ?2",
+                    "SELECT seq, doc FROM attempts WHERE batch_id = ?1 AND json_extract(doc, '$.number') = ?2",
                     params![claimed.batch_id, attempt],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
                 .map_err(other)?;
-            if recorded.is_some() {
+            match recorded {
+                // The take-over's stand-in for this attempt: the real record replaces it.
+                Some((seq, doc)) if super::Attempt::is_unrecorded(&doc) => {
+                    tx.execute(
+                        "UPDATE attempts SET doc = ?2 WHERE seq = ?1",
+                        params![seq, encode(&end.attempt)],
+                    )
+                    .map_err(other)?;
+                }
                 // A repeat of a FINISH whose answer was lost: all of it is written already.
-                return Ok(());
+                Some(_) => return Ok(()),
+                // The attempt happened (Kiva may have been called), so it is kept even when
+                // stale.
+                None => {
+                    tx.execute(
+                        "INSERT INTO attempts (batch_id, doc) VALUES (?1, ?2)",
+                        params![claimed.batch_id, encode(&end.attempt)],
+                    )
+                    .map_err(other)?;
+                }
             }
-            // The attempt happened (Kiva may have been called), so it is kept even when stale.
-            tx.execute(
-                "INSERT INTO attempts (batch_id, doc) VALUES (?1, ?2)",
-                params![claimed.batch_id, encode(&end.attempt)],
-            )
-            .map_err(other)?;
             let row: Option<(String, Option<String>, String)> = tx
                 .query_row(
                     "SELECT state, fence, report_id FROM batches WHERE partner = ?1 AND id = ?2",

@@ -279,6 +279,9 @@ pub struct Attempt {
     pub upload_id: Option<String>,
 }
 
+/// How the record of an attempt whose outcome never came begins (also matched in FINISH).
+pub const UNRECORDED: &str = "no outcome recorded";
+
 impl Attempt {
     /// An attempt whose outcome was never recorded (its worker stopped, or its record went to
     /// a node that then lost it in a failover), written when its batch is taken over and
@@ -291,14 +294,19 @@ impl Attempt {
             duration_ms: 0,
             outcome: BatchState::Held,
             http_status: None,
-            error: Some(
-                "no outcome recorded: the worker stopped, or its record was lost; Kiva may \
-                 have the upload from this time on: check PA2"
-                    .into(),
-            ),
+            error: Some(format!(
+                "{UNRECORDED}: the worker stopped, or its record was lost; Kiva may have the \
+                 upload from this time on: check PA2"
+            )),
             kiva_body: None,
             upload_id: None,
         }
+    }
+
+    /// Whether a stored attempt record is one of `unrecorded`'s: the attempt's own record,
+    /// should it arrive late, takes its place.
+    pub fn is_unrecorded(doc: &str) -> bool {
+        doc.contains(UNRECORDED)
     }
 
     /// `started_at` as attempts carry it (see `rfc3339`).

@@ -294,15 +294,27 @@ return 'left'
 "#;
 
 // ARGV: entry id, attempt number, new state, result JSON, attempt JSON, retry due (ms) or '',
-// batch id, loans Kiva refused in the batch.
+// batch id, loans Kiva refused in the batch, how a take-over's stand-in record begins.
 const FINISH: &str = r#"
 settle(ARGV[1])
 if redis.call('HSETNX', KEYS[1], 'recorded:' .. ARGV[2], 1) == 0 then
   -- A repeat of a FINISH whose answer was lost: all of it is written already.
   return 'duplicate'
 end
--- The attempt happened (Kiva may have been called), so its record is kept even when stale.
-redis.call('RPUSH', KEYS[5], ARGV[5])
+-- The attempt happened (Kiva may have been called), so its record is kept even when stale;
+-- it replaces the stand-in a take-over wrote for it (see `Attempt::unrecorded`).
+local replaced = false
+for i, doc in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
+  if string.find(doc, ARGV[9], 1, true) then
+    local ok, record = pcall(cjson.decode, doc)
+    if ok and tostring(record.number) == ARGV[2] then
+      redis.call('LSET', KEYS[5], i - 1, ARGV[5])
+      replaced = true
+      break
+    end
+  end
+end
+if not replaced then redis.call('RPUSH', KEYS[5], ARGV[5]) end
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending'
    or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
   -- Taken over and held, or decided by an operator, while this attempt was out: the newer
@@ -1439,6 +1451,7 @@ impl ReportStore for RedisStore {
                     )
                     .arg(&claimed.batch_id)
                     .arg(end.refused_by_kiva)
+                    .arg(super::UNRECORDED)
                     .invoke_async(c)
                     .await?;
                 // Kiva's answer lost with a master would leave the batch to be held (or, for
