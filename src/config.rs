@@ -89,6 +89,14 @@ pub struct StoreSettings {
     /// Start on a Redis without AOF, or one that may evict keys. Acknowledged reports can then
     /// be lost, and a batch sent twice after a Redis restart: for trials only.
     pub allow_unsafe_redis: bool,
+    /// Redis only: replicas that must have each write a promise rests on (an accept's 202,
+    /// `sending` before a call to Kiva, the outcome after it) before the gateway goes on
+    /// (`WAIT`). 0 waits for none: a failover can then lose what was acknowledged. Set it to
+    /// the replicas each master has (1 on a 3 + 3 cluster).
+    pub replica_acks: u32,
+    /// How long a write waits for those replicas; past it, an accept answers 503
+    /// `outcome-unknown` and a batch is not sent. Less than `timeout_secs`.
+    pub replica_ack_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -300,6 +308,8 @@ fn defaults() -> Defaults {
             idempotency_ttl_hours: 24,
             retention_days: 400,
             allow_unsafe_redis: false,
+            replica_acks: 0,
+            replica_ack_timeout_ms: 1000,
         },
         kiva: KivaDefaults {
             batch_size: 200,
@@ -488,6 +498,16 @@ impl Settings {
         check(
             self.store.timeout_secs >= 1,
             "store.timeout_secs: must be at least 1".into(),
+        );
+        check(
+            self.store.replica_acks <= 16,
+            "store.replica_acks: must be between 0 and 16".into(),
+        );
+        check(
+            (1..self.store.timeout_secs.saturating_mul(1000))
+                .contains(&self.store.replica_ack_timeout_ms),
+            "store.replica_ack_timeout_ms: must be at least 1 and less than store.timeout_secs"
+                .into(),
         );
         check(
             self.store.idempotency_ttl_hours >= 24,

@@ -378,6 +378,7 @@ impl Metrics {
             None => return,
             Some(StoreError::Unavailable(_)) => "unavailable",
             Some(StoreError::OutcomeUnknown(_)) => "outcome_unknown",
+            Some(StoreError::NotReplicated(_)) => "not_replicated",
             Some(StoreError::Other(_)) => "other",
             // Answers about the request, not failures of the store.
             Some(

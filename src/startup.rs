@@ -318,7 +318,11 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn ReportSto
         &settings.store.key_prefix,
         1,
         Duration::from_secs(settings.store.timeout_secs),
-    )?;
+    )?
+    .with_replica_acks(
+        settings.store.replica_acks,
+        Duration::from_millis(settings.store.replica_ack_timeout_ms),
+    );
     match redis.check_persistence().await {
         Ok(persistence) => {
             let problems = persistence.problems();
@@ -333,7 +337,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn ReportSto
             for problem in &problems {
                 tracing::warn!(%problem, "store.allow_unsafe_redis is set: running on an unsafe Redis");
             }
-            tracing::info!(durability = %persistence.durability().level, "store ready");
+            tracing::info!(durability = %persistence.durability(settings.store.replica_acks).level, "store ready");
         }
         Err(error) => {
             tracing::warn!(%error, "Redis does not answer yet; its persistence is checked once it does");
@@ -354,12 +358,18 @@ pub fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn ReportStore>> 
     if let Some(path) = settings.store.url.strip_prefix(EMBEDDED_PREFIX) {
         return Ok(Arc::new(EmbeddedStore::open(std::path::Path::new(path))?));
     }
-    Ok(Arc::new(RedisStore::new(
-        &settings.store.url,
-        &settings.store.key_prefix,
-        settings.store.pool_size,
-        Duration::from_secs(settings.store.timeout_secs),
-    )?))
+    Ok(Arc::new(
+        RedisStore::new(
+            &settings.store.url,
+            &settings.store.key_prefix,
+            settings.store.pool_size,
+            Duration::from_secs(settings.store.timeout_secs),
+        )?
+        .with_replica_acks(
+            settings.store.replica_acks,
+            Duration::from_millis(settings.store.replica_ack_timeout_ms),
+        ),
+    ))
 }
 
 /// Resolves on SIGTERM (how orchestrators stop a process) or Ctrl-C.

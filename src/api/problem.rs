@@ -242,7 +242,7 @@ impl From<StoreError> for ApiError {
             StoreError::ClaimLost => ApiError::IdempotencyInProgress,
             // The accept handles its own (it knows where the report would be); elsewhere, an
             // operator action, the caller is told to look at the batch again.
-            StoreError::OutcomeUnknown(reason) => {
+            StoreError::OutcomeUnknown(reason) | StoreError::NotReplicated(reason) => {
                 tracing::warn!(%reason, "store write not confirmed");
                 ApiError::ChangeUnconfirmed
             }

@@ -191,20 +191,21 @@ pub(crate) async fn accept_report(
                         .store
                         .accept(&record, &batches, Some(&accept), state.idempotency_ttl)
                         .await;
-                    if let Err(error) = &accepted
-                        && !matches!(error, StoreError::OutcomeUnknown(_))
-                    {
-                        // Nothing was stored: free the key for the MIS's retry. If Redis is
-                        // down this fails too, and the claim expires after
-                        // IDEMPOTENCY_CLAIM_TTL. When the outcome is unknown the claim is
-                        // kept: the accept may still land and complete it, and a retry with
-                        // the key then replays its answer instead of storing a second report.
+                    let settled = settle_accept(state, caller, &record, &location, accepted).await;
+                    if settled.is_err() {
+                        // No 202: free the key for the MIS's retry, even when the outcome is
+                        // unknown (a kept claim refused every retry 409 until it expired).
+                        // Safe: the release deletes only a claim still in progress under this
+                        // token, so an accept that completed it keeps its answer for the
+                        // retry to replay; and an accept that lands later finds its claim
+                        // gone and writes nothing (CLAIMLOST). If the store is away this
+                        // fails too, and the claim expires after IDEMPOTENCY_CLAIM_TTL.
                         let _ = state
                             .store
                             .release_idempotency(&accept.scope, &accept.token)
                             .await;
                     }
-                    settle_accept(state, caller, &record, &location, accepted).await?;
+                    settled?;
                 }
             }
         }
@@ -261,6 +262,14 @@ async fn settle_accept(
                     location: location.to_owned(),
                 }),
             }
+        }
+        // Stored on the master, but a failover may still lose it: the MIS must not take it
+        // for a 202. Its retry with the same key is answered from what the store then has.
+        Err(StoreError::NotReplicated(reason)) => {
+            tracing::warn!(%reason, report_id = %record.id, "accept not acknowledged by the replicas");
+            Err(ApiError::OutcomeUnknown {
+                location: location.to_owned(),
+            })
         }
         // A branch learns which report has the loan only when the report is its own: the id
         // is what it needs to choose between leaving the loan out and a correction, and it

@@ -21,13 +21,13 @@
 //!   pending and the batch will be held: never lost, never doubled.
 
 pub mod classify;
+mod round;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CLAIM_MARGIN_SECS, DeliverySettings, PartnerSettings};
@@ -84,6 +84,8 @@ pub struct Worker {
     uploader: Arc<dyn Uploader>,
     clock: Arc<dyn Clock>,
     partners: Vec<Partner>,
+    /// Where the next round starts among `partners`: moves on every round, for fairness.
+    next_partner: AtomicUsize,
     settings: DeliverySettings,
     /// The longest one call to Kiva may take (`kiva.request_timeout_secs`): an attempt is not
     /// started with less than this left of its budget.
@@ -170,6 +172,7 @@ impl Worker {
                     resend_on_unknown: p.resend_on_unknown_outcome,
                 })
                 .collect(),
+            next_partner: AtomicUsize::new(0),
             settings,
             send_window,
             consumer: consumer_name(),
@@ -236,48 +239,6 @@ impl Worker {
     fn attempt_budget(&self) -> Duration {
         self.claim_deadline()
             .saturating_sub(Duration::from_secs(CLAIM_MARGIN_SECS))
-    }
-
-    /// One round: queue due retries, claim up to `concurrency` batches (taking over those
-    /// another worker left too long), send them, record the outcomes. Tests drive the worker
-    /// with this, step by step.
-    pub async fn run_once(&self) -> Result<Round, StoreError> {
-        self.health.round_started();
-        let now = self.clock.now();
-        let mut claimed = Vec::new();
-        for partner in &self.partners {
-            self.store.promote_due_retries(&partner.id, now).await?;
-            let room = self.settings.concurrency.saturating_sub(claimed.len());
-            if room > 0 {
-                // Taken before the call: the store starts the entry's idle time no earlier.
-                let claimed_at = Instant::now();
-                claimed.extend(
-                    self.store
-                        .claim_batches(&partner.id, &self.consumer, room, self.claim_deadline())
-                        .await?
-                        .into_iter()
-                        .map(|c| (c, claimed_at)),
-                );
-            }
-        }
-        let round_claimed = claimed.len();
-        let sent = futures_util::stream::iter(claimed)
-            .map(|(c, claimed_at)| self.deliver(c, claimed_at))
-            .buffer_unordered(self.settings.concurrency)
-            .fold(0, async |sent, result| match result {
-                Ok(true) => sent + 1,
-                Ok(false) => sent,
-                Err(error) => {
-                    // The entry stays pending and is taken over after the claim deadline.
-                    tracing::warn!(%error, "delivery interrupted");
-                    sent
-                }
-            })
-            .await;
-        Ok(Round {
-            claimed: round_claimed,
-            sent,
-        })
     }
 
     /// Runs rounds until cancelled, idling `poll_interval_ms` when there is nothing to do and
@@ -425,9 +386,11 @@ impl Worker {
         loop {
             match self.store.release_attempt(claimed).await {
                 Ok(()) => return,
-                Err(StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_))
-                    if !self.shutdown.is_cancelled() =>
-                {
+                Err(
+                    StoreError::Unavailable(_)
+                    | StoreError::OutcomeUnknown(_)
+                    | StoreError::NotReplicated(_),
+                ) if !self.shutdown.is_cancelled() => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
@@ -562,9 +525,11 @@ impl Worker {
         loop {
             match self.store.finish_attempt(claimed, attempt, end).await {
                 Ok(()) => return Ok(()),
-                Err(StoreError::Unavailable(reason) | StoreError::OutcomeUnknown(reason))
-                    if !self.shutdown.is_cancelled() =>
-                {
+                Err(
+                    StoreError::Unavailable(reason)
+                    | StoreError::OutcomeUnknown(reason)
+                    | StoreError::NotReplicated(reason),
+                ) if !self.shutdown.is_cancelled() => {
                     tracing::warn!(batch = %claimed.batch_id, %reason, "cannot record the outcome yet; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));

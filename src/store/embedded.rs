@@ -131,9 +131,12 @@ CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at);
 
 /// Columns added after the first release: a database made by an older gateway gets them at
 /// start (`CREATE TABLE IF NOT EXISTS` leaves an existing table as it is).
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
     ("batches", "budget_from", "INTEGER NOT NULL DEFAULT 0"),
     ("batches", "fence", "TEXT"),
+    // When the current attempt's `sending` was written (ms), for the record of an attempt
+    // whose outcome never came.
+    ("batches", "sending_at", "INTEGER"),
     ("reports", "refused", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
@@ -832,7 +835,7 @@ impl ReportStore for EmbeddedStore {
     async fn begin_attempt(
         &self,
         claimed: &ClaimedBatch,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Result<BeginAttempt, StoreError> {
         let claimed = claimed.clone();
         self.transaction(move |tx| {
@@ -852,8 +855,8 @@ impl ReportStore for EmbeddedStore {
             match state.as_str() {
                 "queued" | "retry_wait" => {
                     tx.execute(
-                        "UPDATE batches SET attempt = attempt + 1, state = 'sending', next_attempt_at = NULL, fence = ?2 WHERE id = ?1",
-                        params![claimed.batch_id, claimed.entry_id],
+                        "UPDATE batches SET attempt = attempt + 1, state = 'sending', next_attempt_at = NULL, fence = ?2, sending_at = ?3 WHERE id = ?1",
+                        params![claimed.batch_id, claimed.entry_id, now.timestamp_millis()],
                     )
                     .map_err(other)?;
                     rollup(tx, &report_id)?;
@@ -878,6 +881,23 @@ impl ReportStore for EmbeddedStore {
                     // This very entry was begun by a worker that stopped before settling it:
                     // Kiva may have the upload, and a second one would be counted twice.
                     settle(tx, &claimed.entry_id)?;
+                    // The attempt's own record never came: keep one that says when it began.
+                    let (attempt, sending_at): (u32, Option<i64>) = tx
+                        .query_row(
+                            "SELECT attempt, sending_at FROM batches WHERE id = ?1",
+                            params![claimed.batch_id],
+                            |row| Ok((row.get(0)?, row.get(1)?)),
+                        )
+                        .map_err(other)?;
+                    let began = sending_at.and_then(from_ms).unwrap_or(now);
+                    tx.execute(
+                        "INSERT INTO attempts (batch_id, doc) VALUES (?1, ?2)",
+                        params![
+                            claimed.batch_id,
+                            encode(&super::Attempt::unrecorded(attempt, began))
+                        ],
+                    )
+                    .map_err(other)?;
                     let held = BatchResult::held_after_worker_stopped();
                     tx.execute(
                         "UPDATE batches SET state = 'held', result = ?2, fence = NULL WHERE id = ?1",
@@ -906,24 +926,35 @@ impl ReportStore for EmbeddedStore {
         let end = end.clone();
         self.transaction(move |tx| {
             settle(tx, &claimed.entry_id)?;
-            let recorded: Option<i64> = tx
+            let recorded: Option<(i64, String)> = tx
                 .query_row(
-                    "SELECT 1 FROM attempts WHERE batch_id = ?1 AND json_extract(doc, '$.number') = ?2",
+                    "SELECT seq, doc FROM attempts WHERE batch_id = ?1 AND json_extract(doc, '$.number') = ?2",
                     params![claimed.batch_id, attempt],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
                 .map_err(other)?;
-            if recorded.is_some() {
+            match recorded {
+                // The take-over's stand-in for this attempt: the real record replaces it.
+                Some((seq, doc)) if super::Attempt::is_unrecorded(&doc) => {
+                    tx.execute(
+                        "UPDATE attempts SET doc = ?2 WHERE seq = ?1",
+                        params![seq, encode(&end.attempt)],
+                    )
+                    .map_err(other)?;
+                }
                 // A repeat of a FINISH whose answer was lost: all of it is written already.
-                return Ok(());
+                Some(_) => return Ok(()),
+                // The attempt happened (Kiva may have been called), so it is kept even when
+                // stale.
+                None => {
+                    tx.execute(
+                        "INSERT INTO attempts (batch_id, doc) VALUES (?1, ?2)",
+                        params![claimed.batch_id, encode(&end.attempt)],
+                    )
+                    .map_err(other)?;
+                }
             }
-            // The attempt happened (Kiva may have been called), so it is kept even when stale.
-            tx.execute(
-                "INSERT INTO attempts (batch_id, doc) VALUES (?1, ?2)",
-                params![claimed.batch_id, encode(&end.attempt)],
-            )
-            .map_err(other)?;
             let row: Option<(String, Option<String>, String)> = tx
                 .query_row(
                     "SELECT state, fence, report_id FROM batches WHERE partner = ?1 AND id = ?2",
@@ -1157,6 +1188,9 @@ impl ReportStore for EmbeddedStore {
             backend: "embedded".into(),
             level: "SQLite WAL, synchronous=FULL: on disk before each 202 and each send".into(),
             may_lose_acknowledged_writes: false,
+            survives: vec!["process crash".into(), "host crash".into()],
+            replica_acks: 0,
+            replicas: None,
         })
     }
 

@@ -49,6 +49,11 @@ pub enum StoreError {
     /// "nothing was stored".
     #[error("the store did not confirm a write; it may have been applied: {0}")]
     OutcomeUnknown(String),
+    /// The write was made, but not acknowledged by the replicas (`store.replica_acks`) or
+    /// the AOF in time: a failover (or crash) may still lose it. Never to be answered as a
+    /// plain success, nor as "nothing was stored".
+    #[error("the store did not confirm the write on enough replicas: {0}")]
+    NotReplicated(String),
     #[error("store error: {0}")]
     Other(String),
 }
@@ -282,6 +287,42 @@ pub struct Attempt {
     pub kiva_body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
+}
+
+/// How the record of an attempt whose outcome never came begins (also matched in FINISH).
+pub const UNRECORDED: &str = "no outcome recorded";
+
+impl Attempt {
+    /// An attempt whose outcome was never recorded (its worker stopped, or its record went to
+    /// a node that then lost it in a failover), written when its batch is taken over and
+    /// held: `started_at`, when `sending` was written, is when the upload may have reached
+    /// Kiva, the time an operator searches PA2 with.
+    pub fn unrecorded(number: u32, started_at: DateTime<Utc>) -> Self {
+        Attempt {
+            number,
+            started_at,
+            duration_ms: 0,
+            outcome: BatchState::Held,
+            http_status: None,
+            error: Some(format!(
+                "{UNRECORDED}: the worker stopped, or its record was lost; Kiva may have the \
+                 upload from this time on: check PA2"
+            )),
+            kiva_body: None,
+            upload_id: None,
+        }
+    }
+
+    /// Whether a stored attempt record is one of `unrecorded`'s: the attempt's own record,
+    /// should it arrive late, takes its place.
+    pub fn is_unrecorded(doc: &str) -> bool {
+        doc.contains(UNRECORDED)
+    }
+
+    /// `started_at` as attempts carry it (see `rfc3339`).
+    pub fn time_text(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -856,8 +897,20 @@ pub struct Durability {
     /// "AOF appendfsync everysec, WAITAOF after each write".
     #[schema(example = "AOF (appendfsync everysec) with WAITAOF before each answer")]
     pub level: String,
-    /// True when a crash of the store's host can lose an acknowledged write.
+    /// True when a crash of the store's host (or, with replicas, a failover) can lose an
+    /// acknowledged write.
     pub may_lose_acknowledged_writes: bool,
+    /// What an acknowledged report survives: `process crash`, `Redis crash` (or `host
+    /// crash` for the embedded store), `failover`.
+    #[schema(example = json!(["process crash", "Redis crash", "failover"]))]
+    pub survives: Vec<String>,
+    /// Replicas each promise-bearing write waits for (`store.replica_acks`).
+    #[schema(example = 1)]
+    pub replica_acks: u32,
+    /// Replicas connected to the master (on a cluster, the fewest any master has); none for
+    /// the embedded store.
+    #[schema(example = 1)]
+    pub replicas: Option<u32>,
 }
 
 /// Cuts an accepted report into batches of at most `batch_size` repayments.

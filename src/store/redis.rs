@@ -35,12 +35,14 @@
 
 mod connection;
 mod expected;
+mod persistence;
 mod pool;
 mod sessions;
 mod summary;
 
 pub use connection::Connection;
 use connection::Pools;
+pub use persistence::Persistence;
 
 use std::time::Duration;
 
@@ -50,7 +52,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
+    Attempt, AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
     ClaimedBatch, Durability, IdempotencyClaim, IdempotencyScope, IdempotentAccept,
     OperatorActionKind, OperatorCommand, OperatorOutcome, RecordedResponse, Report, ReportPage,
     ReportQuery, ReportStore, StoreError, report_of_batch,
@@ -258,13 +260,14 @@ local function settle(entry)
 end
 "#;
 
-// ARGV: entry id, now (ms), the result JSON to record if the batch is held, batch id.
+// ARGV: entry id, now (ms), the result JSON to record if the batch is held, batch id, the
+// attempt JSON to record if held (see `Attempt::unrecorded`), now as attempts write it.
 // Answers {'send', attempt, budget_from, doc, queued_at} so the worker needs no second read.
 const BEGIN: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'queued' or state == 'retry_wait' then
   local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-  redis.call('HSET', KEYS[1], 'state', 'sending', 'fence', ARGV[1])
+  redis.call('HSET', KEYS[1], 'state', 'sending', 'fence', ARGV[1], 'sending_at', ARGV[6])
   redis.call('HDEL', KEYS[1], 'next_attempt_at')
   move(ARGV[4], state, 'sending')
   rollup()
@@ -277,6 +280,13 @@ if state == 'sending' and (not fence or fence == ARGV[1]) then
   -- claim deadline): Kiva may have processed the upload, and a second one would be counted
   -- twice. (No fence: written before fences existed; the same reasoning holds.)
   settle(ARGV[1])
+  -- The attempt's own record never came: keep one that says when it began (ARGV[5] is its
+  -- template, started now, for a batch begun before `sending_at` was kept).
+  local begun = redis.call('HMGET', KEYS[1], 'attempt', 'sending_at')
+  local record = cjson.decode(ARGV[5])
+  record.number = tonumber(begun[1]) or 0
+  if begun[2] then record.started_at = begun[2] end
+  redis.call('RPUSH', KEYS[5], cjson.encode(record))
   redis.call('HSET', KEYS[1], 'state', 'held', 'result', ARGV[3])
   redis.call('HDEL', KEYS[1], 'fence')
   move(ARGV[4], 'sending', 'held')
@@ -313,15 +323,27 @@ return 'left'
 "#;
 
 // ARGV: entry id, attempt number, new state, result JSON, attempt JSON, retry due (ms) or '',
-// batch id, loans Kiva refused in the batch.
+// batch id, loans Kiva refused in the batch, how a take-over's stand-in record begins.
 const FINISH: &str = r#"
 settle(ARGV[1])
 if redis.call('HSETNX', KEYS[1], 'recorded:' .. ARGV[2], 1) == 0 then
   -- A repeat of a FINISH whose answer was lost: all of it is written already.
   return 'duplicate'
 end
--- The attempt happened (Kiva may have been called), so its record is kept even when stale.
-redis.call('RPUSH', KEYS[5], ARGV[5])
+-- The attempt happened (Kiva may have been called), so its record is kept even when stale;
+-- it replaces the stand-in a take-over wrote for it (see `Attempt::unrecorded`).
+local replaced = false
+for i, doc in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
+  if string.find(doc, ARGV[9], 1, true) then
+    local ok, record = pcall(cjson.decode, doc)
+    if ok and tostring(record.number) == ARGV[2] then
+      redis.call('LSET', KEYS[5], i - 1, ARGV[5])
+      replaced = true
+      break
+    end
+  end
+end
+if not replaced then redis.call('RPUSH', KEYS[5], ARGV[5]) end
 if redis.call('HGET', KEYS[1], 'state') ~= 'sending'
    or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
   -- Taken over and held, or decided by an operator, while this attempt was out: the newer
@@ -405,6 +427,9 @@ pub struct RedisStore {
     period_index_ttl: Duration,
     /// Set by `check_persistence`: the server can confirm that a write reached its AOF.
     waitaof: std::sync::atomic::AtomicBool,
+    /// Replicas a promise-bearing write waits for (`WAIT`), and for how long.
+    replica_acks: u32,
+    replica_ack_timeout: Duration,
     claim: Script,
     release: Script,
     accept: Script,
@@ -414,96 +439,6 @@ pub struct RedisStore {
     operate: Script,
     promote: Script,
     purge: Script,
-}
-
-/// What the server said of its persistence (`INFO persistence`, `INFO memory`, `INFO server`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Persistence {
-    pub version: String,
-    pub aof_enabled: bool,
-    /// `always`, `everysec` or `no`; empty when the server does not say.
-    pub appendfsync: String,
-    pub maxmemory_policy: String,
-}
-
-impl Persistence {
-    /// From the text of `INFO` (sections persistence, memory, server) and, when the server
-    /// allows it, `CONFIG GET appendfsync` (INFO does not carry it).
-    pub fn from_info(info: &str, appendfsync: Option<&str>) -> Self {
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_default()
-        };
-        Self {
-            version: field("redis_version"),
-            aof_enabled: field("aof_enabled") == "1",
-            appendfsync: appendfsync.unwrap_or_default().to_owned(),
-            maxmemory_policy: field("maxmemory_policy"),
-        }
-    }
-
-    /// `WAITAOF` exists from Redis 7.2.
-    pub fn supports_waitaof(&self) -> bool {
-        let mut parts = self
-            .version
-            .split('.')
-            .map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        self.aof_enabled && (major, minor) >= (7, 2)
-    }
-
-    /// Why this server could lose or refuse what the gateway acknowledged, if it could.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !self.aof_enabled {
-            problems.push(
-                "appendonly is off: a Redis restart loses every accepted report and can send a \
-                 batch twice (set `appendonly yes`)"
-                    .to_owned(),
-            );
-        }
-        if self.maxmemory_policy != "noeviction" {
-            problems.push(format!(
-                "maxmemory-policy is {:?}: Redis may evict accepted reports and queue entries \
-                 (set `maxmemory-policy noeviction`)",
-                self.maxmemory_policy
-            ));
-        }
-        problems
-    }
-
-    pub fn durability(&self) -> Durability {
-        let level = if !self.aof_enabled {
-            "no AOF: a Redis restart loses acknowledged reports".to_owned()
-        } else if self.supports_waitaof() {
-            format!(
-                "AOF (appendfsync {}), WAITAOF confirms the fsync before each 202 and each send",
-                self.appendfsync_or_unknown()
-            )
-        } else {
-            format!(
-                "AOF (appendfsync {}), Redis {} has no WAITAOF",
-                self.appendfsync_or_unknown(),
-                self.version
-            )
-        };
-        Durability {
-            backend: "redis".into(),
-            level,
-            may_lose_acknowledged_writes: !self.aof_enabled
-                || (self.appendfsync != "always" && !self.supports_waitaof()),
-        }
-    }
-
-    fn appendfsync_or_unknown(&self) -> &str {
-        if self.appendfsync.is_empty() {
-            "unknown"
-        } else {
-            &self.appendfsync
-        }
-    }
 }
 
 fn delivery_script(body: &str) -> Script {
@@ -538,6 +473,8 @@ impl RedisStore {
             promote: Script::new(PROMOTE),
             purge: Script::new(PURGE),
             waitaof: std::sync::atomic::AtomicBool::new(false),
+            replica_acks: 0,
+            replica_ack_timeout: Duration::from_secs(1),
             period_index_ttl: super::period_index_ttl(super::DEFAULT_RETENTION),
         })
     }
@@ -545,6 +482,15 @@ impl RedisStore {
     /// Settled reports are kept `retention`; a period's loan index as long, and a bit more.
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.period_index_ttl = super::period_index_ttl(retention);
+        self
+    }
+
+    /// Each write a promise rests on (an accept, `sending`, an attempt's outcome) waits until
+    /// `replicas` replicas have it, at most `timeout`; one they did not acknowledge in time
+    /// is `NotReplicated`.
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks = replicas;
+        self.replica_ack_timeout = timeout;
         self
     }
 
@@ -562,19 +508,29 @@ impl RedisStore {
         Ok(persistence)
     }
 
-    /// After a write the gateway is about to acknowledge (a 202, or `sending` before a call to
-    /// Kiva): waits until the local AOF has it on disk, when the server can say so. `key` is
-    /// one the write touched: on a cluster, its master is the one asked.
-    async fn wait_for_aof(&self, c: &mut Connection, key: &str) -> redis::RedisResult<()> {
-        if !self.waitaof.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
+    /// After a write the gateway is about to acknowledge (a 202, `sending` before a call to
+    /// Kiva, an attempt's outcome): waits until the local AOF has it on disk, when the server
+    /// can say so, and until `replica_acks` replicas have it (a failover promotes a replica:
+    /// what it lacks is lost, and a lost `sending` means a second upload). `key` is one the
+    /// write touched: on a cluster, its master is the one asked.
+    async fn wait_for_copies(&self, c: &mut Connection, key: &str) -> redis::RedisResult<()> {
+        if self.waitaof.load(std::sync::atomic::Ordering::Relaxed) {
+            let local = c.wait_aof(key, self.timeout.as_millis() as u64).await?;
+            if local < 1 {
+                return Err(not_acknowledged(
+                    "WAITAOF: the write is not yet on disk".into(),
+                ));
+            }
         }
-        let local = c.wait_aof(key, self.timeout.as_millis() as u64).await?;
-        if local < 1 {
-            return Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "WAITAOF: the write is not yet on disk",
-            )));
+        if self.replica_acks > 0 {
+            let timeout_ms = self.replica_ack_timeout.as_millis() as u64;
+            let acked = c.wait_replicas(key, self.replica_acks, timeout_ms).await?;
+            if acked < i64::from(self.replica_acks) {
+                return Err(not_acknowledged(format!(
+                    "WAIT: {acked} of {} replica(s) acknowledged the write within {timeout_ms} ms",
+                    self.replica_acks
+                )));
+            }
         }
         Ok(())
     }
@@ -1078,10 +1034,20 @@ const REFUSALS: [&str; 11] = [
     "NOREPLICAS",
 ];
 
+/// A write made but not acknowledged by the replicas or the AOF (see `wait_for_copies`).
+fn not_acknowledged(detail: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, NOT_ACKNOWLEDGED, detail))
+}
+
+const NOT_ACKNOWLEDGED: &str = "NOTACKNOWLEDGED";
+
 fn redis_error(e: redis::RedisError, sent: Sent) -> StoreError {
     let code = e.code().unwrap_or_default();
-    if code == "CLAIMLOST" || e.to_string().contains("CLAIMLOST") {
+    let text = e.to_string();
+    if code == "CLAIMLOST" || text.contains("CLAIMLOST") {
         StoreError::ClaimLost
+    } else if text.contains(NOT_ACKNOWLEDGED) {
+        StoreError::NotReplicated(text)
     } else if REFUSALS.contains(&code) || e.is_connection_refusal() {
         StoreError::Unavailable(e.to_string())
     } else if e.is_io_error()
@@ -1239,7 +1205,7 @@ impl ReportStore for RedisStore {
         let reply: Vec<String> = self
             .write_repeatable(async |c| {
                 let reply = invocation.invoke_async(c).await?;
-                self.wait_for_aof(c, &report_key).await?;
+                self.wait_for_copies(c, &report_key).await?;
                 Ok(reply)
             })
             .await?;
@@ -1455,12 +1421,14 @@ impl ReportStore for RedisStore {
                     .arg(now.timestamp_millis())
                     .arg(encode(&held))
                     .arg(&claimed.batch_id)
+                    .arg(encode(&Attempt::unrecorded(0, now)))
+                    .arg(Attempt::time_text(&now))
                     .invoke_async(c)
                     .await?;
                 // `sending` must be on disk before Kiva is called: a Redis that lost it would
                 // hand the batch out again as queued, and it would be uploaded twice.
                 if reply.first().map(String::as_str) == Some("send") {
-                    self.wait_for_aof(c, &keys[0]).await?;
+                    self.wait_for_copies(c, &keys[0]).await?;
                 }
                 Ok(reply)
             })
@@ -1529,7 +1497,7 @@ impl ReportStore for RedisStore {
                 for key in &keys {
                     invocation.key(key);
                 }
-                invocation
+                let reply: String = invocation
                     .arg(&claimed.entry_id)
                     .arg(attempt.to_string())
                     .arg(end.state.as_str())
@@ -1541,8 +1509,13 @@ impl ReportStore for RedisStore {
                     )
                     .arg(&claimed.batch_id)
                     .arg(end.refused_by_kiva)
+                    .arg(super::UNRECORDED)
                     .invoke_async(c)
-                    .await
+                    .await?;
+                // Kiva's answer lost with a master would leave the batch to be held (or, for
+                // a retry, resent): the worker repeats FINISH until the replicas have it.
+                self.wait_for_copies(c, &keys[0]).await?;
+                Ok(reply)
             })
             .await?;
         Ok(())
@@ -1712,7 +1685,10 @@ impl ReportStore for RedisStore {
     }
 
     async fn durability(&self) -> Result<Durability, StoreError> {
-        Ok(self.check_persistence().await?.durability())
+        Ok(self
+            .check_persistence()
+            .await?
+            .durability(self.replica_acks))
     }
 
     async fn period_reports(

@@ -356,6 +356,49 @@ async fn a_worker_aborted_after_writing_sending_leaves_the_batch_held_never_rese
     assert_eq!(rig.sandbox.repayment_requests(), 1);
 }
 
+/// The outcome of an upload was never recorded (its worker stopped, or its FINISH went to a
+/// node that had failed over): the held batch still shows the attempt and when it began,
+/// the time an operator searches PA2 with.
+async fn a_batch_held_on_take_over_records_the_attempt_and_when_it_began(backend: Backend) {
+    let rig = spawn_delivery_rig(backend).await;
+    let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
+    rig.sandbox
+        .push_fault(Fault::Stall(Duration::from_secs(30)));
+    let began = repayment_gateway::delivery::Clock::now(&*rig.clock);
+    let first = std::sync::Arc::new(rig.worker());
+    let running = tokio::spawn({
+        let first = first.clone();
+        async move { first.run_once().await }
+    });
+    rig.sandbox.wait_for_repayment_requests(1, DEADLINE).await;
+    running.abort();
+    rig.clock.advance(Duration::from_secs(600));
+
+    let second = rig.worker();
+    wait_until("the batch is taken over and held", async || {
+        second.run_once().await.unwrap();
+        batch_states(&rig.report(&id).await) == ["held"]
+    })
+    .await;
+
+    let report = rig.report(&id).await;
+    let attempts = report["batches"][0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{report}");
+    assert_eq!(attempts[0]["number"], 1);
+    assert_eq!(attempts[0]["outcome"], "held");
+    let started: chrono::DateTime<chrono::Utc> =
+        attempts[0]["started_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        started.timestamp_millis(),
+        began.timestamp_millis(),
+        "when the upload began, not when it was found"
+    );
+    assert!(
+        attempts[0]["error"].as_str().unwrap().contains("PA2"),
+        "{report}"
+    );
+}
+
 async fn problems_kiva_reports_per_loan_show_on_each_repayment(backend: Backend) {
     let rig = spawn_delivery_rig(backend).await;
     rig.sandbox.set_loan_status(THREE_COL, "L-1", "ended");
@@ -591,6 +634,7 @@ async fn a_redis_that_lost_everything_gets_its_delivery_group_back() {
 }
 
 on_both_stores!(
+    a_batch_held_on_take_over_records_the_attempt_and_when_it_began,
     mark_delivered_records_the_upload_id_and_note_given,
     a_450_repayment_report_becomes_exactly_three_uploads_with_the_exact_json,
     a_two_column_partners_uploads_carry_no_client_id,

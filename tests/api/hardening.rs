@@ -294,20 +294,20 @@ fn redis_persistence_is_read_from_info_and_unsafe_settings_are_named() {
     let problems = p.problems();
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains("appendonly") && problems[1].contains("allkeys-lru"));
-    assert!(p.durability().may_lose_acknowledged_writes);
+    assert!(p.durability(0).may_lose_acknowledged_writes);
 
     let info = "redis_version:7.2.4\r\naof_enabled:1\r\nmaxmemory_policy:noeviction\r\n";
     let p = Persistence::from_info(info, Some("everysec"));
     assert!(p.supports_waitaof() && p.problems().is_empty());
-    assert!(!p.durability().may_lose_acknowledged_writes);
+    assert!(!p.durability(0).may_lose_acknowledged_writes);
     let p = Persistence::from_info(&info.replace("7.2.4", "7.0.15"), Some("everysec"));
     assert!(!p.supports_waitaof());
     assert!(
-        p.durability().may_lose_acknowledged_writes,
+        p.durability(0).may_lose_acknowledged_writes,
         "everysec without WAITAOF"
     );
     let p = Persistence::from_info(&info.replace("7.2.4", "7.0.15"), Some("always"));
-    assert!(!p.durability().may_lose_acknowledged_writes);
+    assert!(!p.durability(0).may_lose_acknowledged_writes);
 }
 
 #[tokio::test]

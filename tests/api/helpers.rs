@@ -621,6 +621,12 @@ pub struct GatedStore {
     pub finish_failed: Notify,
     /// While set, `claim_batches` panics: a bug in the delivery loop, as the supervisor sees it.
     pub panic_on_claim: AtomicBool,
+    /// While set, this partner's promotions and claims fail as they do when its keys' node
+    /// refuses writes (`NOREPLICAS`, `CLUSTERDOWN`): the other partners' keys still answer.
+    pub failing_partner: std::sync::Mutex<Option<PartnerId>>,
+    /// While set, the next `accept` is lost on its way (as on a master that died with it)
+    /// and answers `OutcomeUnknown`; the claim it would have completed stays in progress.
+    pub lose_next_accept: AtomicBool,
 }
 
 impl GatedStore {
@@ -632,6 +638,17 @@ impl GatedStore {
             release: Notify::new(),
             finish_failed: Notify::new(),
             panic_on_claim: AtomicBool::new(false),
+            failing_partner: std::sync::Mutex::new(None),
+            lose_next_accept: AtomicBool::new(false),
+        }
+    }
+
+    fn fail_if_failing(&self, partner: &PartnerId) -> Result<(), StoreError> {
+        match &*self.failing_partner.lock().unwrap() {
+            Some(failing) if failing == partner => Err(StoreError::Unavailable(
+                "NOREPLICAS Not enough good replicas to write.".into(),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -676,6 +693,11 @@ impl ReportStore for GatedStore {
             self.reached.notify_one();
             self.release.notified().await;
         }
+        if self.lose_next_accept.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::OutcomeUnknown(
+                "connection closed after the request was written".into(),
+            ));
+        }
         self.inner.accept(report, batches, idempotency, ttl).await
     }
 
@@ -715,6 +737,7 @@ impl ReportStore for GatedStore {
         partner: &PartnerId,
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
+        self.fail_if_failing(partner)?;
         self.inner.promote_due_retries(partner, now).await
     }
 
@@ -729,6 +752,7 @@ impl ReportStore for GatedStore {
             !self.panic_on_claim.load(Ordering::SeqCst),
             "injected bug in the delivery loop"
         );
+        self.fail_if_failing(partner)?;
         self.inner
             .claim_batches(partner, consumer, count, reclaim_after)
             .await
@@ -921,6 +945,14 @@ pub async fn spawn_delivery_rig_with(
 pub async fn spawn_delivery_rig_on(redis: TestRedis, store: Arc<dyn ReportStore>) -> DeliveryRig {
     let settings = Settings::from_toml_str(&test_config(&redis.url())).expect("test config");
     rig_on(settings, store, Some(redis), None, |_| {}).await
+}
+
+/// A rig whose app uses `store`, configured by `settings` (whose Redis the test runs).
+pub async fn spawn_delivery_rig_with_store(
+    settings: Settings,
+    store: Arc<dyn ReportStore>,
+) -> DeliveryRig {
+    rig_on(settings, store, None, None, |_| {}).await
 }
 
 /// A rig on a Redis that keeps its data across `stop` + `restart` (AOF, fsync always).

@@ -89,6 +89,38 @@ async fn a_second_request_while_the_first_is_in_progress_is_409_and_one_report_i
     assert_eq!(replay.text, first.text);
 }
 
+/// The accept was lost (its master died with it): the MIS is told `outcome-unknown`, and its
+/// retry with the same key is stored, not refused 409 until the claim expires.
+async fn after_an_outcome_unknown_answer_a_retry_with_the_same_key_is_not_refused(
+    backend: Backend,
+) {
+    let mut gate = None;
+    let app = spawn_app_for(
+        backend,
+        |_| {},
+        |inner| {
+            let gated = Arc::new(GatedStore::open(inner));
+            gate = Some(gated.clone());
+            gated
+        },
+    )
+    .await;
+    let store = gate.unwrap();
+    store
+        .lose_next_accept
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let lost = app.submit_idempotent(NAIROBI, "lost", BODY).await;
+    assert_eq!(lost.status, 503, "{}", lost.text);
+    assert_eq!(lost.body["type"], "/problems/outcome-unknown");
+    let retry = app.submit_idempotent(NAIROBI, "lost", BODY).await;
+
+    assert_eq!(retry.status, 202, "{}", retry.text);
+    assert_eq!(app.stream_entries(THREE_COL).await.len(), 1);
+    let replay = app.submit_idempotent(NAIROBI, "lost", BODY).await;
+    assert_eq!(replay.text, retry.text);
+}
+
 async fn a_refused_report_does_not_use_up_its_key(backend: Backend) {
     let app = spawn(backend).await;
     let invalid = r#"{"period":"2026-10","repayments":[{"loan_id":"L1","amount":"25.00"}]}"#;
@@ -124,5 +156,6 @@ on_both_stores!(
     keys_are_scoped_to_the_api_key,
     a_second_request_while_the_first_is_in_progress_is_409_and_one_report_is_stored,
     a_refused_report_does_not_use_up_its_key,
+    after_an_outcome_unknown_answer_a_retry_with_the_same_key_is_not_refused,
     a_malformed_idempotency_key_is_400,
 );

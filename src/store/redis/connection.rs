@@ -115,8 +115,30 @@ impl Connection {
     pub(super) async fn wait_aof(&mut self, key: &str, timeout_ms: u64) -> RedisResult<i64> {
         let mut cmd = redis::cmd("WAITAOF");
         cmd.arg(1).arg(0).arg(timeout_ms);
-        let (local, _replicas): (i64, i64) = match self {
-            Connection::Single(conn) => cmd.query_async(conn).await?,
+        let (local, _replicas): (i64, i64) = self.on_master_of(key, cmd).await?;
+        Ok(local)
+    }
+
+    /// `WAIT replicas timeout` on the node that holds `key` (as `wait_aof`): how many of its
+    /// replicas have this connection's writes, once `replicas` do or `timeout_ms` passed.
+    pub(super) async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisResult<i64> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout_ms);
+        self.on_master_of(key, cmd).await
+    }
+
+    async fn on_master_of<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: Cmd,
+    ) -> RedisResult<T> {
+        match self {
+            Connection::Single(conn) => cmd.query_async(conn).await,
             Connection::Cluster(conn) => {
                 let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(
                     key.as_bytes(),
@@ -125,10 +147,9 @@ impl Connection {
                 let value = conn
                     .route_command(cmd, RoutingInfo::SingleNode(route))
                     .await?;
-                redis::from_redis_value(value)?
+                Ok(redis::from_redis_value(value)?)
             }
-        };
-        Ok(local)
+        }
     }
 
     /// The persistence settings of every server that holds data: the one server, or each
@@ -136,7 +157,10 @@ impl Connection {
     /// the partners whose slots it holds).
     pub(super) async fn persistence(&mut self) -> RedisResult<Persistence> {
         let mut info = redis::cmd("INFO");
-        info.arg("server").arg("persistence").arg("memory");
+        info.arg("server")
+            .arg("persistence")
+            .arg("memory")
+            .arg("replication");
         let mut fsync = redis::cmd("CONFIG");
         fsync.arg("GET").arg("appendfsync");
         match self {
@@ -204,6 +228,8 @@ fn weakest(nodes: impl Iterator<Item = Persistence>) -> Option<Persistence> {
             } else {
                 a.maxmemory_policy
             },
+            // The master with fewest replicas decides what a failover can lose.
+            replicas: a.replicas.min(b.replicas),
         }
     })
 }
@@ -257,6 +283,7 @@ mod tests {
             aof_enabled: aof,
             appendfsync: fsync.into(),
             maxmemory_policy: policy.into(),
+            replicas: 1,
         }
     }
 
