@@ -33,6 +33,7 @@
 //! and anything else that moves the batch (a take-over that holds it, an operator, a
 //! release) clears or replaces the fence first.
 
+mod cluster_pool;
 mod connection;
 mod expected;
 mod persistence;
@@ -458,7 +459,7 @@ impl RedisStore {
         pool_config.timeouts.wait = Some(timeout);
         pool_config.timeouts.create = Some(timeout);
         pool_config.timeouts.recycle = Some(timeout);
-        let pool = Pools::new(url, pool_config)?;
+        let pool = Pools::new(url, pool_config, timeout)?;
         Ok(Self {
             pool,
             prefix: prefix.to_owned(),

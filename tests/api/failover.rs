@@ -229,6 +229,22 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A master that holds neither test partner's keys (3 masters, 2 partners: there is one).
+    fn master_of_no_partner(&self) -> usize {
+        let (three, _) = self.master_and_replica_of(THREE_COL);
+        let (two, _) = self.master_and_replica_of(TWO_COL);
+        (0..NODES)
+            .find(|&i| {
+                i != three
+                    && i != two
+                    && cli(self.nodes[i].port, &["INFO", "replication"])
+                        .is_some_and(|info| info.contains("role:master"))
+            })
+            .expect("a master without partner keys")
+    }
+}
+
 fn body(loan: usize) -> String {
     serde_json::json!({"period": "2026-10", "repayments": [
         {"loan_id": format!("L-{loan}"), "client_id": format!("C-{loan}"), "amount": "1.00"}]})
@@ -354,4 +370,31 @@ async fn a_failover_onto_a_lagging_replica_loses_no_202_and_sends_nothing_twice(
         unknown >= 3,
         "the lost window was answered outcome-unknown ({unknown})"
     );
+}
+
+/// Issue 23: a master failure stopped accepts for every partner for 5-10 s, even a master that
+/// holds no gateway key: the pool checked each connection with a PING to every master. A frozen
+/// master that holds no partner's keys must not hold an accept, however long the store's
+/// timeout (here 30 s, longer than the test waits for each answer).
+#[tokio::test]
+async fn a_frozen_master_holding_no_partners_keys_does_not_hold_an_accept() {
+    let cluster = Cluster::start().await;
+    let mut settings = Settings::from_toml_str(&test_config(&cluster.url())).unwrap();
+    settings.store.timeout_secs = 30;
+    let store: Arc<dyn ReportStore> =
+        Arc::new(RedisStore::new(&settings.store.url, PREFIX, 8, Duration::from_secs(30)).unwrap());
+    let app = spawn_app_with_settings(&settings, store);
+    assert_eq!(app.submit_raw(NAIROBI, &body(0)).await.status, 202);
+
+    let idle = cluster.master_of_no_partner();
+    cluster.nodes[idle].signal(libc::SIGSTOP);
+    for loan in 1..4 {
+        let answer = tokio::time::timeout(DEADLINE, app.submit_raw(NAIROBI, &body(loan)))
+            .await
+            .unwrap_or_else(|_| panic!("report {loan} waited on a master it does not need"));
+        assert_eq!(answer.status, 202, "{}", answer.text);
+        let id = answer.body["id"].as_str().unwrap();
+        assert_eq!(app.report(HEAD_OFFICE, id).await.status, 200);
+    }
+    cluster.nodes[idle].signal(libc::SIGCONT);
 }

@@ -13,7 +13,6 @@
 //! - `WAITAOF` is sent to the master that holds the key just written (it counts this
 //!   connection's writes on that node), and the persistence check reads every master.
 
-use deadpool_redis::cluster;
 use redis::aio::ConnectionLike;
 use redis::cluster_routing::{
     MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
@@ -25,14 +24,14 @@ use super::{Persistence, StoreError};
 /// The pool behind the store: one server, or a cluster.
 pub(super) enum Pools {
     Single(super::pool::Pool),
-    Cluster(cluster::Pool),
+    Cluster(super::cluster_pool::Pool),
 }
 
 /// A pooled connection to one server or to the cluster (a cluster connection reaches every
 /// master). Implements `ConnectionLike`, so commands, pipelines and scripts run on either.
 pub enum Connection {
     Single(super::pool::Connection),
-    Cluster(cluster::Connection),
+    Cluster(super::cluster_pool::Connection),
 }
 
 impl Pools {
@@ -40,14 +39,12 @@ impl Pools {
     pub(super) fn new(
         url: &str,
         pool_config: deadpool_redis::PoolConfig,
+        timeout: std::time::Duration,
     ) -> Result<Self, StoreError> {
         match crate::config::cluster_node_urls(url) {
             Some(nodes) => {
                 let nodes = nodes.map_err(|e| StoreError::Other(format!("store.url: {e}")))?;
-                let mut config = cluster::Config::from_urls(nodes);
-                config.pool = Some(pool_config);
-                config
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                super::cluster_pool::pool(nodes, pool_config, timeout)
                     .map(Pools::Cluster)
                     .map_err(|e| StoreError::Other(format!("invalid store.url: {e}")))
             }
@@ -59,7 +56,7 @@ impl Pools {
 
     /// A connection whose replies may take up to `timeout` (redis-rs's own default for one
     /// server, 500 ms, would turn a slow fsync into an error for a write that happened; the
-    /// cluster client has no per-reply timeout of its own, the store's timeout bounds it).
+    /// cluster client is built with the store's timeout, see `cluster_pool`).
     pub(super) async fn get(
         &self,
         timeout: std::time::Duration,
@@ -72,7 +69,7 @@ impl Pools {
             }
             Pools::Cluster(pool) => {
                 let conn = pool.get().await.map_err(|e| match e {
-                    cluster::PoolError::Backend(e) => e,
+                    deadpool::managed::PoolError::Backend(e) => e,
                     other => timed_out(other.to_string()),
                 })?;
                 Ok(Connection::Cluster(conn))
@@ -83,7 +80,7 @@ impl Pools {
 
 impl Pools {
     /// A connection turned out dead: every single-server connection handed out until now is
-    /// checked again before its next use (see `pool`). The cluster pool checks every time.
+    /// checked again before its next use (see `pool`). A cluster connection reconnects its nodes itself (see `cluster_pool`).
     pub(super) fn suspect(&self) {
         if let Pools::Single(pool) = self {
             pool.manager().suspect();
@@ -105,7 +102,7 @@ impl Connection {
     pub(super) fn retire(self) {
         match self {
             Connection::Single(conn) => drop(super::pool::Connection::take(conn)),
-            Connection::Cluster(conn) => drop(cluster::Connection::take(conn)),
+            Connection::Cluster(conn) => drop(super::cluster_pool::Connection::take(conn)),
         }
     }
 
