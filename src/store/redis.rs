@@ -100,6 +100,11 @@ end
 if state == 'in_progress' then
   return {'in_progress'}
 end
+if ARGV[3] == '1' then
+  -- A write that follows the accept in the replication stream: once the copies have it, they
+  -- have the accept (see `claim_idempotency`).
+  redis.call('HSET', KEYS[1], 'replayed', '1')
+end
 return {'done', redis.call('HGET', KEYS[1], 'record')}
 "#;
 
@@ -1104,14 +1109,27 @@ impl ReportStore for RedisStore {
     ) -> Result<IdempotencyClaim, StoreError> {
         let key = self.idempotency_key(scope);
         let token = Uuid::new_v4().to_string();
+        // A replay answers 202 for a report whose own accept may never have been confirmed on
+        // disk or on the replicas (its first answer was outcome-unknown: NotReplicated). So
+        // where writes wait for copies, the replay does too: the claim script writes once more
+        // and the copies are awaited for that write, which follows the accept in the
+        // replication stream and in the AOF (WAIT and WAITAOF count a connection's own last
+        // write, so a read alone would wait for nothing).
+        let wait = self.replica_acks > 0 || self.waitaof.load(std::sync::atomic::Ordering::Relaxed);
         let reply: Vec<String> = self
             .with_connection(async |c| {
-                self.claim
+                let reply: Vec<String> = self
+                    .claim
                     .key(&key)
                     .arg(&token)
                     .arg(ttl.as_millis() as u64)
+                    .arg(if wait { "1" } else { "0" })
                     .invoke_async(c)
-                    .await
+                    .await?;
+                if wait && reply.first().map(String::as_str) == Some("done") {
+                    self.wait_for_copies(c, &key).await?;
+                }
+                Ok(reply)
             })
             .await?;
         match reply.first().map(String::as_str) {

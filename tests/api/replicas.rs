@@ -148,6 +148,21 @@ async fn an_accept_the_replica_did_not_acknowledge_is_outcome_unknown_never_a_20
     assert!(lagging.header("retry-after").is_some());
     assert!(lagging.header("location").is_some());
 
+    // The MIS retries with the same key while the replica still lags: the report is on the
+    // master, but a replayed 202 would be the same broken promise.
+    let retried = app
+        .submit_idempotent(NAIROBI, "k-2", &one_loan("L-1"))
+        .await;
+    assert_eq!(retried.status, 503, "{}", retried.text);
+    assert!(
+        retried.body["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/outcome-unknown"),
+        "{}",
+        retried.text
+    );
+
     // Once the replica has caught up, the retry with the same key answers what the store has.
     replica.signal(libc::SIGCONT);
     wait_until("the retry is answered 202", async || {
