@@ -1568,7 +1568,7 @@ impl ReportStore for RedisStore {
                 for key in &keys {
                     invocation.key(key);
                 }
-                invocation
+                let reply = invocation
                     .arg(kind_arg)
                     .arg(&action)
                     .arg(now.timestamp_millis())
@@ -1576,8 +1576,14 @@ impl ReportStore for RedisStore {
                     .arg(&allowed)
                     .arg(batch_id)
                     .arg(command.expected.map(|v| v.to_string()).unwrap_or_default())
-                    .invoke_async(c)
-                    .await
+                    .invoke_async::<Vec<String>>(c)
+                    .await?;
+                // An operator's decision answered as made must survive a failover like a
+                // 202: a lost resend or mark-delivered would bring the batch back held.
+                if reply.first().map(String::as_str) == Some("done") {
+                    self.wait_for_copies(c, &keys[0]).await?;
+                }
+                Ok(reply)
             })
             .await?;
         match reply.first().map(String::as_str) {

@@ -229,3 +229,30 @@ async fn readiness_says_a_202_survives_a_failover_only_when_replicas_acknowledge
     );
     assert_eq!(ready.body["durability"]["replica_acks"], 1);
 }
+
+#[tokio::test]
+async fn an_operator_action_the_replica_did_not_acknowledge_is_outcome_unknown() {
+    let (master, replica) = replicated_pair().await;
+    let rig = spawn_delivery_rig_with_store(settings_for(&master, 1), store_for(&master, 1)).await;
+    let id = rig.submit(NAIROBI, &three_column_report(1, "1")).await;
+    rig.sandbox
+        .push_fault(repayment_gateway::sandbox::Fault::status(
+            400,
+            r#"{"error":"bad"}"#,
+        ));
+    rig.drain(&rig.worker()).await;
+    assert_eq!(batch_states(&rig.report(&id).await), ["rejected"]);
+
+    replica.signal(libc::SIGSTOP);
+    let answer = rig.operate(HEAD_OFFICE, &format!("{id}.1"), "resend").await;
+    assert_eq!(answer.status, 503, "{}", answer.text);
+    assert!(
+        answer.body["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/outcome-unknown"),
+        "{}",
+        answer.text
+    );
+    replica.signal(libc::SIGCONT);
+}
