@@ -1,8 +1,9 @@
 //! A failover onto a lagging replica, on a 6-node Redis Cluster of the test's own (3 masters,
 //! 3 replicas, `cluster-node-timeout 1000`), with `store.replica_acks = 1`: the replica of
-//! partner 301's master is frozen (SIGSTOP) while a careful MIS client keeps sending, the
-//! master is killed (SIGKILL), the replica is thawed and promoted, and the old master comes
-//! back as its replica. Every report that got a 202 must be found, and delivered exactly
+//! partner 301's master is frozen (SIGSTOP) while a careful MIS client keeps sending to two
+//! gateways (each with its own pool and worker on the same queue), the master is killed
+//! (SIGKILL), the replica is thawed and promoted, and the old master comes back as its
+//! replica. Every report that got a 202 must be found, and delivered exactly
 //! once; what the frozen replica did not have was answered `outcome-unknown`, never 202.
 
 use std::collections::HashMap;
@@ -287,14 +288,25 @@ async fn a_failover_onto_a_lagging_replica_loses_no_202_and_sends_nothing_twice(
             .with_replica_acks(1, Duration::from_millis(300)),
     );
     let rig = spawn_delivery_rig_with_store(settings, store).await;
+    // A second gateway on the same cluster, with its own pool and its own worker on the same
+    // queue, as a second process would be: the MIS's requests alternate between the two.
+    let store2: Arc<dyn ReportStore> = Arc::new(
+        RedisStore::new(&rig.settings.store.url, PREFIX, 8, Duration::from_secs(2))
+            .unwrap()
+            .with_replica_acks(1, Duration::from_millis(300)),
+    );
+    let app2 = spawn_app_with_settings(&rig.settings, store2.clone());
+    let gateways = [&rig.app, &app2];
     let worker = rig.worker();
+    let worker2 = rig.worker_on(store2);
     let (master, replica) = cluster.master_and_replica_of(THREE_COL);
     let mut ids = Vec::new();
     let mut unknown = 0;
     for loan in 0..20 {
-        ids.push(send_carefully(&rig.app, loan, &mut unknown).await);
+        ids.push(send_carefully(gateways[loan % 2], loan, &mut unknown).await);
     }
     rig.drain(&worker).await;
+    rig.drain(&worker2).await;
 
     // The replica lags: what the master takes now must not be answered 202.
     cluster.nodes[replica].signal(libc::SIGSTOP);
@@ -306,8 +318,7 @@ async fn a_failover_onto_a_lagging_replica_loses_no_202_and_sends_nothing_twice(
     )
     .unwrap();
     for loan in 20..23 {
-        let answer = rig
-            .app
+        let answer = gateways[loan % 2]
             .submit_idempotent(NAIROBI, &format!("report-{loan}"), &body(loan))
             .await;
         match answer.status {
@@ -330,7 +341,8 @@ async fn a_failover_onto_a_lagging_replica_loses_no_202_and_sends_nothing_twice(
 
     // The careful client sends again what it has no 202 for, with the same keys.
     for loan in 20..40 {
-        let id = send_carefully(&rig.app, loan, &mut unknown).await;
+        // The retry may reach the other gateway than the first try did.
+        let id = send_carefully(gateways[(loan + 1) % 2], loan, &mut unknown).await;
         if !ids.contains(&id) {
             ids.push(id);
         }
@@ -341,6 +353,7 @@ async fn a_failover_onto_a_lagging_replica_loses_no_202_and_sends_nothing_twice(
     }
     wait_until("every batch is settled", async || {
         let _ = worker.run_once().await;
+        let _ = worker2.run_once().await;
         let mut delivered = 0;
         for id in &ids {
             if rig.app.report(HEAD_OFFICE, id).await.body["status"] == "delivered" {
