@@ -47,18 +47,6 @@ async fn rig_with_1000_loans(backend: Backend) -> DeliveryRig {
     rig
 }
 
-async fn post_refresh(app: &TestApp, key: &str) -> Answer {
-    app.send(
-        app.client
-            .post(format!(
-                "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
-                app.address
-            ))
-            .header("X-Api-Key", plain_key(key)),
-    )
-    .await
-}
-
 async fn status_of(app: &TestApp) -> Value {
     let answer = app
         .get(

@@ -71,18 +71,7 @@ async fn cells_that_start_like_a_formula_are_neutralized_in_every_csv_written() 
             .set_loan_status(THREE_COL, &format!("L-{i}"), "ended");
     }
     rig.sandbox.add_loans(hostile_kiva_loans());
-    let refresh = rig
-        .app
-        .send(
-            rig.app
-                .client
-                .post(format!(
-                    "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
-                    rig.app.address
-                ))
-                .header("X-Api-Key", plain_key(HEAD_OFFICE)),
-        )
-        .await;
+    let refresh = post_refresh(&rig.app, HEAD_OFFICE).await;
     assert_eq!(refresh.status, 202, "{}", refresh.text);
     wait_until("the refresh succeeds", async || {
         let status = rig

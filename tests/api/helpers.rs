@@ -929,6 +929,19 @@ pub struct DeliveryRig {
     pub settings: Settings,
 }
 
+/// `POST /v1/partners/{THREE_COL}/expected-loans/refresh` with `key`: reads Kiva's loans again.
+pub async fn post_refresh(app: &TestApp, key: &str) -> Answer {
+    app.send(
+        app.client
+            .post(format!(
+                "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
+                app.address
+            ))
+            .header("X-Api-Key", plain_key(key)),
+    )
+    .await
+}
+
 pub async fn spawn_delivery_rig(backend: Backend) -> DeliveryRig {
     spawn_delivery_rig_with(backend, |_| {}).await
 }

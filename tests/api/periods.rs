@@ -181,16 +181,7 @@ async fn a_correction_may_repeat_loans_and_is_marked_as_one(backend: Backend) {
 /// when the status says so, and intake compares with the new snapshot from then on.
 async fn refresh(rig: &DeliveryRig) {
     let app = &rig.app;
-    let answer = app
-        .send(
-            app.client
-                .post(format!(
-                    "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
-                    app.address
-                ))
-                .header("X-Api-Key", plain_key(HEAD_OFFICE)),
-        )
-        .await;
+    let answer = post_refresh(app, HEAD_OFFICE).await;
     assert_eq!(answer.status, 202, "{}", answer.text);
     let mut status = Value::Null;
     wait_until("the refresh ends", async || {
@@ -441,18 +432,7 @@ async fn the_month_shows_the_snapshot_of_the_latest_refresh(backend: Backend) {
     );
 
     rig.sandbox.set_loan_status(THREE_COL, "L-1", "ended");
-    let answer = rig
-        .app
-        .send(
-            rig.app
-                .client
-                .post(format!(
-                    "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
-                    rig.app.address
-                ))
-                .header("X-Api-Key", plain_key(HEAD_OFFICE)),
-        )
-        .await;
+    let answer = post_refresh(&rig.app, HEAD_OFFICE).await;
     assert_eq!(answer.status, 202, "{}", answer.text);
     wait_until("the second refresh ends", async || {
         let status = rig

@@ -47,18 +47,7 @@ async fn the_months_and_attention_pages_list_a_page_at_a_time_with_the_apis_numb
     backend: Backend,
 ) {
     let rig = spawn_delivery_rig_with(backend, |s| s.kiva.batch_size = 1).await;
-    let refresh = rig
-        .app
-        .send(
-            rig.app
-                .client
-                .post(format!(
-                    "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
-                    rig.app.address
-                ))
-                .header("X-Api-Key", plain_key(HEAD_OFFICE)),
-        )
-        .await;
+    let refresh = post_refresh(&rig.app, HEAD_OFFICE).await;
     assert_eq!(refresh.status, 202, "{}", refresh.text);
     wait_until("Kiva's expected loans are read", async || {
         rig.app

@@ -33,18 +33,7 @@ pub(crate) struct Month {
 async fn a_month_with_a_held_batch() -> Month {
     let rig = spawn_delivery_rig(Backend::Redis).await;
     rig.sandbox.set_loan_status(THREE_COL, "L-7", "ended");
-    let refresh = rig
-        .app
-        .send(
-            rig.app
-                .client
-                .post(format!(
-                    "{}/v1/partners/{THREE_COL}/expected-loans/refresh",
-                    rig.app.address
-                ))
-                .header("X-Api-Key", plain_key(HEAD_OFFICE)),
-        )
-        .await;
+    let refresh = post_refresh(&rig.app, HEAD_OFFICE).await;
     assert!(refresh.status < 300, "{}", refresh.text);
     wait_until("Kiva's expected loans are read", async || {
         period_json(&rig.app).await["expected_loans"].is_object()
