@@ -33,12 +33,8 @@ fn assert_malformed(answer: &Answer, says: &str) {
     assert!(detail.contains(says), "{detail}");
 }
 
-const SHARED_ROWS: &str = r#"<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c></row><row r="2"><c r="A2" t="s"><v>3</v></c><c r="B2" t="s"><v>4</v></c><c r="C2"><v>25</v></c></row>"#;
-
-/// calamine takes `uniqueCount` by its exact name; a prefixed twin placed first must not be
-/// the only one checked. In the real binary: the allocation failure aborts the process.
-#[tokio::test]
-async fn a_prefixed_twin_attribute_does_not_hide_the_count_calamine_reserves() {
+/// The gateway binary on its own Redis, answering.
+async fn binary() -> (TestRedis, tokio::process::Child, Remote) {
     let redis = TestRedis::start().await;
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -50,7 +46,7 @@ async fn a_prefixed_twin_attribute_does_not_hide_the_count_calamine_reserves() {
         test_config(&redis.url()).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repayment-gateway"))
         .args(["serve", "--config"])
         .arg(&config)
         .env_remove("RUST_LOG")
@@ -60,6 +56,16 @@ async fn a_prefixed_twin_attribute_does_not_hide_the_count_calamine_reserves() {
         .spawn()
         .unwrap();
     let gateway = Remote::ready(port).await;
+    (redis, child, gateway)
+}
+
+const SHARED_ROWS: &str = r#"<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c></row><row r="2"><c r="A2" t="s"><v>3</v></c><c r="B2" t="s"><v>4</v></c><c r="C2"><v>25</v></c></row>"#;
+
+/// calamine takes `uniqueCount` by its exact name; a prefixed twin placed first must not be
+/// the only one checked. In the real binary: the allocation failure aborts the process.
+#[tokio::test]
+async fn a_prefixed_twin_attribute_does_not_hide_the_count_calamine_reserves() {
+    let (_redis, mut child, gateway) = binary().await;
     let body = workbook(
         SHARED_ROWS,
         Some(
@@ -128,4 +134,70 @@ async fn a_prefixed_twin_attribute_does_not_hide_a_sheet_the_scan_skipped() {
         ("xl/worksheets/sheet1.bin", sheet.into_bytes()),
     ];
     assert_malformed(&validate(&app, zipped(&entries)).await, "not XML");
+}
+
+/// `unpacked` zero bytes, gzipped (the deflate stream taken from a zip entry; the trailer is
+/// never reached).
+fn gzip_bomb(unpacked: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .compression_level(Some(9));
+    zip.start_file("zeros", options).unwrap();
+    let mib = vec![0; 1024 * 1024];
+    for _ in 0..unpacked / mib.len() {
+        zip.write_all(&mib).unwrap();
+    }
+    let zipped = zip.finish().unwrap().into_inner();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zipped)).unwrap();
+    let mut body = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    archive
+        .by_index_raw(0)
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    body.extend_from_slice(&[0; 8]);
+    body
+}
+
+fn peak_rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024
+}
+
+/// A body is never inflated by the server: `Content-Encoding: gzip` on the sign-in form (no
+/// key needed) made actix inflate each received chunk whole before the form's 256 KiB limit
+/// could refuse it: 8 bodies of 200 KiB took the process from 40 MB to 1,024 MB. (48 MiB
+/// each here, as deflating more takes long in a debug build.)
+#[tokio::test]
+async fn a_gzip_body_is_never_inflated_by_the_server() {
+    let (_redis, mut child, gateway) = binary().await;
+    let pid = child.id().unwrap();
+    let bomb = gzip_bomb(48 * 1024 * 1024);
+    assert!(bomb.len() < 256 * 1024, "{} bytes", bomb.len());
+    let before = peak_rss_mb(pid);
+    let client = reqwest::Client::new();
+    let sent = (0..8).map(|_| {
+        client
+            .post(format!("{}/web/sign-in", gateway.base))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Content-Encoding", "gzip")
+            .body(bomb.clone())
+            .send()
+    });
+    for answer in futures_util::future::join_all(sent).await {
+        let answer = answer.expect("an answer");
+        // Not "too large": the 48 KiB sent are read as they are, a form without its token.
+        assert_eq!(answer.status(), 403);
+    }
+    let after = peak_rss_mb(pid);
+    assert!(child.try_wait().unwrap().is_none(), "the gateway exited");
+    assert!(
+        after < before + 100,
+        "peak RSS went from {before} MB to {after} MB"
+    );
+    child.start_kill().unwrap();
 }
