@@ -63,10 +63,12 @@ pub(super) fn check(body: &[u8], max_repayments: usize) -> Result<(), IntakeErro
         if entry.size() > left {
             return Err(too_large());
         }
-        let name =
-            super::schema::truncate(entry.name_raw().iter().map(|&b| char::from(b)).collect());
-        let lower = name.to_ascii_lowercase();
+        let full: String = entry.name_raw().iter().map(|&b| char::from(b)).collect();
+        // On the whole name: shortened (for messages), a 400-character sheet's lost its `.xml`
+        // and went unscanned, its shared-string indexes unchecked.
+        let lower = full.to_ascii_lowercase();
         let xml = lower.ends_with(".xml") || lower.ends_with(".rels");
+        let name = super::schema::truncate(full);
         let mut input = Counted {
             inner: entry,
             left,
@@ -82,7 +84,7 @@ pub(super) fn check(body: &[u8], max_repayments: usize) -> Result<(), IntakeErro
             config.trim_text(false);
             config.check_comments = false;
             config.expand_empty_elements = true;
-            Part::new(&name, &mut found).scan(&mut reader)
+            Part::new(&name, lower.ends_with("styles.xml"), &mut found).scan(&mut reader)
         } else {
             std::io::copy(&mut input, &mut std::io::sink())
                 .map(drop)
@@ -293,7 +295,8 @@ struct Part<'a> {
 }
 
 impl<'a> Part<'a> {
-    fn new(name: &'a str, found: &'a mut Found) -> Self {
+    /// `styles`: the part is a styles part, by its whole name (`name` may be shortened).
+    fn new(name: &'a str, styles: bool, found: &'a mut Found) -> Self {
         Self {
             name,
             found,
@@ -304,10 +307,7 @@ impl<'a> Part<'a> {
             cell: None,
             shared: false,
             index_next: false,
-            formats: name
-                .to_ascii_lowercase()
-                .ends_with("styles.xml")
-                .then_some((0, 0)),
+            formats: styles.then_some((0, 0)),
         }
     }
 

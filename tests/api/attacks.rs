@@ -201,3 +201,38 @@ async fn a_gzip_body_is_never_inflated_by_the_server() {
     );
     child.start_kill().unwrap();
 }
+
+/// An entry's name is shortened for messages; whether it is XML (and so token-scanned, its
+/// shared-string indexes checked) must be decided on the whole name: a sheet at a 400-character
+/// path was only counted, and calamine read its `-1` as the first string.
+#[tokio::test]
+async fn a_sheet_with_a_long_name_is_scanned_as_xml() {
+    let app = spawn(Backend::Embedded).await;
+    let long = format!("worksheets/{}.xml", "a".repeat(400));
+    let rows = r#"<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c></row><row r="2"><c r="A2" t="s"><v>-1</v></c><c r="B2" t="s"><v>4</v></c><c r="C2"><v>25</v></c></row>"#;
+    let sheet = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>{rows}</sheetData></worksheet>"#
+    );
+    let strings = r#"<?xml version="1.0" encoding="UTF-8"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="5" uniqueCount="5"><si><t>loan_id</t></si><si><t>client_id</t></si><si><t>amount</t></si><si><t>L-1</t></si><si><t>C-1</t></si></sst>"#;
+    let entries = [
+        (
+            "_rels/.rels".to_owned(),
+            br#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>"#.to_vec(),
+        ),
+        (
+            "xl/workbook.xml".to_owned(),
+            br#"<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><sheets><sheet name="Sheet1" sheetId="1" r:id="rId1"/></sheets></workbook>"#.to_vec(),
+        ),
+        (
+            "xl/_rels/workbook.xml.rels".to_owned(),
+            format!(r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="{long}"/></Relationships>"#).into_bytes(),
+        ),
+        (format!("xl/{long}"), sheet.into_bytes()),
+        ("xl/sharedStrings.xml".to_owned(), strings.as_bytes().to_vec()),
+    ];
+    let entries: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(name, bytes)| (name.as_str(), bytes.clone()))
+        .collect();
+    assert_malformed(&validate(&app, zipped(&entries)).await, "cell A2");
+}
