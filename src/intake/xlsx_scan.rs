@@ -63,10 +63,12 @@ pub(super) fn check(body: &[u8], max_repayments: usize) -> Result<(), IntakeErro
         if entry.size() > left {
             return Err(too_large());
         }
-        let name =
-            super::schema::truncate(entry.name_raw().iter().map(|&b| char::from(b)).collect());
-        let lower = name.to_ascii_lowercase();
+        let full: String = entry.name_raw().iter().map(|&b| char::from(b)).collect();
+        // On the whole name: shortened (for messages), a 400-character sheet's lost its `.xml`
+        // and went unscanned, its shared-string indexes unchecked.
+        let lower = full.to_ascii_lowercase();
         let xml = lower.ends_with(".xml") || lower.ends_with(".rels");
+        let name = super::schema::truncate(full);
         let mut input = Counted {
             inner: entry,
             left,
@@ -82,7 +84,7 @@ pub(super) fn check(body: &[u8], max_repayments: usize) -> Result<(), IntakeErro
             config.trim_text(false);
             config.check_comments = false;
             config.expand_empty_elements = true;
-            Part::new(&name, &mut found).scan(&mut reader)
+            Part::new(&name, lower.ends_with("styles.xml"), &mut found).scan(&mut reader)
         } else {
             std::io::copy(&mut input, &mut std::io::sink())
                 .map(drop)
@@ -293,7 +295,8 @@ struct Part<'a> {
 }
 
 impl<'a> Part<'a> {
-    fn new(name: &'a str, found: &'a mut Found) -> Self {
+    /// `styles`: the part is a styles part, by its whole name (`name` may be shortened).
+    fn new(name: &'a str, styles: bool, found: &'a mut Found) -> Self {
         Self {
             name,
             found,
@@ -304,10 +307,7 @@ impl<'a> Part<'a> {
             cell: None,
             shared: false,
             index_next: false,
-            formats: name
-                .to_ascii_lowercase()
-                .ends_with("styles.xml")
-                .then_some((0, 0)),
+            formats: styles.then_some((0, 0)),
         }
     }
 
@@ -358,6 +358,10 @@ impl<'a> Part<'a> {
                 let attribute = attribute.map_err(|e| not_a_workbook(&e))?;
                 *longest = (*longest).max(attribute.value.len());
             }
+            // And as calamine splits them, should the two ever differ.
+            for (_, value) in raw_attributes(e.attributes_raw()) {
+                *longest = (*longest).max(value.len());
+            }
             *formats += usize::from(local == "xf");
             // A font name, a format code and the rest of the font, for each.
             let each = 3 * *longest + std::mem::size_of::<calamine::Style>();
@@ -373,9 +377,9 @@ impl<'a> Part<'a> {
         match local {
             "sst" => {
                 // `count` (the cells that refer to a string, on every sheet) sizes nothing.
-                if let Some(declared) = attribute(e, "uniqueCount")?
-                    && plain_number(&declared).is_none_or(|n| n > self.found.max_strings as u64)
-                {
+                if let Some(declared) = every(e, "uniqueCount")?.into_iter().find(|declared| {
+                    plain_number(declared).is_none_or(|n| n > self.found.max_strings as u64)
+                }) {
                     return Err(self.too_many_strings(&format!(
                         "declares uniqueCount=\"{}\"",
                         super::schema::truncate(declared)
@@ -400,18 +404,21 @@ impl<'a> Part<'a> {
                     format!("cell {}", super::schema::truncate(r))
                 });
                 self.cell = Some(format!("{place} of {}", self.name));
-                self.shared = attribute(e, "t")?.as_deref() == Some("s");
+                self.shared = every(e, "t")?.iter().any(|t| t == "s");
             }
             "v" => self.index_next = self.shared && self.cell.is_some(),
             "definedName" => self.joined = Some((Joined::DefinedName, 0)),
             "Relationship" => {
-                let kind = attribute(e, "Type")?.unwrap_or_default();
-                let target = attribute(e, "Target")?.unwrap_or_default();
-                let read_as_xml = matches!(
-                    kind.rsplit('/').next(),
-                    Some("officeDocument" | "worksheet" | "chartsheet" | "dialogsheet")
-                );
-                if read_as_xml && !target.to_ascii_lowercase().ends_with(".xml") {
+                let read_as_xml = every(e, "Type")?.iter().any(|kind| {
+                    matches!(
+                        kind.rsplit('/').next(),
+                        Some("officeDocument" | "worksheet" | "chartsheet" | "dialogsheet")
+                    )
+                });
+                let not_xml = every(e, "Target")?
+                    .into_iter()
+                    .find(|target| !target.to_ascii_lowercase().ends_with(".xml"));
+                if read_as_xml && let Some(target) = not_xml {
                     return Err(not_a_workbook(&format!(
                         "{} names a part that is not XML: {:?}",
                         self.name,
@@ -556,6 +563,55 @@ fn attribute(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, IntakeErr
         }
     }
     Ok(None)
+}
+
+/// Every value calamine could take for an attribute: it takes some by exact name, some by
+/// local name, the first or a later one of twins, with its own splitting of the tag; a check
+/// of the first `x:uniqueCount="5"` let calamine reserve the `uniqueCount="1000000000000000"`
+/// after it, and abort. So the tag is split as calamine splits it, and every value whose key
+/// has this local name (with or without a prefix) is returned, up to where calamine would stop
+/// at a malformed attribute.
+fn every(e: &BytesStart<'_>, name: &str) -> Result<Vec<String>, IntakeError> {
+    // quick-xml's split too, in case the two ever differ; it refuses a malformed list.
+    let first = attribute(e, name)?;
+    Ok(raw_attributes(e.attributes_raw())
+        .filter(|(key, _)| key.rsplit(':').next() == Some(name))
+        .map(|(_, value)| value.to_owned())
+        .chain(first)
+        .collect())
+}
+
+/// A tag's attributes split as calamine 0.38 splits them (`attrs.rs`): a key runs to the next
+/// `=`, a value between quotes; it stops at the first malformed one.
+fn raw_attributes(raw: &str) -> impl Iterator<Item = (&str, &str)> {
+    let bytes = raw.as_bytes();
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        while pos < bytes.len() && bytes[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        let key_start = pos;
+        while pos < bytes.len() && bytes[pos] != b'=' {
+            pos += 1;
+        }
+        if pos >= bytes.len() {
+            return None;
+        }
+        let key = raw[key_start..pos].trim_ascii();
+        pos += 1;
+        while pos < bytes.len() && bytes[pos].is_ascii_whitespace() {
+            pos += 1;
+        }
+        let quote = *bytes.get(pos).filter(|q| matches!(q, b'"' | b'\''))?;
+        pos += 1;
+        let value_start = pos;
+        while pos < bytes.len() && bytes[pos] != quote {
+            pos += 1;
+        }
+        let value = &raw[value_start..pos];
+        pos = (pos + 1).min(bytes.len());
+        Some((key, value))
+    })
 }
 
 #[cfg(test)]

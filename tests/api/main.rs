@@ -6,6 +6,7 @@ mod cluster_support;
 mod workbooks;
 #[macro_use]
 mod helpers;
+mod attacks;
 mod binary;
 mod cluster;
 mod crash;

@@ -4,8 +4,10 @@
 //! report. Reading, checking and storing are the API's own (`api::repayments`).
 
 use actix_multipart::Multipart;
+use actix_web::error::PayloadError;
 use actix_web::http::{ConnectionType, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use futures_util::StreamExt;
 use maud::{Markup, html};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -82,12 +84,26 @@ pub async fn upload(
     req: HttpRequest,
     state: web::Data<AppState>,
     config: web::Data<WebConfig>,
-    payload: Multipart,
+    payload: web::Payload,
 ) -> Result<HttpResponse, PageError> {
     // The session (its cookie) before anything of the body is read, then the form's token
     // before its file is: a forged or stranger's form costs the gateway no file in memory.
     let ctx = Ctx::of(&req, &state, &config).await?;
     let lang = ctx.lang;
+    // The multipart parser buffers a part's head, and a boundary line, until it ends, with no
+    // limit of its own, and a chunked body declares no length: 6 MiB of one head that never
+    // ended were held until the read deadline. So the whole body is counted as it comes.
+    let limit = state.max_body_bytes + FORM_OVERHEAD;
+    let mut received = 0usize;
+    let limited = payload.map(move |chunk| {
+        let chunk = chunk?;
+        received += chunk.len();
+        if received > limit {
+            return Err(PayloadError::Overflow);
+        }
+        Ok(chunk)
+    });
+    let payload = Multipart::new(req.headers(), limited);
     let (mut sent, permit) = match read_form(&req, payload, &state, &ctx.viewer.csrf).await {
         Ok(read) => read,
         // Refused with the rest of the body unread: the connection can't carry another request.

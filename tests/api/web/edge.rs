@@ -341,3 +341,32 @@ async fn a_session_started_on_one_gateway_is_used_and_ended_on_another() {
     assert_eq!(page(&a, &cookie).await, 303, "signed out on B is out on A");
     assert_eq!(page(&b, &cookie).await, 303);
 }
+
+/// The multipart parser buffers a part's head until its blank line (and a boundary line until
+/// its end) with no limit of its own, and a chunked body declares no length: 6 MiB of one head
+/// that never ends were held (and searched again at each chunk) until the read deadline.
+#[tokio::test]
+async fn an_upload_whose_part_head_never_ends_is_refused_at_the_form_limit() {
+    let app = spawn(Backend::Embedded).await;
+    let cookie = session_cookie(&app.address, NAIROBI).await;
+    let host = app.address.trim_start_matches("http://");
+    let head = format!(
+        "POST /web/upload HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\
+         Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    );
+    let mut part =
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"csrf\"\r\nX-Pad: ")
+            .into_bytes();
+    part.resize(6 * 1024 * 1024, b'a');
+    let mut body = Vec::new();
+    for chunk in part.chunks(64 * 1024) {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    // The last chunk is never sent: the body has not ended.
+    let answer = answer_to_partial_request(&app.address, &head, &body).await;
+    let (status, text) = answer.expect("an answer before the body ends");
+    assert_eq!(status, 400, "{text}");
+}
