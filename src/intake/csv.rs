@@ -1,6 +1,6 @@
 //! `text/csv` → `Table`: UTF-8 with or without BOM, `,` `;` or tab (given, or detected from
-//! the first line), CRLF, LF or CR line ends (mixed too), quoted fields, a header recognised by name or PA2's column
-//! order. The body is already bounded by `server.max_body_bytes`; the csv reader holds one
+//! the first line), CRLF, LF or CR line ends (mixed too), quoted fields, a header recognised by
+//! name or PA2's column order. The body is already bounded by `server.max_body_bytes`; the csv reader holds one
 //! record at a time, and rows are counted while read. A record's size is bounded first: a
 //! 4 MiB line of 4 million empty fields cost the csv reader and this one 480 MB, so `check_shape`
 //! reads the body once with the csv reader's own engine into a fixed buffer, refusing the
