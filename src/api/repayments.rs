@@ -2,7 +2,6 @@
 
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::Utc;
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::ToSchema;
@@ -19,8 +18,12 @@ use crate::intake::{FileFields, FileKind, LARGE_BODY_BYTES, PartnerScope, Violat
 use crate::periods::expected::ExpectedLoansCheck;
 use crate::store::{
     IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
-    Report, ReportStatus, StoreError, batches_of,
+    Report, StoreError, batches_of,
 };
+
+mod check;
+pub(crate) use check::check_report;
+use check::report_record;
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 pub const REPLAYED_HEADER: &str = "Idempotent-Replayed";
@@ -121,22 +124,7 @@ pub(crate) async fn accept_report(
 
     let id = Uuid::now_v7();
     let batches = batches_of(id, &report, state.batch_size);
-    let record = Report {
-        id,
-        partner_id: report.partner_id().clone(),
-        branch: caller.branch.clone(),
-        submitted_by: caller.key_name.clone(),
-        created_at: Utc::now(),
-        period: Some(report.period()),
-        correction,
-        column_format: report.column_format(),
-        status: ReportStatus::Queued,
-        repayment_count: report.repayments().len(),
-        total_amount: report.total_amount(),
-        batch_count: batches.len(),
-        refused_by_kiva: 0,
-        corrects_any_branch: caller.role == Role::Admin,
-    };
+    let record = report_record(id, caller, &report, batches.len());
     let location = format!("/v1/reports/{id}");
     let response_body = serde_json::to_string(&AcceptedReport {
         report: &record,
@@ -306,6 +294,13 @@ pub struct NormalizedReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Violation>,
     pub expected_loans_check: Option<ExpectedLoansCheck>,
+    /// The report corrects one already sent for the period (from the body, or a file's query).
+    pub correction: bool,
+    /// Checks `POST /v1/repayments` makes that this answer could not (e.g. the store was
+    /// unreachable, so whether a loan was already reported this period is not known): sending
+    /// may still be refused for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_checked: Vec<String>,
 }
 
 /// The 202 answer: the stored report, and what intake found against Kiva's loans.
@@ -367,14 +362,18 @@ impl NormalizedReport {
             kiva_requests,
             warnings: Vec::new(),
             expected_loans_check: None,
+            correction: report.correction(),
+            not_checked: Vec::new(),
         }
     }
 }
 
 /// Check a report without storing it.
 ///
-/// Runs every check of `POST /v1/repayments` and answers with the normalized report: the
-/// exact calls that would go to Kiva. Nothing is stored or queued.
+/// Runs every check of `POST /v1/repayments` but the Idempotency-Key's (including whether a
+/// loan was already reported this period, read without claiming it) and answers with the
+/// normalized report: the exact calls that would go to Kiva. Nothing is stored or queued. A
+/// check that could not be made is named in `not_checked`.
 #[utoipa::path(
     post,
     path = "/v1/repayments/validate",
@@ -405,7 +404,8 @@ impl NormalizedReport {
         (status = 408, description = "The body was not received in full within `server.body_read_timeout_secs` (120 s by default); nothing was stored.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Over the size limits.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not `application/json`, `text/csv` or an `.xlsx` workbook.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Every violation, each with a JSON Pointer (and for a file its line or cell).", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every violation, each with a JSON Pointer (and for a file its line or cell), as `POST /v1/repayments` would refuse the report: loans already reported this period by an earlier report (unless a correction), a branch's correction of another branch's loans, loans Kiva does not expect for a partner that rejects them.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable for the expected-loans check. When only the period's loans could not be read, the answer is 200 and `not_checked` says so.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn validate(
@@ -416,19 +416,7 @@ pub async fn validate(
 ) -> Result<HttpResponse, ApiError> {
     let kind = body_kind(&request)?;
     let report = read_report(&state, &caller, &kind, request.headers(), payload).await?;
-    Ok(HttpResponse::Ok().json(check_report(&state, &report).await?))
-}
-
-/// What `validate` answers for a report intake read (the pages' check too).
-pub(crate) async fn check_report(
-    state: &AppState,
-    report: &RepaymentReport,
-) -> Result<NormalizedReport, ApiError> {
-    let (warnings, expected_loans_check) = expected_loans_check(state, report).await?;
-    let mut normalized = NormalizedReport::of(report, state.batch_size);
-    normalized.warnings = warnings;
-    normalized.expected_loans_check = Some(expected_loans_check);
-    Ok(normalized)
+    Ok(HttpResponse::Ok().json(check_report(&state, &caller, &kind, report).await?))
 }
 
 /// Stands in the OpenAPI document for `schemas/repayment-report.schema.json`, which replaces

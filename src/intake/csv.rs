@@ -1,6 +1,6 @@
 //! `text/csv` → `Table`: UTF-8 with or without BOM, `,` `;` or tab (given, or detected from
-//! the first line), CRLF or LF, quoted fields, a header recognised by name or PA2's column
-//! order. The body is already bounded by `server.max_body_bytes`; the csv reader holds one
+//! the first line), CRLF, LF or CR line ends (mixed too), quoted fields, a header recognised by
+//! name or PA2's column order. The body is already bounded by `server.max_body_bytes`; the csv reader holds one
 //! record at a time, and rows are counted while read. A record's size is bounded first: a
 //! 4 MiB line of 4 million empty fields cost the csv reader and this one 480 MB, so `check_shape`
 //! reads the body once with the csv reader's own engine into a fixed buffer, refusing the
@@ -41,6 +41,7 @@ pub(super) fn read(
     let mut layout: Option<(files::Columns, usize)> = None;
     let mut rows = Vec::new();
     let mut record = ::csv::ByteRecord::new();
+    let mut lines = Lines::new(body);
     loop {
         match reader.read_byte_record(&mut record) {
             Ok(true) => {}
@@ -54,7 +55,8 @@ pub(super) fn read(
                 ));
             }
         }
-        let line = record.position().map_or(0, ::csv::Position::line);
+        let start = record.position().map_or(0, |p| p.byte());
+        let line = lines.line_at(usize::try_from(start).unwrap_or(usize::MAX));
         let fields: Result<Vec<&str>, _> = record
             .iter()
             .map(|f| std::str::from_utf8(f).map(str::trim))
@@ -130,8 +132,9 @@ fn check_shape(body: &[u8], delimiter: u8) -> Result<(), IntakeError> {
     let mut input = body;
     let mut fields = 0;
     let mut len = 0;
-    // The line the record starts on, as the csv reader gives it.
-    let mut line = reader.line();
+    // Where the record starts: its line is counted only for the one refused.
+    let mut start = 0;
+    let line_of = |start: usize| Lines::new(body).line_at(start);
     loop {
         let (result, read, written) = reader.read_field(input, &mut field[len..]);
         input = &input[read..];
@@ -139,6 +142,7 @@ fn check_shape(body: &[u8], delimiter: u8) -> Result<(), IntakeError> {
         match result {
             ReadFieldResult::InputEmpty => {}
             ReadFieldResult::OutputFull => {
+                let line = line_of(start);
                 return Err(files::whole_file(
                     format!(
                         "field {} of line {line} is longer than {MAX_CELL_BYTES} bytes: a loan \
@@ -153,6 +157,7 @@ fn check_shape(body: &[u8], delimiter: u8) -> Result<(), IntakeError> {
                 fields += 1;
                 len = 0;
                 if fields > MAX_FIELDS {
+                    let line = line_of(start);
                     return Err(files::whole_file(
                         format!(
                             "line {line} has more than {MAX_FIELDS} fields; a report has three \
@@ -163,11 +168,54 @@ fn check_shape(body: &[u8], delimiter: u8) -> Result<(), IntakeError> {
                 }
                 if record_end {
                     fields = 0;
-                    line = reader.line();
+                    start = body.len() - input.len();
                 }
             }
             ReadFieldResult::End => return Ok(()),
         }
+    }
+}
+
+/// Line numbers as an editor shows them, for records met in order: a line ends at `\r\n`,
+/// `\n` or a lone `\r`. The csv reader's own count is one short on `\r\n` and `\r` files
+/// (what Excel on Windows writes), so lines are counted here from the records' byte offsets,
+/// each byte once.
+struct Lines<'a> {
+    body: &'a [u8],
+    counted_to: usize,
+    line: u64,
+}
+
+impl<'a> Lines<'a> {
+    fn new(body: &'a [u8]) -> Self {
+        Self {
+            body,
+            counted_to: 0,
+            line: 1,
+        }
+    }
+
+    /// The line of the record that starts at byte `start`: past the line ends before its
+    /// first byte (a reader may place a record at the `\n` of the `\r\n` before it, or at
+    /// blank lines it skips). A quoted field's newlines count for the records after it.
+    fn line_at(&mut self, start: usize) -> u64 {
+        let start = start.min(self.body.len());
+        let first = start
+            + self.body[start..]
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+        if first > self.counted_to {
+            let between = &self.body[self.counted_to..first];
+            let ends = between
+                .iter()
+                .enumerate()
+                .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && between.get(i + 1) != Some(&b'\n')))
+                .count();
+            self.line += ends as u64;
+            self.counted_to = first;
+        }
+        self.line
     }
 }
 
@@ -179,7 +227,7 @@ fn detect_delimiter(body: &[u8]) -> u8 {
     for &b in body {
         match b {
             b'"' => quoted = !quoted,
-            b'\n' if !quoted && counts.iter().any(|&c| c > 0) => break,
+            b'\n' | b'\r' if !quoted && counts.iter().any(|&c| c > 0) => break,
             b'\t' if !quoted => counts[0] += 1,
             b';' if !quoted => counts[1] += 1,
             b',' if !quoted => counts[2] += 1,

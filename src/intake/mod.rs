@@ -619,4 +619,6 @@ fn sort_in_document_order(violations: &mut [Violation]) {
 }
 
 #[cfg(test)]
+mod csv_lines_tests;
+#[cfg(test)]
 mod tests;

@@ -84,6 +84,14 @@ impl ReportStore for MeasuredStore {
         )
     }
 
+    async fn check_accept(&self, report: &Report, batches: &[BatchDoc]) -> Result<(), StoreError> {
+        measured!(
+            self,
+            "check_accept",
+            self.inner.check_accept(report, batches)
+        )
+    }
+
     async fn report(
         &self,
         partner: &PartnerId,

@@ -11,6 +11,7 @@
 //! same queue entries without knowing of the first, so opening takes an exclusive lock on
 //! `<dir>/lock` for the life of the store.
 
+mod check;
 mod expected;
 mod sessions;
 mod summary;
@@ -684,6 +685,10 @@ impl ReportStore for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn check_accept(&self, report: &Report, batches: &[BatchDoc]) -> Result<(), StoreError> {
+        self.check_period_loans(report, batches).await
     }
 
     async fn report(

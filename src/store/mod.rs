@@ -655,6 +655,12 @@ pub trait ReportStore: Send + Sync + 'static {
         idempotency_ttl: Duration,
     ) -> Result<(), StoreError>;
 
+    /// What `accept` would answer about the period's loans, read only: `AlreadyReported` or
+    /// `OtherBranchLoans` as `accept` refuses, without claiming anything (validate runs it, so
+    /// that a report that checks clean is not refused on send). A later accept may still be
+    /// refused if another report takes the loans in between.
+    async fn check_accept(&self, report: &Report, batches: &[BatchDoc]) -> Result<(), StoreError>;
+
     async fn report(
         &self,
         partner: &PartnerId,

@@ -33,6 +33,7 @@
 //! and anything else that moves the batch (a take-over that holds it, an operator, a
 //! release) clears or replaces the fence first.
 
+mod check;
 mod cluster_pool;
 mod connection;
 mod expected;
@@ -1237,6 +1238,10 @@ impl ReportStore for RedisStore {
             )),
             _ => Ok(()),
         }
+    }
+
+    async fn check_accept(&self, report: &Report, batches: &[BatchDoc]) -> Result<(), StoreError> {
+        self.check_period_loans(report, batches).await
     }
 
     async fn report(

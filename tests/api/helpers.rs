@@ -627,6 +627,9 @@ pub struct GatedStore {
     /// While set, the next `accept` is lost on its way (as on a master that died with it)
     /// and answers `OutcomeUnknown`; the claim it would have completed stays in progress.
     pub lose_next_accept: AtomicBool,
+    /// While set, `check_accept` (validate's read of the period's loans) fails as an
+    /// unreachable store does, while the rest answers.
+    pub fail_accept_check: AtomicBool,
 }
 
 impl GatedStore {
@@ -640,6 +643,7 @@ impl GatedStore {
             panic_on_claim: AtomicBool::new(false),
             failing_partner: std::sync::Mutex::new(None),
             lose_next_accept: AtomicBool::new(false),
+            fail_accept_check: AtomicBool::new(false),
         }
     }
 
@@ -680,6 +684,13 @@ impl ReportStore for GatedStore {
         token: &str,
     ) -> Result<(), StoreError> {
         self.inner.release_idempotency(scope, token).await
+    }
+
+    async fn check_accept(&self, report: &Report, batches: &[BatchDoc]) -> Result<(), StoreError> {
+        if self.fail_accept_check.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        self.inner.check_accept(report, batches).await
     }
 
     async fn accept(

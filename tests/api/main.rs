@@ -35,4 +35,5 @@ mod replicas;
 mod reports;
 mod secrets;
 mod submit;
+mod truth;
 mod web;

@@ -142,14 +142,20 @@ pub async fn upload(
         Err(error) => return Ok(refused(&ctx, &state, &sent, &key, error)),
     };
     if !sent.send {
-        let checked = check_report(&state, &report)
-            .await
-            .map_err(|e| ctx.api(e))?;
+        let checked = match check_report(&state, caller, &kind, report).await {
+            Ok(checked) => checked,
+            Err(error) => return Ok(refused(&ctx, &state, &sent, &key, error)),
+        };
         let body = html! {
             h1 { (lang.t("upload.title")) }
-            p.notice.good role="status" id="checked" {
-                (lang.f("upload.ok", &[("n", &checked.repayment_count), ("amount", &checked.total_amount),
-                                       ("period", &checked.period.as_deref().unwrap_or("")), ("file", &sent.file_name)]))
+            @let values: [(&str, &dyn std::fmt::Display); 4] = [("n", &checked.repayment_count), ("amount", &checked.total_amount),
+                                       ("period", &checked.period.as_deref().unwrap_or("")), ("file", &sent.file_name)];
+            @if checked.not_checked.is_empty() {
+                p.notice.good role="status" id="checked" { (lang.f("upload.ok", &values)) }
+            } @else {
+                // A check that could not be made is said, never passed as "no problem".
+                p.notice.warn role="status" id="checked" { (lang.f("upload.partly", &values)) }
+                ul #not-checked { @for note in &checked.not_checked { li lang="en" { (note) } } }
             }
             @if !checked.warnings.is_empty() {
                 p.notice.warn { (lang.t("upload.warnings")) }
