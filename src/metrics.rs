@@ -25,7 +25,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::api::problem::ApiError;
 use crate::delivery::WorkerHealth;
 use crate::domain::{PartnerId, Period};
 use crate::store::{BatchState, ReportStore, StoreError};
@@ -86,6 +85,35 @@ impl KivaCallEnd {
             KivaCallEnd::Status(status) => status.to_string(),
             KivaCallEnd::NotSent => "not_sent".into(),
             KivaCallEnd::TransportError => "transport_error".into(),
+        }
+    }
+}
+
+/// How a submission ended: accepted, an earlier answer replayed (the same Idempotency-Key and
+/// report again), or the kind of error it got; the API tells which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeOutcome {
+    Accepted,
+    Replayed,
+    Invalid,
+    TooLarge,
+    Conflict,
+    Forbidden,
+    Unavailable,
+    Error,
+}
+
+impl IntakeOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            IntakeOutcome::Accepted => "accepted",
+            IntakeOutcome::Replayed => "replayed",
+            IntakeOutcome::Invalid => "invalid",
+            IntakeOutcome::TooLarge => "too_large",
+            IntakeOutcome::Conflict => "conflict",
+            IntakeOutcome::Forbidden => "forbidden",
+            IntakeOutcome::Unavailable => "unavailable",
+            IntakeOutcome::Error => "error",
         }
     }
 }
@@ -296,33 +324,10 @@ impl Metrics {
         self
     }
 
-    /// How a submission ended: accepted, an earlier answer replayed (`Ok(true)`: the same
-    /// Idempotency-Key and report again), or the error it got.
-    pub fn intake_request(&self, result: Result<bool, &ApiError>) {
-        let outcome = match result {
-            Ok(true) => "replayed",
-            Ok(false) => "accepted",
-            Err(error) => match error {
-                ApiError::MalformedJson(_)
-                | ApiError::MalformedFile(_)
-                | ApiError::BadRequest(_)
-                | ApiError::UnsupportedMediaType
-                | ApiError::RequestTimeout(_)
-                | ApiError::InvalidReport { .. } => "invalid",
-                ApiError::PayloadTooLarge(_) => "too_large",
-                ApiError::IdempotencyInProgress
-                | ApiError::IdempotencyKeyReused(_)
-                | ApiError::Conflict(_) => "conflict",
-                ApiError::Unauthenticated | ApiError::Forbidden(_) => "forbidden",
-                ApiError::StoreUnavailable
-                | ApiError::OutcomeUnknown { .. }
-                | ApiError::ChangeUnconfirmed => "unavailable",
-                ApiError::NotFound(_) | ApiError::MethodNotAllowed(_) | ApiError::Internal => {
-                    "error"
-                }
-            },
-        };
-        self.intake_requests.with_label_values(&[outcome]).inc();
+    pub fn intake_request(&self, outcome: IntakeOutcome) {
+        self.intake_requests
+            .with_label_values(&[outcome.label()])
+            .inc();
     }
 
     pub fn report_accepted(&self, report: &crate::store::Report) {
@@ -519,7 +524,7 @@ mod tests {
     #[test]
     fn every_family_is_registered_once_with_the_prefix() {
         let metrics = Metrics::new();
-        metrics.intake_request(Ok(false));
+        metrics.intake_request(IntakeOutcome::Accepted);
         metrics.token_fetch(&PartnerId::parse("1").unwrap(), false);
         let names: Vec<String> = metrics
             .registry
