@@ -25,7 +25,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::delivery::WorkerHealth;
 use crate::domain::{PartnerId, Period};
 use crate::store::{BatchState, ReportStore, StoreError};
 
@@ -116,6 +115,14 @@ impl IntakeOutcome {
             IntakeOutcome::Error => "error",
         }
     }
+}
+
+/// The delivery loop of this process as its gauges show it, read at each scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerReading {
+    pub running: bool,
+    /// When the loop last started a round, if it has.
+    pub last_round_at: Option<DateTime<Utc>>,
 }
 
 pub struct Metrics {
@@ -426,7 +433,7 @@ impl Metrics {
         &self,
         store: &dyn ReportStore,
         partners: &[PartnerId],
-        worker: Option<&WorkerHealth>,
+        worker: Option<WorkerReading>,
         mut store_up: bool,
     ) -> String {
         for partner in partners {
@@ -463,9 +470,9 @@ impl Metrics {
         self.store_up.set(i64::from(store_up));
         let mut families = self.registry.gather();
         match worker {
-            Some(health) => {
-                self.worker_up.set(i64::from(health.is_running()));
-                if let Some(at) = health.last_round_at() {
+            Some(reading) => {
+                self.worker_up.set(i64::from(reading.running));
+                if let Some(at) = reading.last_round_at {
                     self.worker_last_round.set(seconds(at));
                 }
             }
@@ -478,7 +485,7 @@ impl Metrics {
                 families.retain(|f| !worker_series.iter().any(|n| n == f.name()));
             }
         }
-        if worker.is_some_and(|h| h.last_round_at().is_none()) {
+        if worker.is_some_and(|reading| reading.last_round_at.is_none()) {
             let unset = name("worker_last_round_timestamp_seconds");
             families.retain(|f| f.name() != unset);
         }

@@ -71,7 +71,7 @@ pub async fn scrape(endpoint: web::Data<Endpoint>, request: HttpRequest) -> Http
         .render(
             endpoint.store.as_ref(),
             &endpoint.partners,
-            endpoint.worker.as_deref(),
+            endpoint.worker.as_ref().map(|health| health.reading()),
             months_read,
         )
         .await;
