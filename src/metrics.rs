@@ -14,7 +14,6 @@
 //! with `time() - …`.
 
 pub mod endpoint;
-pub mod month;
 pub mod store;
 
 use std::time::Duration;
@@ -404,8 +403,8 @@ impl Metrics {
             .inc();
     }
 
-    /// The not-reported count of the partner's current month (see `month`), replacing the
-    /// series of the month it counted before.
+    /// The not-reported count of the partner's current month, as the period view counts it,
+    /// replacing the series of the month it counted before.
     pub fn set_not_reported(
         &self,
         partner: &PartnerId,

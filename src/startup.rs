@@ -236,7 +236,7 @@ pub fn metrics_endpoint_for(
         partners: partner_ids(settings),
         worker,
         bearer_token: settings.metrics.bearer_token.clone(),
-        not_reported: crate::metrics::month::NotReported::new(
+        not_reported: crate::periods::not_reported::NotReported::new(
             settings
                 .partners
                 .iter()
