@@ -13,7 +13,6 @@
 //! advice: an age goes stale between scrapes, a timestamp does not); alert rules compute ages
 //! with `time() - …`.
 
-pub mod endpoint;
 pub mod store;
 
 use std::time::Duration;

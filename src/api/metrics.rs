@@ -11,10 +11,10 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::{CONTENT_TYPE, Metrics};
-use crate::api::problem::{PROBLEM_JSON, Problem};
+use super::problem::{PROBLEM_JSON, Problem};
 use crate::delivery::WorkerHealth;
 use crate::domain::PartnerId;
+use crate::metrics::{CONTENT_TYPE, Metrics};
 use crate::periods::not_reported::NotReported;
 use crate::store::ReportStore;
 
