@@ -13,8 +13,6 @@
 //! advice: an age goes stale between scrapes, a timestamp does not); alert rules compute ages
 //! with `time() - …`.
 
-pub mod endpoint;
-pub mod month;
 pub mod store;
 
 use std::time::Duration;
@@ -25,8 +23,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::api::problem::ApiError;
-use crate::delivery::WorkerHealth;
 use crate::domain::{PartnerId, Period};
 use crate::store::{BatchState, ReportStore, StoreError};
 
@@ -88,6 +84,43 @@ impl KivaCallEnd {
             KivaCallEnd::TransportError => "transport_error".into(),
         }
     }
+}
+
+/// How a submission ended: accepted, an earlier answer replayed (the same Idempotency-Key and
+/// report again), or the kind of error it got; the API tells which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeOutcome {
+    Accepted,
+    Replayed,
+    Invalid,
+    TooLarge,
+    Conflict,
+    Forbidden,
+    Unavailable,
+    Error,
+}
+
+impl IntakeOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            IntakeOutcome::Accepted => "accepted",
+            IntakeOutcome::Replayed => "replayed",
+            IntakeOutcome::Invalid => "invalid",
+            IntakeOutcome::TooLarge => "too_large",
+            IntakeOutcome::Conflict => "conflict",
+            IntakeOutcome::Forbidden => "forbidden",
+            IntakeOutcome::Unavailable => "unavailable",
+            IntakeOutcome::Error => "error",
+        }
+    }
+}
+
+/// The delivery loop of this process as its gauges show it, read at each scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerReading {
+    pub running: bool,
+    /// When the loop last started a round, if it has.
+    pub last_round_at: Option<DateTime<Utc>>,
 }
 
 pub struct Metrics {
@@ -296,33 +329,10 @@ impl Metrics {
         self
     }
 
-    /// How a submission ended: accepted, an earlier answer replayed (`Ok(true)`: the same
-    /// Idempotency-Key and report again), or the error it got.
-    pub fn intake_request(&self, result: Result<bool, &ApiError>) {
-        let outcome = match result {
-            Ok(true) => "replayed",
-            Ok(false) => "accepted",
-            Err(error) => match error {
-                ApiError::MalformedJson(_)
-                | ApiError::MalformedFile(_)
-                | ApiError::BadRequest(_)
-                | ApiError::UnsupportedMediaType
-                | ApiError::RequestTimeout(_)
-                | ApiError::InvalidReport { .. } => "invalid",
-                ApiError::PayloadTooLarge(_) => "too_large",
-                ApiError::IdempotencyInProgress
-                | ApiError::IdempotencyKeyReused(_)
-                | ApiError::Conflict(_) => "conflict",
-                ApiError::Unauthenticated | ApiError::Forbidden(_) => "forbidden",
-                ApiError::StoreUnavailable
-                | ApiError::OutcomeUnknown { .. }
-                | ApiError::ChangeUnconfirmed => "unavailable",
-                ApiError::NotFound(_) | ApiError::MethodNotAllowed(_) | ApiError::Internal => {
-                    "error"
-                }
-            },
-        };
-        self.intake_requests.with_label_values(&[outcome]).inc();
+    pub fn intake_request(&self, outcome: IntakeOutcome) {
+        self.intake_requests
+            .with_label_values(&[outcome.label()])
+            .inc();
     }
 
     pub fn report_accepted(&self, report: &crate::store::Report) {
@@ -392,8 +402,8 @@ impl Metrics {
             .inc();
     }
 
-    /// The not-reported count of the partner's current month (see `month`), replacing the
-    /// series of the month it counted before.
+    /// The not-reported count of the partner's current month, as the period view counts it,
+    /// replacing the series of the month it counted before.
     pub fn set_not_reported(
         &self,
         partner: &PartnerId,
@@ -421,7 +431,7 @@ impl Metrics {
         &self,
         store: &dyn ReportStore,
         partners: &[PartnerId],
-        worker: Option<&WorkerHealth>,
+        worker: Option<WorkerReading>,
         mut store_up: bool,
     ) -> String {
         for partner in partners {
@@ -458,9 +468,9 @@ impl Metrics {
         self.store_up.set(i64::from(store_up));
         let mut families = self.registry.gather();
         match worker {
-            Some(health) => {
-                self.worker_up.set(i64::from(health.is_running()));
-                if let Some(at) = health.last_round_at() {
+            Some(reading) => {
+                self.worker_up.set(i64::from(reading.running));
+                if let Some(at) = reading.last_round_at {
                     self.worker_last_round.set(seconds(at));
                 }
             }
@@ -473,7 +483,7 @@ impl Metrics {
                 families.retain(|f| !worker_series.iter().any(|n| n == f.name()));
             }
         }
-        if worker.is_some_and(|h| h.last_round_at().is_none()) {
+        if worker.is_some_and(|reading| reading.last_round_at.is_none()) {
             let unset = name("worker_last_round_timestamp_seconds");
             families.retain(|f| f.name() != unset);
         }
@@ -519,7 +529,7 @@ mod tests {
     #[test]
     fn every_family_is_registered_once_with_the_prefix() {
         let metrics = Metrics::new();
-        metrics.intake_request(Ok(false));
+        metrics.intake_request(IntakeOutcome::Accepted);
         metrics.token_fetch(&PartnerId::parse("1").unwrap(), false);
         let names: Vec<String> = metrics
             .registry

@@ -12,6 +12,7 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::api::metrics::{self as metrics_endpoint, Endpoint};
 use crate::api::openapi::{self, OPENAPI_PATH};
 use crate::api::{self, AppState, auth::ApiKeys, request_log};
 use crate::config::EMBEDDED_PREFIX;
@@ -20,7 +21,6 @@ use crate::delivery::{SystemClock, Worker, supervise};
 use crate::intake::Intake;
 use crate::kiva::KivaClient;
 use crate::metrics::Metrics;
-use crate::metrics::endpoint::{self as metrics_endpoint, Endpoint};
 use crate::metrics::store::MeasuredStore;
 use crate::periods::expected::ExpectedLoansCache;
 use crate::periods::refresh::Scheduler;
@@ -236,7 +236,7 @@ pub fn metrics_endpoint_for(
         partners: partner_ids(settings),
         worker,
         bearer_token: settings.metrics.bearer_token.clone(),
-        not_reported: crate::metrics::month::NotReported::new(
+        not_reported: crate::periods::not_reported::NotReported::new(
             settings
                 .partners
                 .iter()

@@ -5,6 +5,7 @@ pub mod batches;
 pub mod body;
 pub mod health;
 pub mod idempotency;
+pub mod metrics;
 pub mod openapi;
 pub mod partners;
 pub mod periods;

@@ -42,7 +42,7 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
         super::report_schema,
         super::health::live,
         super::health::ready,
-        crate::metrics::endpoint::scrape,
+        super::metrics::scrape,
     ),
     components(schemas(
         Problem, Violation, Report, ReportDetail, ReportList, Batch, StoredRepayment,

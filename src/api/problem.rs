@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::intake::{IntakeError, Violation};
+use crate::metrics::IntakeOutcome;
 use crate::store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -158,6 +159,29 @@ impl ApiError {
                 ApiError::InvalidReport { total, .. } => Some(*total),
                 _ => None,
             },
+        }
+    }
+
+    /// How the intake counter counts a submission that ended in this error.
+    pub fn intake_outcome(&self) -> IntakeOutcome {
+        match self {
+            ApiError::MalformedJson(_)
+            | ApiError::MalformedFile(_)
+            | ApiError::BadRequest(_)
+            | ApiError::UnsupportedMediaType
+            | ApiError::RequestTimeout(_)
+            | ApiError::InvalidReport { .. } => IntakeOutcome::Invalid,
+            ApiError::PayloadTooLarge(_) => IntakeOutcome::TooLarge,
+            ApiError::IdempotencyInProgress
+            | ApiError::IdempotencyKeyReused(_)
+            | ApiError::Conflict(_) => IntakeOutcome::Conflict,
+            ApiError::Unauthenticated | ApiError::Forbidden(_) => IntakeOutcome::Forbidden,
+            ApiError::StoreUnavailable
+            | ApiError::OutcomeUnknown { .. }
+            | ApiError::ChangeUnconfirmed => IntakeOutcome::Unavailable,
+            ApiError::NotFound(_) | ApiError::MethodNotAllowed(_) | ApiError::Internal => {
+                IntakeOutcome::Error
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use super::problem::{ApiError, Problem};
 use crate::config::{Role, UnexpectedLoans};
 use crate::domain::{ColumnFormat, KivaRequest, RepaymentReport};
 use crate::intake::{FileFields, FileKind, LARGE_BODY_BYTES, PartnerScope, Violation};
+use crate::metrics::IntakeOutcome;
 use crate::periods::expected::ExpectedLoansCheck;
 use crate::store::{
     IDEMPOTENCY_CLAIM_TTL, IdempotencyClaim, IdempotencyScope, IdempotentAccept, RecordedResponse,
@@ -84,11 +85,11 @@ pub async fn submit(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let result = submit_report(state.clone(), caller, request, payload).await;
-    state.metrics.intake_request(
-        result
-            .as_ref()
-            .map(|response| response.headers().contains_key(REPLAYED_HEADER)),
-    );
+    state.metrics.intake_request(match &result {
+        Ok(response) if response.headers().contains_key(REPLAYED_HEADER) => IntakeOutcome::Replayed,
+        Ok(_) => IntakeOutcome::Accepted,
+        Err(error) => error.intake_outcome(),
+    });
     result
 }
 

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CLAIM_MARGIN_SECS, DeliverySettings, PartnerSettings};
 use crate::domain::{ColumnFormat, KivaRepayment, KivaRequest, PartnerId};
 use crate::kiva::{KivaClient, SendOutcome};
+use crate::metrics::WorkerReading;
 use crate::store::{
     Attempt, AttemptEnd, BatchDoc, BatchResult, BatchState, BeginAttempt, ClaimedBatch,
     KivaProblem, ReportStore, StoreError,
@@ -134,16 +135,15 @@ impl WorkerHealth {
         }
     }
 
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Relaxed)
-    }
-
-    /// When the loop last started a round, if it has.
-    pub fn last_round_at(&self) -> Option<DateTime<Utc>> {
+    /// What the worker gauges of `/metrics` show of this loop.
+    pub fn reading(&self) -> WorkerReading {
         let last = self.last_round_ms.load(Ordering::Relaxed);
-        (last > 0)
-            .then(|| DateTime::<Utc>::from_timestamp_millis(last))
-            .flatten()
+        WorkerReading {
+            running: self.running.load(Ordering::Relaxed),
+            last_round_at: (last > 0)
+                .then(|| DateTime::<Utc>::from_timestamp_millis(last))
+                .flatten(),
+        }
     }
 
     fn round_started(&self) {

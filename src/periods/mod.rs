@@ -2,6 +2,7 @@
 //! finalized in PA2.
 
 pub mod expected;
+pub mod not_reported;
 pub mod reason;
 pub mod refresh;
 pub mod snapshot;

@@ -4,8 +4,7 @@ use hyper::StatusCode;
 use hyper::http::request::Parts;
 use serde_json::{Value, json};
 
-use super::server::{Answer, apply_fault, authorize, error_answer, json_answer};
-use super::token::READ_LOANS;
+use super::reply::{Answer, READ_LOANS, apply_fault, authorize, error_answer, json_answer};
 use super::{LoansRequest, Shared, TotalRecordsField};
 
 /// Kiva's largest page.

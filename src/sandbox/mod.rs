@@ -21,6 +21,7 @@
 mod config;
 mod loans;
 mod repayments;
+mod reply;
 mod server;
 mod token;
 

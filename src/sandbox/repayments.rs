@@ -5,11 +5,10 @@ use hyper::StatusCode;
 use hyper::http::request::Parts;
 use serde_json::{Map, Value, json};
 
-use super::server::{
-    Answer, Reply, answer, apply_fault, authorize, cut_short, error_answer, has_media_type,
-    json_answer,
+use super::reply::{
+    Answer, CREATE_REPAYMENT, DroppedOnPurpose, Reply, answer, apply_fault, authorize, cut_short,
+    error_answer, has_media_type, json_answer,
 };
-use super::token::CREATE_REPAYMENT;
 use super::{Fault, ResponseShape, Shared, State, Upload};
 
 /// Kiva asks for at most 200–300 loans per call; the sandbox refuses more than 300.
@@ -41,7 +40,7 @@ pub(super) async fn handle(
     let checked = check(shared, partner_id, parts, &body);
     let latency = shared.lock().latency;
     if !shared.pause(latency).await {
-        return Err(super::server::DroppedOnPurpose);
+        return Err(DroppedOnPurpose);
     }
     let (authorization, json, lines) = match checked {
         Ok(accepted) => accepted,

@@ -8,12 +8,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use serde_json::json;
 
-use super::server::{Answer, Reply, apply_fault, has_media_type, json_answer};
+use super::reply::{
+    Answer, CREATE_REPAYMENT, READ_LOANS, Reply, apply_fault, has_media_type, json_answer,
+};
 use super::{Grant, Shared};
-
-/// The scopes a sandbox partner may be granted.
-pub(super) const CREATE_REPAYMENT: &str = "create:repayment";
-pub(super) const READ_LOANS: &str = "read:loans";
 
 pub(super) async fn handle(shared: &Shared, parts: &Parts, body: &Bytes) -> Answer {
     let fault = {

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
 
-use super::Metrics;
+use super::view::{self, PeriodInput};
 use crate::domain::{ColumnFormat, PartnerId, Period};
-use crate::periods::view::{self, PeriodInput};
+use crate::metrics::Metrics;
 use crate::store::{ReportStore, StoreError};
 
 /// How long one count serves scrapes while its month and snapshot stay the same.

@@ -11,11 +11,11 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::month::NotReported;
-use super::{CONTENT_TYPE, Metrics};
-use crate::api::problem::{PROBLEM_JSON, Problem};
+use super::problem::{PROBLEM_JSON, Problem};
 use crate::delivery::WorkerHealth;
 use crate::domain::PartnerId;
+use crate::metrics::{CONTENT_TYPE, Metrics};
+use crate::periods::not_reported::NotReported;
 use crate::store::ReportStore;
 
 /// What a scrape reads.
@@ -71,7 +71,7 @@ pub async fn scrape(endpoint: web::Data<Endpoint>, request: HttpRequest) -> Http
         .render(
             endpoint.store.as_ref(),
             &endpoint.partners,
-            endpoint.worker.as_deref(),
+            endpoint.worker.as_ref().map(|health| health.reading()),
             months_read,
         )
         .await;
