@@ -30,10 +30,12 @@ use uuid::Uuid;
 use super::{
     AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
     ClaimedBatch, IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorActionKind,
-    OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStatus, ReportStore,
+    OperatorOutcome, RecordedResponse, Report, ReportPage, ReportQuery, ReportStatus, Reports,
     StoreError, report_of_batch,
 };
-use super::{BatchVersion, ExpectedLoansSnapshot, RefreshStatus, WebSession};
+use super::{
+    BatchVersion, ExpectedLoansSnapshot, Periods, Queue, RefreshStatus, Sessions, WebSession,
+};
 use crate::domain::{PartnerId, Period};
 
 /// Retries promoted per call at most, as in the Redis backend.
@@ -460,7 +462,7 @@ fn batches_of_report(tx: &Transaction<'_>, report: &Report) -> Result<Vec<Batch>
 }
 
 #[async_trait::async_trait]
-impl ReportStore for EmbeddedStore {
+impl Reports for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.transaction(|tx| tx.query_row("SELECT 1", [], |_| Ok(())).map_err(other))
             .await
@@ -757,6 +759,20 @@ impl ReportStore for EmbeddedStore {
         .await
     }
 
+    async fn durability(&self) -> Result<super::Durability, StoreError> {
+        Ok(super::Durability {
+            backend: "embedded".into(),
+            level: "SQLite WAL, synchronous=FULL: on disk before each 202 and each send".into(),
+            may_lose_acknowledged_writes: false,
+            survives: vec!["process crash".into(), "host crash".into()],
+            replica_acks: 0,
+            replicas: None,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for EmbeddedStore {
     async fn prepare_delivery(&self, _partner: &PartnerId) -> Result<(), StoreError> {
         Ok(())
     }
@@ -1188,17 +1204,23 @@ impl ReportStore for EmbeddedStore {
         .await
     }
 
-    async fn durability(&self) -> Result<super::Durability, StoreError> {
-        Ok(super::Durability {
-            backend: "embedded".into(),
-            level: "SQLite WAL, synchronous=FULL: on disk before each 202 and each send".into(),
-            may_lose_acknowledged_writes: false,
-            survives: vec!["process crash".into(), "host crash".into()],
-            replica_acks: 0,
-            replicas: None,
+    async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
+        let partner = partner.to_string();
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT batch_id FROM queue WHERE partner = ?1 ORDER BY seq")
+                .map_err(other)?;
+            stmt.query_map(params![partner], |row| row.get(0))
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)
         })
+        .await
     }
+}
 
+#[async_trait::async_trait]
+impl Periods for EmbeddedStore {
     async fn period_reports(
         &self,
         partner: &PartnerId,
@@ -1310,21 +1332,10 @@ impl ReportStore for EmbeddedStore {
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         self.get_refresh_status(partner).await
     }
+}
 
-    async fn queued_batches(&self, partner: &PartnerId) -> Result<Vec<String>, StoreError> {
-        let partner = partner.to_string();
-        self.read(move |tx| {
-            let mut stmt = tx
-                .prepare_cached("SELECT batch_id FROM queue WHERE partner = ?1 ORDER BY seq")
-                .map_err(other)?;
-            stmt.query_map(params![partner], |row| row.get(0))
-                .map_err(other)?
-                .collect::<Result<_, _>>()
-                .map_err(other)
-        })
-        .await
-    }
-
+#[async_trait::async_trait]
+impl Sessions for EmbeddedStore {
     async fn create_session(
         &self,
         id_hash: &str,

@@ -57,9 +57,11 @@ use super::{
     Attempt, AttemptEnd, Batch, BatchDoc, BatchProgress, BatchResult, BatchState, BeginAttempt,
     ClaimedBatch, Durability, IdempotencyClaim, IdempotencyScope, IdempotentAccept,
     OperatorActionKind, OperatorCommand, OperatorOutcome, RecordedResponse, Report, ReportPage,
-    ReportQuery, ReportStore, StoreError, report_of_batch,
+    ReportQuery, Reports, StoreError, report_of_batch,
 };
-use super::{BatchVersion, ExpectedLoansSnapshot, RefreshStatus, WebSession};
+use super::{
+    BatchVersion, ExpectedLoansSnapshot, Periods, Queue, RefreshStatus, Sessions, WebSession,
+};
 use crate::domain::{PartnerId, Period};
 
 /// Reports examined per listing call at most, so a filter that matches little can't make one
@@ -1096,7 +1098,7 @@ fn claimed_from(partner: &PartnerId, entries: StreamEntries, reclaimed: bool) ->
 }
 
 #[async_trait::async_trait]
-impl ReportStore for RedisStore {
+impl Reports for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_connection(async |c| redis::cmd("PING").query_async::<String>(c).await)
             .await
@@ -1330,6 +1332,16 @@ impl ReportStore for RedisStore {
         }
     }
 
+    async fn durability(&self) -> Result<Durability, StoreError> {
+        Ok(self
+            .check_persistence()
+            .await?
+            .durability(self.replica_acks))
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for RedisStore {
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
         self.ensure_group(&self.stream_key(partner)).await
     }
@@ -1713,14 +1725,10 @@ impl ReportStore for RedisStore {
         }
         Ok(purged)
     }
+}
 
-    async fn durability(&self) -> Result<Durability, StoreError> {
-        Ok(self
-            .check_persistence()
-            .await?
-            .durability(self.replica_acks))
-    }
-
+#[async_trait::async_trait]
+impl Periods for RedisStore {
     async fn period_reports(
         &self,
         partner: &PartnerId,
@@ -1814,7 +1822,10 @@ impl ReportStore for RedisStore {
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         self.get_refresh_status(partner).await
     }
+}
 
+#[async_trait::async_trait]
+impl Sessions for RedisStore {
     async fn create_session(
         &self,
         id_hash: &str,
