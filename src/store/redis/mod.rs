@@ -22,6 +22,13 @@
 //! - `rg:{p}:idem:<api key name>:<sha256 of the Idempotency-Key>`: a hash, `in_progress` with a
 //!   claim token and a short TTL, then `done` with the recorded answer and a long TTL.
 //!
+//! Scripts are .lua files beside the Rust that runs them, one per atomic step, each headed by
+//! its KEYS, ARGV and the invariant it keeps. `#!lua` (Redis 7) makes Redis refuse a whole
+//! script up front when it is out of memory under `noeviction`, instead of failing at some
+//! write in the middle: scripts are not rolled back, so a late failure would leave half a
+//! report. It also forbids touching undeclared keys (the queue summary's build, which must,
+//! goes without it).
+//!
 //! Scripts never decode JSON: documents are written whole by Rust, and scripts only move
 //! plain fields, so Lua's number handling can't touch an amount. Ids reach scripts as ARGV,
 //! never parsed out of key names (a key prefix may contain anything the pattern looks for).

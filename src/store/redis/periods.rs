@@ -17,18 +17,7 @@ use super::{RedisStore, decode, encode};
 use crate::domain::{PartnerId, Period};
 use crate::store::{Batch, ExpectedLoansSnapshot, Periods, RefreshStatus, Report, StoreError};
 
-// Only the holder may give the lock back: a refresh that overran its TTL must not free a lock
-// another process has taken since.
-static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#,
-    )
-});
+static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlock.lua")));
 
 impl RedisStore {
     fn expected_key(&self, partner: &PartnerId) -> String {

@@ -34,220 +34,22 @@ const ALL_STATES: [BatchState; 7] = [
 /// Retries promoted per call at most; the rest wait for the next round.
 const PROMOTE_LIMIT: usize = 500;
 
-// Delivery scripts share one key layout: KEYS[1] the batch, [2] its report, [3] the stream,
-// [4] the retry set, [5] the batch's attempts list, [6] its actions list, [7..12] the
-// partner's batches by state (`STATE_INDEX` order), [13..] every batch of the report (for the
-// roll-up). Settling an entry is XACK + XDEL, first: XACK answers 0 rather than failing when
-// the group is gone, so nothing after it can be cut short.
-//
-// `move` keeps the state index true: every write of a batch's `state` in these scripts goes
-// with one call of it, so the index changes in the same atomic step as the state it mirrors.
-const ROLLUP: &str = r#"
-local by_state = {queued = 7, sending = 8, retry_wait = 9, held = 10, rejected = 11, failed = 12}
-local function move(batch, from, to, queued_at)
-  if by_state[from] then redis.call('ZREM', KEYS[by_state[from]], batch) end
-  if by_state[to] then
-    local at = queued_at or redis.call('HGET', KEYS[1], 'queued_at') or '0'
-    redis.call('ZADD', KEYS[by_state[to]], at, batch)
-  end
-end
-local function rollup()
-  local attention, delivered, queued, n = false, 0, 0, 0
-  for i = 13, #KEYS do
-    local s = redis.call('HGET', KEYS[i], 'state')
-    n = n + 1
-    if s == 'held' or s == 'rejected' or s == 'failed' then attention = true
-    elseif s == 'delivered' then delivered = delivered + 1
-    elseif s == 'queued' then queued = queued + 1 end
-  end
-  local status = 'delivering'
-  if attention then status = 'needs_attention'
-  elseif delivered == n then status = 'delivered'
-  elseif queued == n then status = 'queued' end
-  if status == 'delivered' and tonumber(redis.call('HGET', KEYS[2], 'refused') or '0') > 0 then
-    status = 'delivered_with_problems'
-  end
-  redis.call('HSET', KEYS[2], 'status', status)
-end
-local function settle(entry)
-  redis.call('XACK', KEYS[3], 'delivery', entry)
-  redis.call('XDEL', KEYS[3], entry)
-end
-"#;
-
-// ARGV: entry id, now (ms), the result JSON to record if the batch is held, batch id, the
-// attempt JSON to record if held (see `Attempt::unrecorded`), now as attempts write it.
-// Answers {'send', attempt, budget_from, doc, queued_at} so the worker needs no second read.
-const BEGIN: &str = r#"
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'queued' or state == 'retry_wait' then
-  local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-  redis.call('HSET', KEYS[1], 'state', 'sending', 'fence', ARGV[1], 'sending_at', ARGV[6])
-  redis.call('HDEL', KEYS[1], 'next_attempt_at')
-  move(ARGV[4], state, 'sending')
-  rollup()
-  local f = redis.call('HMGET', KEYS[1], 'budget_from', 'doc', 'queued_at')
-  return {'send', tostring(attempt), f[1] or '0', f[2] or '', f[3] or ''}
-end
-local fence = redis.call('HGET', KEYS[1], 'fence')
-if state == 'sending' and (not fence or fence == ARGV[1]) then
-  -- This very entry was begun by a worker that never settled it (it died, or overran the
-  -- claim deadline): Kiva may have processed the upload, and a second one would be counted
-  -- twice. (No fence: written before fences existed; the same reasoning holds.)
-  settle(ARGV[1])
-  -- The attempt's own record never came: keep one that says when it began (ARGV[5] is its
-  -- template, started now, for a batch begun before `sending_at` was kept).
-  local begun = redis.call('HMGET', KEYS[1], 'attempt', 'sending_at')
-  local record = cjson.decode(ARGV[5])
-  record.number = tonumber(begun[1]) or 0
-  if begun[2] then record.started_at = begun[2] end
-  redis.call('RPUSH', KEYS[5], cjson.encode(record))
-  redis.call('HSET', KEYS[1], 'state', 'held', 'result', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'fence')
-  move(ARGV[4], 'sending', 'held')
-  rollup()
-  return {'held'}
-end
--- Settled already, or being sent under another entry by a live worker: a stale entry.
-settle(ARGV[1])
-return {'skip', state or 'missing'}
-"#;
-
-// ARGV: entry id, batch id. Undoes a BEGIN whose answer was lost (the worker sent nothing).
-// Only the entry's own `sending` is undone; XACK tells whether the entry was still pending,
-// so a repeated release can't queue the batch twice.
-const RELEASE_ATTEMPT: &str = r#"
-local pending = redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
-redis.call('XDEL', KEYS[3], ARGV[1])
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'sending' and redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
-  -- The attempt BEGIN counted never happened.
-  redis.call('HINCRBY', KEYS[1], 'attempt', -1)
-  redis.call('HSET', KEYS[1], 'state', 'queued')
-  redis.call('HDEL', KEYS[1], 'fence')
-  move(ARGV[2], 'sending', 'queued')
-  redis.call('XADD', KEYS[3], '*', 'batch', ARGV[2])
-  rollup()
-  return 'released'
-end
-if pending == 1 and (state == 'queued' or state == 'retry_wait') then
-  redis.call('XADD', KEYS[3], '*', 'batch', ARGV[2])
-  return 'requeued'
-end
-return 'left'
-"#;
-
-// ARGV: entry id, attempt number, new state, result JSON, attempt JSON, retry due (ms) or '',
-// batch id, loans Kiva refused in the batch, how a take-over's stand-in record begins.
-const FINISH: &str = r#"
-settle(ARGV[1])
-if redis.call('HSETNX', KEYS[1], 'recorded:' .. ARGV[2], 1) == 0 then
-  -- A repeat of a FINISH whose answer was lost: all of it is written already.
-  return 'duplicate'
-end
--- The attempt happened (Kiva may have been called), so its record is kept even when stale;
--- it replaces the stand-in a take-over wrote for it (see `Attempt::unrecorded`).
-local replaced = false
-for i, doc in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
-  if string.find(doc, ARGV[9], 1, true) then
-    local ok, record = pcall(cjson.decode, doc)
-    if ok and tostring(record.number) == ARGV[2] then
-      redis.call('LSET', KEYS[5], i - 1, ARGV[5])
-      replaced = true
-      break
-    end
-  end
-end
-if not replaced then redis.call('RPUSH', KEYS[5], ARGV[5]) end
-if redis.call('HGET', KEYS[1], 'state') ~= 'sending'
-   or redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
-  -- Taken over and held, or decided by an operator, while this attempt was out: the newer
-  -- decision stands.
-  return 'stale'
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4])
-redis.call('HDEL', KEYS[1], 'fence')
-move(ARGV[7], 'sending', ARGV[3])
-if ARGV[3] == 'delivered' and tonumber(ARGV[8]) > 0 then
-  redis.call('HINCRBY', KEYS[2], 'refused', ARGV[8])
-end
-if ARGV[3] == 'retry_wait' then
-  redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[6])
-  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
-end
-rollup()
-return 'OK'
-"#;
-
-// ARGV: action ('resend'|'mark_delivered'), action JSON without from_state, now (ms),
-// result JSON (mark_delivered), the states allowed to start from (",held,failed,"), batch id,
-// the version the operator confirmed against ('' for none, `BatchVersion`'s text).
-// Answers the state found, or the version found when it is not the one confirmed.
-const OPERATE: &str = r#"
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'missing'} end
-if ARGV[7] ~= '' then
-  local version = state .. '.' .. redis.call('LLEN', KEYS[5]) .. '.' .. redis.call('LLEN', KEYS[6])
-  if version ~= ARGV[7] then return {'changed', version} end
-end
-if not string.find(ARGV[5], ',' .. state .. ',', 1, true) then return {'conflict', state} end
--- ARGV[2] is a JSON object made by Rust; the state found is spliced in as its last member.
-redis.call('RPUSH', KEYS[6], string.sub(ARGV[2], 1, -2) .. ',"from_state":"' .. state .. '"}')
-redis.call('HDEL', KEYS[1], 'fence')
-if ARGV[1] == 'resend' then
-  -- A fresh retry budget: attempts are counted again from here (the history is kept).
-  local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'queued_at', ARGV[3], 'budget_from', attempt)
-  redis.call('HDEL', KEYS[1], 'next_attempt_at', 'result')
-  move(ARGV[6], state, 'queued', ARGV[3])
-  redis.call('ZREM', KEYS[4], ARGV[6])
-  redis.call('XADD', KEYS[3], '*', 'batch', ARGV[6])
-else
-  redis.call('HSET', KEYS[1], 'state', 'delivered', 'result', ARGV[4])
-  move(ARGV[6], state, 'delivered')
-end
-rollup()
-return {'done', state}
-"#;
-
-// KEYS: report, reports index, branch index, period index, then every key of its batches.
-// ARGV: report id. Deletes a report only when it is settled: `delivered` is rolled up from
-// every batch.
-const PURGE: &str = r#"#!lua
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'delivered' and status ~= 'delivered_with_problems' then return 0 end
-for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-return 1
-"#;
-
-// KEYS: retry set, stream. ARGV: now (ms), limit.
-const PROMOTE: &str = r#"#!lua
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, batch in ipairs(due) do
-  redis.call('ZREM', KEYS[1], batch)
-  redis.call('XADD', KEYS[2], '*', 'batch', batch)
-end
-return #due
-"#;
-
+/// A delivery step (one .lua file beside this one, headed by its KEYS, ARGV and the invariant
+/// it keeps), run as one script with the prelude they share: the roll-up and the state index.
 fn delivery_script(body: &str) -> Script {
-    Script::new(&format!("#!lua\n{ROLLUP}\n{body}"))
+    Script::new(&format!("#!lua\n{}\n{body}", include_str!("rollup.lua")))
 }
 
-static BEGIN_SCRIPT: LazyLock<Script> = LazyLock::new(|| delivery_script(BEGIN));
-static RELEASE_ATTEMPT_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| delivery_script(RELEASE_ATTEMPT));
-static FINISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| delivery_script(FINISH));
-static OPERATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| delivery_script(OPERATE));
-static PROMOTE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PROMOTE));
-static PURGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE));
+static BEGIN: LazyLock<Script> = LazyLock::new(|| delivery_script(include_str!("begin.lua")));
+static RELEASE_ATTEMPT: LazyLock<Script> =
+    LazyLock::new(|| delivery_script(include_str!("release_attempt.lua")));
+static FINISH: LazyLock<Script> = LazyLock::new(|| delivery_script(include_str!("finish.lua")));
+static OPERATE: LazyLock<Script> = LazyLock::new(|| delivery_script(include_str!("operate.lua")));
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("promote.lua")));
+static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("purge.lua")));
 
 impl RedisStore {
-    /// KEYS of the delivery scripts for `batch_id` (see the layout above `ROLLUP`).
+    /// KEYS of the delivery scripts for `batch_id` (see the layout in rollup.lua).
     fn delivery_keys(&self, partner: &PartnerId, batch_id: &str, report: &Report) -> Vec<String> {
         let batch = self.batch_key(partner, batch_id);
         let mut keys = vec![
@@ -319,7 +121,7 @@ impl Queue for RedisStore {
     ) -> Result<usize, StoreError> {
         let keys = [self.key(partner, "retries"), self.stream_key(partner)];
         self.with_connection(async |c| {
-            PROMOTE_SCRIPT
+            PROMOTE
                 .key(&keys[0])
                 .key(&keys[1])
                 .arg(now.timestamp_millis())
@@ -414,7 +216,7 @@ impl Queue for RedisStore {
         let held = BatchResult::held_after_worker_stopped();
         let reply: Vec<String> = self
             .write(async |c| {
-                let mut invocation = BEGIN_SCRIPT.prepare_invoke();
+                let mut invocation = BEGIN.prepare_invoke();
                 for key in &keys {
                     invocation.key(key);
                 }
@@ -467,7 +269,7 @@ impl Queue for RedisStore {
         };
         let keys = self.delivery_keys(partner, &claimed.batch_id, &report);
         self.write(async |c| {
-            let mut invocation = RELEASE_ATTEMPT_SCRIPT.prepare_invoke();
+            let mut invocation = RELEASE_ATTEMPT.prepare_invoke();
             for key in &keys {
                 invocation.key(key);
             }
@@ -495,7 +297,7 @@ impl Queue for RedisStore {
         let keys = self.delivery_keys(partner, &claimed.batch_id, &report);
         let _: String = self
             .write(async |c| {
-                let mut invocation = FINISH_SCRIPT.prepare_invoke();
+                let mut invocation = FINISH.prepare_invoke();
                 for key in &keys {
                     invocation.key(key);
                 }
@@ -547,7 +349,7 @@ impl Queue for RedisStore {
         };
         let reply: Vec<String> = self
             .write(async |c| {
-                let mut invocation = OPERATE_SCRIPT.prepare_invoke();
+                let mut invocation = OPERATE.prepare_invoke();
                 for key in &keys {
                     invocation.key(key);
                 }
@@ -660,7 +462,7 @@ impl Queue for RedisStore {
                 if !report.status.is_settled() {
                     continue;
                 }
-                let mut invocation = PURGE_SCRIPT.prepare_invoke();
+                let mut invocation = PURGE.prepare_invoke();
                 invocation
                     .key(self.report_key(partner, id))
                     .key(&index)

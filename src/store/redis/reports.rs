@@ -17,147 +17,11 @@ use crate::store::{
     StoredRepayment, loan_key,
 };
 
-// `#!lua` (Redis 7) makes Redis refuse a whole script up front when it is out of memory under
-// `noeviction`, instead of failing at some write in the middle: scripts are not rolled back,
-// so a late failure would leave half a report. It also forbids touching undeclared keys.
-const CLAIM: &str = r#"#!lua
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('HSET', KEYS[1], 'state', 'in_progress', 'token', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {'claimed'}
-end
-if state == 'in_progress' then
-  return {'in_progress'}
-end
-if ARGV[3] == '1' then
-  -- A write that follows the accept in the replication stream: once the copies have it, they
-  -- have the accept (see `claim_idempotency`).
-  redis.call('HSET', KEYS[1], 'replayed', '1')
-end
-return {'done', redis.call('HGET', KEYS[1], 'record')}
-"#;
-
-const RELEASE: &str = r#"#!lua
-if redis.call('HGET', KEYS[1], 'state') == 'in_progress'
-   and redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-end
-return 'OK'
-"#;
-
-// KEYS: idempotency, report, reports index, branch index, stream, the period's loans, the
-// period's reports, the periods, the queued batches, the state index's `indexed` marker, then
-// one key per batch, then the period's report branches (report id -> branch).
-// ARGV: idempotent ('1'|'0'), claim token, record TTL (s), record JSON, report id, report
-// JSON, now (ms), correction ('0' none, '1' of any branch's loans, '2' of the report's own
-// branch's loans only), period index TTL (s), period, then the batch JSONs,
-// then the batch ids, then the report's loan keys in order (see `loan_key`).
-//
-// One loan, one report per period: the period's loans hash maps each loan key to the report
-// that has it. Checked and written in this one script, so two reports with the same loan can
-// never both be accepted, whichever process takes them. Answers {'ok'}, or
-// {'reported', 'position=report', ...} and writes nothing; `accept` finds where the earlier
-// report has the loan. The value is the report id alone because it is the one argument every
-// field shares: building `report:position` for each loan in Lua was a fifth of a 200-loan
-// accept's Redis time. (Indexes written before hold `report:position`; both are read.)
-const ACCEPT: &str = r#"#!lua
-local batches = #KEYS - 11
-local first_loan = 11 + 2 * batches
-local branches = KEYS[#KEYS]
--- Report ids are never reused, so an existing report means this very accept ran already: a
--- client that resends a command after a dropped connection (the cluster client does) gets the
--- answer the first run gave.
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'ok'}
-end
-if ARGV[1] == '1' then
-  if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2]
-     or redis.call('HGET', KEYS[1], 'state') ~= 'in_progress' then
-    return redis.error_reply('CLAIMLOST the idempotency claim is gone')
-  end
-end
-if ARGV[8] == '2' then
-  -- A branch corrects only loans its own branch reported: the branch of the report the index
-  -- names now. One the branches hash does not know (indexed before it existed) is refused
-  -- too; an admin key can correct it.
-  local mine = cjson.decode(ARGV[6]).branch
-  local known, foreign = {}, {}
-  for i = first_loan, #ARGV, 1000 do
-    local last = math.min(i + 999, #ARGV)
-    local found = redis.call('HMGET', KEYS[6], unpack(ARGV, i, last))
-    for j = 1, #found do
-      local report = found[j]
-      if report then
-        if known[report] == nil then
-          known[report] = redis.call('HGET', branches, report) or false
-        end
-        if known[report] ~= mine then
-          table.insert(foreign, tostring(i + j - 1 - first_loan))
-        end
-      end
-    end
-  end
-  if #foreign > 0 then
-    table.insert(foreign, 1, 'foreign')
-    return foreign
-  end
-elseif ARGV[8] ~= '1' then
-  local earlier = {}
-  -- In chunks: Lua's unpack has a limit on how many values it passes.
-  for i = first_loan, #ARGV, 1000 do
-    local last = math.min(i + 999, #ARGV)
-    local found = redis.call('HMGET', KEYS[6], unpack(ARGV, i, last))
-    for j = 1, #found do
-      if found[j] then
-        table.insert(earlier, tostring(i + j - 1 - first_loan) .. '=' .. found[j])
-      end
-    end
-  end
-  if #earlier > 0 then
-    table.insert(earlier, 1, 'reported')
-    return earlier
-  end
-end
-redis.call('HSET', KEYS[2], 'doc', ARGV[6], 'status', 'queued')
-redis.call('ZADD', KEYS[3], 0, ARGV[5])
--- The partner's first report: the state index is complete from here (see `summary`), so no
--- scrape ever walks the partner's reports to build it.
-if redis.call('ZCARD', KEYS[3]) == 1 then redis.call('SET', KEYS[10], '1') end
-redis.call('ZADD', KEYS[4], 0, ARGV[5])
-redis.call('ZADD', KEYS[7], 0, ARGV[5])
-redis.call('ZADD', KEYS[8], 0, ARGV[10])
-for i = 1, batches do
-  redis.call('HSET', KEYS[10 + i], 'doc', ARGV[10 + i], 'state', 'queued', 'attempt', 0,
-             'queued_at', ARGV[7])
-  redis.call('ZADD', KEYS[9], ARGV[7], ARGV[10 + batches + i])
-  redis.call('XADD', KEYS[5], '*', 'batch', ARGV[10 + batches + i])
-end
--- One HSET per chunk, not per loan: a call from Lua costs more than a field.
-for i = first_loan, #ARGV, 500 do
-  local fields = {}
-  for j = i, math.min(i + 499, #ARGV) do
-    fields[#fields + 1] = ARGV[j]
-    fields[#fields + 1] = ARGV[5]
-  end
-  redis.call('HSET', KEYS[6], unpack(fields))
-end
-redis.call('HSET', branches, ARGV[5], cjson.decode(ARGV[6]).branch)
--- The period's loans are needed while its reports are; a new report extends that.
-redis.call('EXPIRE', KEYS[6], ARGV[9])
-redis.call('EXPIRE', branches, ARGV[9])
-redis.call('EXPIRE', KEYS[7], ARGV[9])
-if ARGV[1] == '1' then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'state', 'done', 'record', ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
-return {'ok'}
-"#;
-
-static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
-static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
-static ACCEPT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACCEPT));
+// One script per atomic step, each in a .lua file beside this one, headed by its KEYS, ARGV
+// and the invariant it keeps.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("claim.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
+static ACCEPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("accept.lua")));
 
 impl RedisStore {
     fn idempotency_key(&self, scope: &IdempotencyScope) -> String {
@@ -279,7 +143,7 @@ impl Reports for RedisStore {
         let wait = self.replica_acks > 0 || self.waitaof.load(std::sync::atomic::Ordering::Relaxed);
         let reply: Vec<String> = self
             .with_connection(async |c| {
-                let reply: Vec<String> = CLAIM_SCRIPT
+                let reply: Vec<String> = CLAIM
                     .key(&key)
                     .arg(&token)
                     .arg(ttl.as_millis() as u64)
@@ -311,15 +175,9 @@ impl Reports for RedisStore {
         token: &str,
     ) -> Result<(), StoreError> {
         let key = self.idempotency_key(scope);
-        self.with_connection(async |c| {
-            RELEASE_SCRIPT
-                .key(&key)
-                .arg(token)
-                .invoke_async::<String>(c)
-                .await
-        })
-        .await
-        .map(drop)
+        self.with_connection(async |c| RELEASE.key(&key).arg(token).invoke_async::<String>(c).await)
+            .await
+            .map(drop)
     }
 
     async fn accept(
@@ -332,7 +190,7 @@ impl Reports for RedisStore {
         let partner = &report.partner_id;
         let report_key = self.report_key(partner, report.id);
         let period = report.period.map(|p| p.to_string()).unwrap_or_default();
-        let mut invocation = ACCEPT_SCRIPT.prepare_invoke();
+        let mut invocation = ACCEPT.prepare_invoke();
         invocation
             .key(match idempotency {
                 Some(i) => self.idempotency_key(&i.scope),
@@ -399,7 +257,7 @@ impl Reports for RedisStore {
         }
     }
 
-    /// The read-only twin of the accept script's period check (see `ACCEPT`): the same keys, the
+    /// The read-only twin of the accept script's period check (accept.lua): the same keys, the
     /// same answers, nothing written. HMGET and HGET on single keys, so it works on a cluster too.
     async fn check_accept(&self, report: &Report, batches: &[BatchDoc]) -> Result<(), StoreError> {
         if report.correction && report.corrects_any_branch {

@@ -12,23 +12,7 @@ use redis::Script;
 use super::{RedisStore, decode, encode};
 use crate::store::{Sessions, StoreError, WebSession};
 
-// Reading a session is also its touch: the idle expiry moves on, never past the absolute one,
-// in one step so two processes serving the same session can't resurrect an ended one.
-static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
-local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_ms'))
-if not expires then return false end
-local left = expires - tonumber(ARGV[1])
-if left <= 0 then
-  redis.call('DEL', KEYS[1])
-  return false
-end
-redis.call('PEXPIRE', KEYS[1], math.min(left, tonumber(ARGV[2])))
-return redis.call('HGET', KEYS[1], 'doc')
-"#,
-    )
-});
+static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
