@@ -25,7 +25,7 @@ use std::time::Duration;
 use repayment_gateway::domain::{PartnerId, Period};
 use repayment_gateway::sandbox::Sandbox;
 use repayment_gateway::store::redis::RedisStore;
-use repayment_gateway::store::{BatchState, ReportStore};
+use repayment_gateway::store::{BatchState, Periods};
 use tokio::sync::RwLock;
 
 use helpers::*;

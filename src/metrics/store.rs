@@ -12,8 +12,8 @@ use crate::domain::{PartnerId, Period};
 use crate::store::{
     AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, Durability, ExpectedLoansSnapshot,
     IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorCommand, OperatorOutcome,
-    QueueSummary, RefreshStatus, Report, ReportPage, ReportQuery, ReportStore, StoreError,
-    WebSession,
+    Periods, Queue, QueueSummary, RefreshStatus, Report, ReportPage, ReportQuery, ReportStore,
+    Reports, Sessions, StoreError, WebSession,
 };
 
 pub struct MeasuredStore {
@@ -40,7 +40,7 @@ macro_rules! measured {
 }
 
 #[async_trait::async_trait]
-impl ReportStore for MeasuredStore {
+impl Reports for MeasuredStore {
     async fn ping(&self) -> Result<(), StoreError> {
         measured!(self, "ping", self.inner.ping())
     }
@@ -108,6 +108,13 @@ impl ReportStore for MeasuredStore {
         measured!(self, "reports", self.inner.reports(partner, query))
     }
 
+    async fn durability(&self) -> Result<Durability, StoreError> {
+        measured!(self, "durability", self.inner.durability())
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for MeasuredStore {
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
         measured!(
             self,
@@ -213,11 +220,10 @@ impl ReportStore for MeasuredStore {
             self.inner.purge_settled(partner, before, limit)
         )
     }
+}
 
-    async fn durability(&self) -> Result<Durability, StoreError> {
-        measured!(self, "durability", self.inner.durability())
-    }
-
+#[async_trait::async_trait]
+impl Periods for MeasuredStore {
     async fn period_reports(
         &self,
         partner: &PartnerId,
@@ -300,7 +306,10 @@ impl ReportStore for MeasuredStore {
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         measured!(self, "refresh_status", self.inner.refresh_status(partner))
     }
+}
 
+#[async_trait::async_trait]
+impl Sessions for MeasuredStore {
     async fn create_session(
         &self,
         id_hash: &str,

@@ -4,8 +4,12 @@
 //! The store never sees a session's id: it is keyed by the SHA-256 of the id, so whoever reads
 //! the store (a backup, a `MONITOR`) can't take over a session.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use super::error::StoreError;
 
 /// What a session carries. The API key itself is never kept: only its SHA-256, which is how
 /// the configuration names keys, so removing a key from the configuration ends its sessions.
@@ -17,4 +21,28 @@ pub struct WebSession {
     pub created_at: DateTime<Utc>,
     /// The absolute expiry: however active, the session ends here.
     pub expires_at: DateTime<Utc>,
+}
+
+/// Web sessions, keyed by the SHA-256 of the session id.
+#[async_trait::async_trait]
+pub trait Sessions: Send + Sync + 'static {
+    /// Stores a new session; it lives `idle` without use, and never past `expires_at`.
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &WebSession,
+        idle: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// The session if it is alive at `now`; its idle expiry moves to `now + idle` (never past
+    /// its absolute expiry) in the same step.
+    async fn session(
+        &self,
+        id_hash: &str,
+        idle: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WebSession>, StoreError>;
+
+    /// Ends the session (sign-out); ending one that is gone is not an error.
+    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError>;
 }

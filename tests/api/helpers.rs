@@ -16,8 +16,8 @@ use repayment_gateway::startup::Application;
 use repayment_gateway::store::redis::RedisStore;
 use repayment_gateway::store::{
     AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, ExpectedLoansSnapshot,
-    IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorOutcome, RefreshStatus, Report,
-    ReportPage, ReportQuery, ReportStore, StoreError,
+    IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorOutcome, Periods, Queue,
+    RefreshStatus, Report, ReportPage, ReportQuery, ReportStore, Reports, Sessions, StoreError,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -665,7 +665,7 @@ impl GatedStore {
 }
 
 #[async_trait::async_trait]
-impl ReportStore for GatedStore {
+impl Reports for GatedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
@@ -728,6 +728,13 @@ impl ReportStore for GatedStore {
         self.inner.reports(partner, query).await
     }
 
+    async fn durability(&self) -> Result<repayment_gateway::store::Durability, StoreError> {
+        self.inner.durability().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for GatedStore {
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
         self.inner.prepare_delivery(partner).await
     }
@@ -812,10 +819,17 @@ impl ReportStore for GatedStore {
         self.inner.purge_settled(partner, before, limit).await
     }
 
-    async fn durability(&self) -> Result<repayment_gateway::store::Durability, StoreError> {
-        self.inner.durability().await
+    async fn batch(
+        &self,
+        partner: &PartnerId,
+        batch_id: &str,
+    ) -> Result<Option<(Batch, String)>, StoreError> {
+        self.inner.batch(partner, batch_id).await
     }
+}
 
+#[async_trait::async_trait]
+impl Periods for GatedStore {
     async fn period_reports(
         &self,
         partner: &PartnerId,
@@ -830,14 +844,6 @@ impl ReportStore for GatedStore {
         partner: &PartnerId,
     ) -> Result<Vec<repayment_gateway::domain::Period>, StoreError> {
         self.inner.periods(partner).await
-    }
-
-    async fn batch(
-        &self,
-        partner: &PartnerId,
-        batch_id: &str,
-    ) -> Result<Option<(Batch, String)>, StoreError> {
-        self.inner.batch(partner, batch_id).await
     }
 
     async fn replace_expected_loans(
@@ -885,7 +891,10 @@ impl ReportStore for GatedStore {
     async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         self.inner.refresh_status(partner).await
     }
+}
 
+#[async_trait::async_trait]
+impl Sessions for GatedStore {
     async fn create_session(
         &self,
         id_hash: &str,

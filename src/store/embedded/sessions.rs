@@ -7,24 +7,15 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::{EmbeddedStore, decode, encode, now_ms, other};
-use crate::store::StoreError;
-use crate::store::sessions::WebSession;
-
-pub(super) const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS web_sessions (
-    id_hash TEXT PRIMARY KEY,
-    doc TEXT NOT NULL,
-    idle_until INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL
-);
-"#;
+use crate::store::{Sessions, StoreError, WebSession};
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-impl EmbeddedStore {
-    pub(super) async fn put_session(
+#[async_trait::async_trait]
+impl Sessions for EmbeddedStore {
+    async fn create_session(
         &self,
         id_hash: &str,
         session: &WebSession,
@@ -52,7 +43,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn touch_session(
+    async fn session(
         &self,
         id_hash: &str,
         idle: Duration,
@@ -94,7 +85,7 @@ impl EmbeddedStore {
         doc.as_deref().map(decode).transpose()
     }
 
-    pub(super) async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
         let id_hash = id_hash.to_owned();
         self.transaction(move |tx| {
             tx.execute(

@@ -19,7 +19,8 @@ use redis::cluster_routing::{
 };
 use redis::{Cmd, RedisFuture, RedisResult, Value};
 
-use super::{Persistence, StoreError};
+use super::persistence::Persistence;
+use crate::store::StoreError;
 
 /// The pool behind the store: one server, or a cluster.
 pub(super) enum Pools {

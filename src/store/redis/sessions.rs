@@ -10,26 +10,9 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 
 use super::{RedisStore, decode, encode};
-use crate::store::StoreError;
-use crate::store::sessions::WebSession;
+use crate::store::{Sessions, StoreError, WebSession};
 
-// Reading a session is also its touch: the idle expiry moves on, never past the absolute one,
-// in one step so two processes serving the same session can't resurrect an ended one.
-static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
-local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_ms'))
-if not expires then return false end
-local left = expires - tonumber(ARGV[1])
-if left <= 0 then
-  redis.call('DEL', KEYS[1])
-  return false
-end
-redis.call('PEXPIRE', KEYS[1], math.min(left, tonumber(ARGV[2])))
-return redis.call('HGET', KEYS[1], 'doc')
-"#,
-    )
-});
+static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("touch.lua")));
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
@@ -39,8 +22,11 @@ impl RedisStore {
     fn session_key(&self, id_hash: &str) -> String {
         format!("{}:session:{id_hash}", self.prefix)
     }
+}
 
-    pub(super) async fn put_session(
+#[async_trait::async_trait]
+impl Sessions for RedisStore {
+    async fn create_session(
         &self,
         id_hash: &str,
         session: &WebSession,
@@ -71,7 +57,7 @@ impl RedisStore {
         .await
     }
 
-    pub(super) async fn touch_session(
+    async fn session(
         &self,
         id_hash: &str,
         idle: Duration,
@@ -91,7 +77,7 @@ impl RedisStore {
         doc.as_deref().map(decode).transpose()
     }
 
-    pub(super) async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
         let key = self.session_key(id_hash);
         self.write(async |c| redis::cmd("DEL").arg(&key).query_async::<i64>(c).await)
             .await

@@ -1,36 +1,85 @@
-//! Kiva's expected loans and the refresh lock in SQLite: the snapshot is one row per partner
-//! (replaced in one statement, so readers see the old one or the new one), and the lock a row
-//! with an expiry. One process opens a directory, but the lock keeps the Redis semantics (a
-//! holder, a TTL, unlock only by the holder) so both stores pass the same contract.
+//! A period's reports, and Kiva's expected loans with the refresh lock, in SQLite: the snapshot
+//! is one row per partner (replaced in one statement, so readers see the old one or the new
+//! one), and the lock a row with an expiry. One process opens a directory, but the lock keeps
+//! the Redis semantics (a holder, a TTL, unlock only by the holder) so both stores pass the
+//! same contract.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
-use super::{EmbeddedStore, decode, encode, now_ms, other};
-use crate::domain::PartnerId;
-use crate::store::{ExpectedLoansSnapshot, RefreshStatus, StoreError};
+use super::{EmbeddedStore, batches_of_report, decode, encode, now_ms, other, with_status};
+use crate::domain::{PartnerId, Period};
+use crate::store::{Batch, ExpectedLoansSnapshot, Periods, RefreshStatus, Report, StoreError};
 
-pub(super) const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS expected_loans (
-    partner TEXT PRIMARY KEY,
-    taken_at TEXT NOT NULL,
-    doc TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS refresh_locks (
-    partner TEXT PRIMARY KEY,
-    holder TEXT NOT NULL,
-    expires_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS refresh_status (
-    partner TEXT PRIMARY KEY,
-    doc TEXT NOT NULL
-);
-"#;
+#[async_trait::async_trait]
+impl Periods for EmbeddedStore {
+    async fn period_reports(
+        &self,
+        partner: &PartnerId,
+        period: Period,
+        branch: Option<&str>,
+    ) -> Result<Vec<(Report, Vec<Batch>)>, StoreError> {
+        let partner = partner.to_string();
+        let branch = branch.map(str::to_owned);
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT doc, status, refused FROM reports WHERE partner = ?1 AND period = ?2
+                       AND (?3 IS NULL OR branch = ?3) ORDER BY id",
+                )
+                .map_err(other)?;
+            let rows: Vec<(String, String, i64)> = stmt
+                .query_map(params![partner, period.to_string(), branch], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)?;
+            rows.iter()
+                .map(|(doc, status, refused)| {
+                    let report = with_status(doc, status, *refused)?;
+                    let batches = batches_of_report(tx, &report)?;
+                    Ok((report, batches))
+                })
+                .collect()
+        })
+        .await
+    }
 
-impl EmbeddedStore {
-    pub(super) async fn put_expected_loans(
+    async fn periods(&self, partner: &PartnerId) -> Result<Vec<Period>, StoreError> {
+        let partner = partner.to_string();
+        self.read(move |tx| {
+            let mut stmt = tx
+                // A skip-scan: one index seek per period, newest first. `SELECT DISTINCT` read
+                // every report of the partner (70 ms at 1.2 million in the bench), and
+                // `/metrics` asks at every scrape (the not-reported gauge).
+                .prepare_cached(
+                    "WITH RECURSIVE p(period) AS (
+                         SELECT MAX(period) FROM reports WHERE partner = ?1
+                         UNION ALL
+                         SELECT (SELECT MAX(period) FROM reports
+                                 WHERE partner = ?1 AND period < p.period)
+                         FROM p WHERE p.period IS NOT NULL
+                     )
+                     SELECT period FROM p WHERE period IS NOT NULL",
+                )
+                .map_err(other)?;
+            let periods: Vec<String> = stmt
+                .query_map(params![partner], |row| row.get(0))
+                .map_err(other)?
+                .collect::<Result<_, _>>()
+                .map_err(other)?;
+            Ok(periods
+                .iter()
+                .filter_map(|p| Period::parse(p).ok())
+                .collect())
+        })
+        .await
+    }
+
+    async fn replace_expected_loans(
         &self,
         snapshot: &ExpectedLoansSnapshot,
     ) -> Result<(), StoreError> {
@@ -50,7 +99,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn get_expected_loans(
+    async fn expected_loans(
         &self,
         partner: &PartnerId,
     ) -> Result<Option<ExpectedLoansSnapshot>, StoreError> {
@@ -69,7 +118,7 @@ impl EmbeddedStore {
         doc.as_deref().map(decode).transpose()
     }
 
-    pub(super) async fn get_expected_loans_taken_at(
+    async fn expected_loans_taken_at(
         &self,
         partner: &PartnerId,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -88,7 +137,7 @@ impl EmbeddedStore {
         taken_at.as_deref().map(decode).transpose()
     }
 
-    pub(super) async fn take_refresh_lock(
+    async fn lock_refresh(
         &self,
         partner: &PartnerId,
         holder: &str,
@@ -116,11 +165,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn give_back_refresh_lock(
-        &self,
-        partner: &PartnerId,
-        holder: &str,
-    ) -> Result<(), StoreError> {
+    async fn unlock_refresh(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError> {
         let partner = partner.to_string();
         let holder = holder.to_owned();
         self.transaction(move |tx| {
@@ -134,7 +179,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn put_refresh_status(
+    async fn record_refresh(
         &self,
         partner: &PartnerId,
         status: &RefreshStatus,
@@ -157,10 +202,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn get_refresh_status(
-        &self,
-        partner: &PartnerId,
-    ) -> Result<RefreshStatus, StoreError> {
+    async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         let partner = partner.to_string();
         let (doc, running) = self
             .read(move |tx| {

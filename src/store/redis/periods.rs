@@ -1,4 +1,6 @@
-//! Kiva's expected loans and the refresh lock on Redis. Keys, under the partner's hash tag:
+//! A period's reports, and Kiva's expected loans with the refresh lock, on Redis. Period keys
+//! (written by the accept): `rg:{p}:period:<period>:reports`, the period's report ids;
+//! `rg:{p}:periods`, the periods with reports. Expected loans, under the partner's hash tag:
 //! - `rg:{p}:expected`: hash; `doc` the whole snapshot (JSON), `taken_at` its time (JSON).
 //!   One HSET writes both, so a reader sees the old snapshot or the new one, never a mix,
 //!   and `taken_at` can be read without the (possibly megabytes of) loans;
@@ -12,21 +14,10 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 
 use super::{RedisStore, decode, encode};
-use crate::domain::PartnerId;
-use crate::store::{ExpectedLoansSnapshot, RefreshStatus, StoreError};
+use crate::domain::{PartnerId, Period};
+use crate::store::{Batch, ExpectedLoansSnapshot, Periods, RefreshStatus, Report, StoreError};
 
-// Only the holder may give the lock back: a refresh that overran its TTL must not free a lock
-// another process has taken since.
-static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"#!lua
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#,
-    )
-});
+static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("unlock.lua")));
 
 impl RedisStore {
     fn expected_key(&self, partner: &PartnerId) -> String {
@@ -40,8 +31,57 @@ impl RedisStore {
     fn refresh_status_key(&self, partner: &PartnerId) -> String {
         self.key(partner, "refresh:status")
     }
+}
 
-    pub(super) async fn put_expected_loans(
+#[async_trait::async_trait]
+impl Periods for RedisStore {
+    async fn period_reports(
+        &self,
+        partner: &PartnerId,
+        period: Period,
+        branch: Option<&str>,
+    ) -> Result<Vec<(Report, Vec<Batch>)>, StoreError> {
+        let index = self.key(partner, &format!("period:{period}:reports"));
+        let ids: Vec<String> = self
+            .with_connection(async |c| {
+                redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        let reports: Vec<Report> = self
+            .report_docs(partner, &ids)
+            .await?
+            .into_iter()
+            .filter(|r| branch.is_none_or(|b| r.branch == b))
+            .collect();
+        let batches = self.batches_of_many(&reports).await?;
+        Ok(reports.into_iter().zip(batches).collect())
+    }
+
+    async fn periods(&self, partner: &PartnerId) -> Result<Vec<Period>, StoreError> {
+        let index = self.key(partner, "periods");
+        let periods: Vec<String> = self
+            .with_connection(async |c| {
+                redis::cmd("ZRANGE")
+                    .arg(&index)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("REV")
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(periods
+            .iter()
+            .filter_map(|p| Period::parse(p).ok())
+            .collect())
+    }
+
+    async fn replace_expected_loans(
         &self,
         snapshot: &ExpectedLoansSnapshot,
     ) -> Result<(), StoreError> {
@@ -62,7 +102,7 @@ impl RedisStore {
         .map(drop)
     }
 
-    pub(super) async fn get_expected_loans(
+    async fn expected_loans(
         &self,
         partner: &PartnerId,
     ) -> Result<Option<ExpectedLoansSnapshot>, StoreError> {
@@ -73,7 +113,7 @@ impl RedisStore {
         doc.as_deref().map(decode).transpose()
     }
 
-    pub(super) async fn get_expected_loans_taken_at(
+    async fn expected_loans_taken_at(
         &self,
         partner: &PartnerId,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -90,7 +130,7 @@ impl RedisStore {
         taken_at.as_deref().map(decode).transpose()
     }
 
-    pub(super) async fn take_refresh_lock(
+    async fn lock_refresh(
         &self,
         partner: &PartnerId,
         holder: &str,
@@ -113,18 +153,14 @@ impl RedisStore {
         Ok(reply.is_some())
     }
 
-    pub(super) async fn give_back_refresh_lock(
-        &self,
-        partner: &PartnerId,
-        holder: &str,
-    ) -> Result<(), StoreError> {
+    async fn unlock_refresh(&self, partner: &PartnerId, holder: &str) -> Result<(), StoreError> {
         let key = self.refresh_lock_key(partner);
         self.write(async |c| UNLOCK.key(&key).arg(holder).invoke_async::<i64>(c).await)
             .await
             .map(drop)
     }
 
-    pub(super) async fn put_refresh_status(
+    async fn record_refresh(
         &self,
         partner: &PartnerId,
         status: &RefreshStatus,
@@ -146,10 +182,7 @@ impl RedisStore {
         .map(drop)
     }
 
-    pub(super) async fn get_refresh_status(
-        &self,
-        partner: &PartnerId,
-    ) -> Result<RefreshStatus, StoreError> {
+    async fn refresh_status(&self, partner: &PartnerId) -> Result<RefreshStatus, StoreError> {
         let keys = [
             self.refresh_status_key(partner),
             self.refresh_lock_key(partner),
