@@ -7,9 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::batch::{
-    Attempt, Batch, BatchDoc, BatchResult, BatchState, BatchVersion, OperatorCommand,
-};
+use super::batch::{Attempt, Batch, BatchResult, BatchState, BatchVersion, OperatorCommand};
 use super::error::StoreError;
 use crate::domain::{ColumnFormat, PartnerId};
 
@@ -23,6 +21,24 @@ pub struct ClaimedBatch {
     pub reclaimed: bool,
 }
 
+/// A batch of any kind as the queue hands it out to be sent. The queue never reads inside
+/// the document: the batch's kind does (see `delivery::kind`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedBatch {
+    /// The batch's document (JSON) as it was stored at the accept or `enqueue`.
+    pub doc: String,
+    /// The column format of its report: repayments and journals both follow it.
+    pub column_format: ColumnFormat,
+}
+
+/// A batch for `Queue::enqueue`: its id (`{report id}.{number}`) and its document (JSON), as
+/// its kind wrote it (see `delivery::kind::new_batch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    pub id: String,
+    pub doc: String,
+}
+
 /// What `begin_attempt` decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BeginAttempt {
@@ -31,8 +47,7 @@ pub enum BeginAttempt {
     Send {
         attempt: u32,
         attempts_in_budget: u32,
-        batch: BatchDoc,
-        column_format: ColumnFormat,
+        batch: QueuedBatch,
         /// When the batch was (last) queued, for the retry age limit.
         queued_at: DateTime<Utc>,
     },
@@ -50,7 +65,7 @@ pub struct AttemptEnd {
     pub attempt: Attempt,
     /// For `retry_wait`: when to send again.
     pub retry_at: Option<DateTime<Utc>>,
-    /// For `delivered`: how many of the batch's repayments Kiva refused.
+    /// For `delivered`: how many of the batch's items (its repayments) Kiva refused.
     pub refused_by_kiva: usize,
 }
 

@@ -1082,7 +1082,9 @@ impl DeliveryRig {
                 .with_metrics(self.app.metrics.clone());
         repayment_gateway::delivery::Worker::new(
             store,
-            Arc::new(kiva),
+            repayment_gateway::delivery::BatchKinds::default().with(Arc::new(
+                repayment_gateway::delivery::Repayments::new(Arc::new(kiva)),
+            )),
             self.clock.clone(),
             &self.settings.partners,
             self.settings.delivery.clone(),

@@ -8,14 +8,14 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{
-    EmbeddedStore, batches_of_report, decode, encode, from_ms, name_of, now_ms, other, parse_name,
+    EmbeddedStore, batches_of_report, encode, from_ms, name_of, now_ms, other, parse_name,
     report_row,
 };
 use crate::domain::PartnerId;
 use crate::store::{
     Attempt, AttemptEnd, Batch, BatchResult, BatchState, BatchVersion, BeginAttempt, ClaimedBatch,
     OperatorAction, OperatorActionKind, OperatorCommand, OperatorOutcome, Queue, QueueSummary,
-    ReportStatus, StoreError, oldest_id_at, report_of_batch,
+    QueuedBatch, ReportStatus, StoreError, oldest_id_at, report_of_batch,
 };
 
 /// Retries promoted per call at most, as in the Redis backend.
@@ -203,8 +203,10 @@ impl Queue for EmbeddedStore {
                     Ok(BeginAttempt::Send {
                         attempt,
                         attempts_in_budget: attempt - budget_from.min(attempt.saturating_sub(1)),
-                        batch: decode(&doc)?,
-                        column_format: report.column_format,
+                        batch: QueuedBatch {
+                            doc,
+                            column_format: report.column_format,
+                        },
                         queued_at: from_ms(queued_at).unwrap_or(report.created_at),
                     })
                 }

@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 use uuid::Uuid;
 
-use super::{MAX_SCANNED_PER_PAGE, RedisStore, STATE_INDEX, decode, encode, from_ms, parse_state};
+use super::{MAX_SCANNED_PER_PAGE, RedisStore, STATE_INDEX, encode, from_ms, parse_state};
 use crate::domain::PartnerId;
 use crate::store::{
-    Attempt, AttemptEnd, Batch, BatchDoc, BatchResult, BatchState, BatchVersion, BeginAttempt,
-    ClaimedBatch, OperatorActionKind, OperatorCommand, OperatorOutcome, Queue, QueueSummary,
-    Report, StoreError, UNRECORDED, oldest_id_at,
+    Attempt, AttemptEnd, Batch, BatchResult, BatchState, BatchVersion, BeginAttempt, ClaimedBatch,
+    OperatorActionKind, OperatorCommand, OperatorOutcome, Queue, QueueSummary, QueuedBatch, Report,
+    StoreError, UNRECORDED, oldest_id_at,
 };
 
 /// Consumer group of the delivery streams.
@@ -242,7 +242,6 @@ impl Queue for RedisStore {
                 let number = |i: usize| reply.get(i).and_then(|a| a.parse::<u32>().ok());
                 let attempt = number(1).unwrap_or(1);
                 let budget_from = number(2).unwrap_or(0).min(attempt.saturating_sub(1));
-                let batch: BatchDoc = decode(reply.get(3).map_or("", String::as_str))?;
                 let queued_at = reply
                     .get(4)
                     .and_then(|ms| ms.parse::<i64>().ok())
@@ -250,8 +249,10 @@ impl Queue for RedisStore {
                 Ok(BeginAttempt::Send {
                     attempt,
                     attempts_in_budget: attempt - budget_from,
-                    batch,
-                    column_format: report.column_format,
+                    batch: QueuedBatch {
+                        doc: reply.get(3).cloned().unwrap_or_default(),
+                        column_format: report.column_format,
+                    },
                     queued_at: queued_at.unwrap_or(report.created_at),
                 })
             }
