@@ -87,20 +87,18 @@ fn kind_of(doc: &str) -> Result<String, Unsent> {
 /// repayments empty, `repayment_count` its number of items), with the kind's name and
 /// `items`, what the kind sends, beside it in the same document.
 pub fn new_batch(kind: &dyn BatchKind, doc: &BatchDoc, items: &impl Serialize) -> NewBatch {
-    #[derive(Serialize)]
-    struct Stored<'a, T> {
-        #[serde(flatten)]
-        doc: &'a BatchDoc,
-        kind: &'static str,
-        items: &'a T,
+    // A map built by hand rather than `#[serde(flatten)]`, which the crate-wide
+    // `arbitrary_precision` breaks.
+    let mut stored = serde_json::to_value(doc).expect("batch documents serialize");
+    if let Some(fields) = stored.as_object_mut() {
+        fields.insert("kind".into(), kind.name().into());
+        fields.insert(
+            "items".into(),
+            serde_json::to_value(items).expect("batch items serialize"),
+        );
     }
-    let stored = Stored {
-        doc,
-        kind: kind.name(),
-        items,
-    };
     NewBatch {
         id: doc.id.clone(),
-        doc: serde_json::to_string(&stored).expect("batch documents serialize"),
+        doc: stored.to_string(),
     }
 }

@@ -14,8 +14,8 @@ use super::{MAX_SCANNED_PER_PAGE, RedisStore, STATE_INDEX, encode, from_ms, pars
 use crate::domain::PartnerId;
 use crate::store::{
     Attempt, AttemptEnd, Batch, BatchResult, BatchState, BatchVersion, BeginAttempt, ClaimedBatch,
-    OperatorActionKind, OperatorCommand, OperatorOutcome, Queue, QueueSummary, QueuedBatch, Report,
-    StoreError, UNRECORDED, oldest_id_at,
+    NewBatch, OperatorActionKind, OperatorCommand, OperatorOutcome, Queue, QueueSummary,
+    QueuedBatch, Report, StoreError, UNRECORDED, check_enqueue, oldest_id_at,
 };
 
 /// Consumer group of the delivery streams.
@@ -112,6 +112,19 @@ fn claimed_from(partner: &PartnerId, entries: StreamEntries, reclaimed: bool) ->
 impl Queue for RedisStore {
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
         self.ensure_group(&self.stream_key(partner)).await
+    }
+
+    async fn enqueue(&self, report: &Report, batches: &[NewBatch]) -> Result<(), StoreError> {
+        check_enqueue(report, batches)?;
+        let docs: Vec<(&str, String)> = batches
+            .iter()
+            .map(|b| (b.id.as_str(), b.doc.clone()))
+            .collect();
+        // The accept's own script: with no loans and no idempotency key, its checks pass and
+        // it writes the report, the batches and their queue entries.
+        self.run_accept(report, &docs, std::iter::empty(), None, Duration::ZERO)
+            .await
+            .map(drop)
     }
 
     async fn promote_due_retries(
