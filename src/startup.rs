@@ -17,7 +17,7 @@ use crate::api::openapi::{self, OPENAPI_PATH};
 use crate::api::{self, AppState, auth::ApiKeys, request_log};
 use crate::config::EMBEDDED_PREFIX;
 use crate::config::Settings;
-use crate::delivery::{SystemClock, Worker, supervise};
+use crate::delivery::{BatchKinds, Repayments, SystemClock, Worker, supervise};
 use crate::intake::Intake;
 use crate::kiva::KivaClient;
 use crate::metrics::Metrics;
@@ -274,7 +274,7 @@ pub fn build_worker(
     let kiva = KivaClient::new(&settings.kiva, &settings.partners)?.with_metrics(metrics.clone());
     Ok(Worker::new(
         store,
-        Arc::new(kiva),
+        BatchKinds::default().with(Arc::new(Repayments::new(Arc::new(kiva)))),
         Arc::new(SystemClock),
         &settings.partners,
         settings.delivery.clone(),

@@ -21,6 +21,8 @@
 //!   pending and the batch will be held: never lost, never doubled.
 
 pub mod classify;
+pub mod kind;
+pub mod repayments;
 mod round;
 
 use std::sync::Arc;
@@ -31,14 +33,16 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CLAIM_MARGIN_SECS, DeliverySettings, PartnerSettings};
-use crate::domain::{ColumnFormat, KivaRepayment, KivaRequest, PartnerId};
-use crate::kiva::{KivaClient, SendOutcome};
+use crate::domain::PartnerId;
+use crate::kiva::SendOutcome;
 use crate::metrics::WorkerReading;
 use crate::store::{
-    Attempt, AttemptEnd, BatchDoc, BatchResult, BatchState, BeginAttempt, ClaimedBatch,
-    KivaProblem, ReportStore, StoreError,
+    Attempt, AttemptEnd, BatchResult, BatchState, BeginAttempt, ClaimedBatch, KivaProblem,
+    ReportStore, StoreError,
 };
 use classify::{Verdict, classify, retry_delay};
+pub use kind::{BatchKind, BatchKinds};
+pub use repayments::{Repayments, Uploader, kiva_body};
 
 /// The time the worker lives by; tests use a clock they move by hand.
 pub trait Clock: Send + Sync + 'static {
@@ -50,19 +54,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
-    }
-}
-
-/// Sends one batch body to Kiva. `KivaClient` in production.
-#[async_trait::async_trait]
-pub trait Uploader: Send + Sync + 'static {
-    async fn send(&self, partner: &PartnerId, body: bytes::Bytes) -> SendOutcome;
-}
-
-#[async_trait::async_trait]
-impl Uploader for KivaClient {
-    async fn send(&self, partner: &PartnerId, body: bytes::Bytes) -> SendOutcome {
-        self.send_repayments(partner, body).await
     }
 }
 
@@ -82,7 +73,8 @@ struct Partner {
 
 pub struct Worker {
     store: Arc<dyn ReportStore>,
-    uploader: Arc<dyn Uploader>,
+    /// What sends each kind of batch, by its name.
+    kinds: BatchKinds,
     clock: Arc<dyn Clock>,
     partners: Vec<Partner>,
     /// Where the next round starts among `partners`: moves on every round, for fairness.
@@ -155,7 +147,7 @@ impl WorkerHealth {
 impl Worker {
     pub fn new(
         store: Arc<dyn ReportStore>,
-        uploader: Arc<dyn Uploader>,
+        kinds: BatchKinds,
         clock: Arc<dyn Clock>,
         partners: &[PartnerSettings],
         settings: DeliverySettings,
@@ -163,7 +155,7 @@ impl Worker {
     ) -> Self {
         Self {
             store,
-            uploader,
+            kinds,
             clock,
             partners: partners
                 .iter()
@@ -297,14 +289,13 @@ impl Worker {
                 return Err(error);
             }
         };
-        let (attempt, in_budget, batch, format, queued_at) = match begun {
+        let (attempt, in_budget, batch, queued_at) = match begun {
             BeginAttempt::Send {
                 attempt,
                 attempts_in_budget,
                 batch,
-                column_format,
                 queued_at,
-            } => (attempt, attempts_in_budget, batch, column_format, queued_at),
+            } => (attempt, attempts_in_budget, batch, queued_at),
             BeginAttempt::Held => {
                 tracing::warn!(
                     batch = %claimed.batch_id,
@@ -315,6 +306,15 @@ impl Worker {
             }
             BeginAttempt::Skip(state) => {
                 tracing::debug!(batch = %claimed.batch_id, ?state, "stale queue entry skipped");
+                return Ok(false);
+            }
+        };
+        let partner = &claimed.partner_id;
+        let kind = match self.kinds.of(&batch) {
+            Ok(kind) => kind,
+            Err(unsent) => {
+                let end = held_unsent(attempt, self.clock.now(), unsent);
+                self.settle(&claimed, attempt, &end).await?;
                 return Ok(false);
             }
         };
@@ -330,16 +330,15 @@ impl Worker {
             self.give_back(&claimed).await;
             return Ok(false);
         }
-        let partner = &claimed.partner_id;
         let started_at = self.clock.now();
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(
-            budget,
-            self.uploader.send(partner, kiva_body(&batch, format)),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
+        let outcome = match tokio::time::timeout(budget, kind.send(partner, &batch)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(unsent)) => {
+                let end = held_unsent(attempt, started_at, unsent);
+                self.settle(&claimed, attempt, &end).await?;
+                return Ok(false);
+            }
             Err(_) => SendOutcome::Unknown {
                 reason: format!("no outcome within {budget:?}"),
             },
@@ -356,26 +355,24 @@ impl Worker {
             &outcome,
         );
         if end.state == BatchState::Delivered {
-            // Counted as the report shows them: a repayment whose loan has an `error`.
-            let refused: std::collections::HashSet<&str> = end
-                .result
-                .problems
-                .iter()
-                .filter(|p| p.severity == "error")
-                .filter_map(|p| p.loan_id.as_deref())
-                .collect();
-            end.refused_by_kiva = batch
-                .repayments
-                .iter()
-                .filter(|r| refused.contains(r.loan_id.as_str()))
-                .count();
+            end.refused_by_kiva = kind.refused(&batch, &end.result.problems);
         }
-        log_outcome(&claimed, attempt, &end);
-        if let Some(metrics) = &self.metrics {
-            metrics.delivery_attempt(partner, end.state);
-        }
-        self.record(&claimed, attempt, &end).await?;
+        self.settle(&claimed, attempt, &end).await?;
         Ok(true)
+    }
+
+    /// Logs, counts and records how an attempt ended.
+    async fn settle(
+        &self,
+        claimed: &ClaimedBatch,
+        attempt: u32,
+        end: &AttemptEnd,
+    ) -> Result<(), StoreError> {
+        log_outcome(claimed, attempt, end);
+        if let Some(metrics) = &self.metrics {
+            metrics.delivery_attempt(&claimed.partner_id, end.state);
+        }
+        self.record(claimed, attempt, end).await
     }
 
     /// Gives back a batch this worker claimed but did not send, retrying while the store is
@@ -581,6 +578,30 @@ fn log_outcome(claimed: &ClaimedBatch, attempt: u32, end: &AttemptEnd) {
     }
 }
 
+/// The end of an attempt that sent nothing because the batch's kind could not send it: held,
+/// with the reason, for an operator (never dropped, never retried on its own).
+fn held_unsent(attempt: u32, started_at: DateTime<Utc>, unsent: kind::Unsent) -> AttemptEnd {
+    AttemptEnd {
+        state: BatchState::Held,
+        result: BatchResult {
+            reason: unsent.0.clone(),
+            ..BatchResult::default()
+        },
+        attempt: Attempt {
+            number: attempt,
+            started_at,
+            duration_ms: 0,
+            outcome: BatchState::Held,
+            http_status: None,
+            error: Some(unsent.0),
+            kiva_body: None,
+            upload_id: None,
+        },
+        retry_at: None,
+        refused_by_kiva: 0,
+    }
+}
+
 fn humanize(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
@@ -631,19 +652,6 @@ pub async fn supervise(worker: Arc<Worker>) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-}
-
-/// The body of one call to Kiva: `client_id` only for three-column partners, amounts as JSON
-/// numbers with exactly the digits accepted.
-pub fn kiva_body(batch: &BatchDoc, format: ColumnFormat) -> bytes::Bytes {
-    let repayments = batch
-        .repayments
-        .iter()
-        .map(|r| KivaRepayment::new(format, &r.loan_id, r.client_id.as_ref(), r.amount))
-        .collect();
-    serde_json::to_vec(&KivaRequest { repayments })
-        .expect("Kiva requests serialize")
-        .into()
 }
 
 fn consumer_name() -> String {

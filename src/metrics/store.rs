@@ -11,9 +11,9 @@ use super::Metrics;
 use crate::domain::{PartnerId, Period};
 use crate::store::{
     AttemptEnd, Batch, BatchDoc, BeginAttempt, ClaimedBatch, Durability, ExpectedLoansSnapshot,
-    IdempotencyClaim, IdempotencyScope, IdempotentAccept, OperatorCommand, OperatorOutcome,
-    Periods, Queue, QueueSummary, RefreshStatus, Report, ReportPage, ReportQuery, ReportStore,
-    Reports, Sessions, StoreError, WebSession,
+    IdempotencyClaim, IdempotencyScope, IdempotentAccept, NewBatch, OperatorCommand,
+    OperatorOutcome, Periods, Queue, QueueSummary, RefreshStatus, Report, ReportPage, ReportQuery,
+    ReportStore, Reports, Sessions, StoreError, WebSession,
 };
 
 pub struct MeasuredStore {
@@ -115,6 +115,10 @@ impl Reports for MeasuredStore {
 
 #[async_trait::async_trait]
 impl Queue for MeasuredStore {
+    async fn enqueue(&self, report: &Report, batches: &[NewBatch]) -> Result<(), StoreError> {
+        measured!(self, "enqueue", self.inner.enqueue(report, batches))
+    }
+
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
         measured!(
             self,

@@ -7,10 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::batch::{
-    Attempt, Batch, BatchDoc, BatchResult, BatchState, BatchVersion, OperatorCommand,
-};
+use super::batch::{Attempt, Batch, BatchResult, BatchState, BatchVersion, OperatorCommand};
 use super::error::StoreError;
+use super::reports::Report;
 use crate::domain::{ColumnFormat, PartnerId};
 
 /// A queue entry a worker took; it stays pending (and reclaimable) until the batch settles.
@@ -23,6 +22,24 @@ pub struct ClaimedBatch {
     pub reclaimed: bool,
 }
 
+/// A batch of any kind as the queue hands it out to be sent. The queue never reads inside
+/// the document: the batch's kind does (see `delivery::kind`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedBatch {
+    /// The batch's document (JSON) as it was stored at the accept or `enqueue`.
+    pub doc: String,
+    /// The column format of its report: repayments and journals both follow it.
+    pub column_format: ColumnFormat,
+}
+
+/// A batch for `Queue::enqueue`: its id (`{report id}.{number}`) and its document (JSON), as
+/// its kind wrote it (see `delivery::kind::new_batch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    pub id: String,
+    pub doc: String,
+}
+
 /// What `begin_attempt` decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BeginAttempt {
@@ -31,8 +48,7 @@ pub enum BeginAttempt {
     Send {
         attempt: u32,
         attempts_in_budget: u32,
-        batch: BatchDoc,
-        column_format: ColumnFormat,
+        batch: QueuedBatch,
         /// When the batch was (last) queued, for the retry age limit.
         queued_at: DateTime<Utc>,
     },
@@ -50,7 +66,7 @@ pub struct AttemptEnd {
     pub attempt: Attempt,
     /// For `retry_wait`: when to send again.
     pub retry_at: Option<DateTime<Utc>>,
-    /// For `delivered`: how many of the batch's repayments Kiva refused.
+    /// For `delivered`: how many of the batch's items (its repayments) Kiva refused.
     pub refused_by_kiva: usize,
 }
 
@@ -119,6 +135,22 @@ impl QueueSummary {
     }
 }
 
+/// Refuses an enqueue whose batches are not the report's own (see `Queue::enqueue`).
+pub fn check_enqueue(report: &Report, batches: &[NewBatch]) -> Result<(), StoreError> {
+    if batches.len() == report.batch_count
+        && report.batch_ids().zip(batches).all(|(id, b)| id == b.id)
+    {
+        Ok(())
+    } else {
+        Err(StoreError::Other(format!(
+            "enqueue of {} batch(es) under report {} of {} batch(es): ids must be the report's",
+            batches.len(),
+            report.id,
+            report.batch_count
+        )))
+    }
+}
+
 /// `store.retention_days` by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
 
@@ -142,6 +174,22 @@ pub trait Queue: Send + Sync + 'static {
     /// Creates the partner's delivery queue and consumer group if missing (also done on
     /// demand when Redis lost them).
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError>;
+
+    /// Queues batches of any kind under `report`, their parent record, in one atomic step, as
+    /// the accept does: the report, its batches and their queue entries are all written or
+    /// none is, and a repeat of a written enqueue changes nothing. The report is kept like any
+    /// other (listed, its status rolled up from its batches, its branch checked on access,
+    /// purged once settled), but nothing else of the accept applies: no idempotency record,
+    /// and no loans indexed for the period (a batch's items are its kind's business).
+    /// `report.batch_count` must be the number of `batches`, whose ids are the report's
+    /// batch ids in order.
+    ///
+    /// The journal kind will use it as the repayments intake uses `accept`: its intake checks
+    /// a journal submission, cuts it into batches of at most the configured journals per call,
+    /// writes each as `delivery::kind::new_batch(journals, doc, journals_of_the_batch)` and
+    /// enqueues them with the submission as their report; from there the worker sends them
+    /// like any batch.
+    async fn enqueue(&self, report: &Report, batches: &[NewBatch]) -> Result<(), StoreError>;
 
     /// Queues again every `retry_wait` batch whose time has come.
     async fn promote_due_retries(

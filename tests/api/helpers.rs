@@ -735,6 +735,14 @@ impl Reports for GatedStore {
 
 #[async_trait::async_trait]
 impl Queue for GatedStore {
+    async fn enqueue(
+        &self,
+        report: &Report,
+        batches: &[repayment_gateway::store::NewBatch],
+    ) -> Result<(), StoreError> {
+        self.inner.enqueue(report, batches).await
+    }
+
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
         self.inner.prepare_delivery(partner).await
     }
@@ -1076,13 +1084,35 @@ impl DeliveryRig {
     }
 
     pub fn worker_on(&self, store: Arc<dyn ReportStore>) -> repayment_gateway::delivery::Worker {
+        self.worker_sending(store, repayment_gateway::delivery::BatchKinds::default())
+    }
+
+    /// A new worker that also sends batches of `kind`.
+    pub fn worker_with(
+        &self,
+        kind: Arc<dyn repayment_gateway::delivery::BatchKind>,
+    ) -> repayment_gateway::delivery::Worker {
+        self.worker_sending(
+            self.app.store.clone(),
+            repayment_gateway::delivery::BatchKinds::default().with(kind),
+        )
+    }
+
+    /// A new worker sending `kinds` and repayments (through the sandbox).
+    fn worker_sending(
+        &self,
+        store: Arc<dyn ReportStore>,
+        kinds: repayment_gateway::delivery::BatchKinds,
+    ) -> repayment_gateway::delivery::Worker {
         let kiva =
             repayment_gateway::kiva::KivaClient::new(&self.settings.kiva, &self.settings.partners)
                 .unwrap()
                 .with_metrics(self.app.metrics.clone());
         repayment_gateway::delivery::Worker::new(
             store,
-            Arc::new(kiva),
+            kinds.with(Arc::new(repayment_gateway::delivery::Repayments::new(
+                Arc::new(kiva),
+            ))),
             self.clock.clone(),
             &self.settings.partners,
             self.settings.delivery.clone(),

@@ -7,6 +7,7 @@ mod workbooks;
 #[macro_use]
 mod helpers;
 mod attacks;
+mod batch_kinds;
 mod binary;
 mod cluster;
 mod crash;

@@ -8,14 +8,15 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{
-    EmbeddedStore, batches_of_report, decode, encode, from_ms, name_of, now_ms, other, parse_name,
-    report_row,
+    EmbeddedStore, batches_of_report, encode, from_ms, name_of, now_ms, other, parse_name,
+    report_row, reports::store_report,
 };
 use crate::domain::PartnerId;
 use crate::store::{
     Attempt, AttemptEnd, Batch, BatchResult, BatchState, BatchVersion, BeginAttempt, ClaimedBatch,
-    OperatorAction, OperatorActionKind, OperatorCommand, OperatorOutcome, Queue, QueueSummary,
-    ReportStatus, StoreError, oldest_id_at, report_of_batch,
+    NewBatch, OperatorAction, OperatorActionKind, OperatorCommand, OperatorOutcome, Queue,
+    QueueSummary, QueuedBatch, Report, ReportStatus, StoreError, check_enqueue, oldest_id_at,
+    report_of_batch,
 };
 
 /// Retries promoted per call at most, as in the Redis backend.
@@ -85,6 +86,24 @@ fn one_batch(
 impl Queue for EmbeddedStore {
     async fn prepare_delivery(&self, _partner: &PartnerId) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn enqueue(&self, report: &Report, batches: &[NewBatch]) -> Result<(), StoreError> {
+        check_enqueue(report, batches)?;
+        let doc = encode(report);
+        let batches: Vec<(String, String)> = batches
+            .iter()
+            .map(|b| (b.id.clone(), b.doc.clone()))
+            .collect();
+        let report = report.clone();
+        self.transaction(move |tx| {
+            // Report ids are never reused: the report there means this enqueue ran already.
+            if report_row(tx, report.partner_id.as_str(), &report.id.to_string())?.is_some() {
+                return Ok(());
+            }
+            store_report(tx, &report, &doc, &batches)
+        })
+        .await
     }
 
     async fn promote_due_retries(
@@ -203,8 +222,10 @@ impl Queue for EmbeddedStore {
                     Ok(BeginAttempt::Send {
                         attempt,
                         attempts_in_budget: attempt - budget_from.min(attempt.saturating_sub(1)),
-                        batch: decode(&doc)?,
-                        column_format: report.column_format,
+                        batch: QueuedBatch {
+                            doc,
+                            column_format: report.column_format,
+                        },
                         queued_at: from_ms(queued_at).unwrap_or(report.created_at),
                     })
                 }

@@ -24,6 +24,43 @@ fn idempotency_key(scope: &IdempotencyScope) -> String {
     format!("{}:{}:{digest}", scope.partner_id, scope.api_key_name)
 }
 
+/// Writes a report, its batches (id, document) and their queue entries: the writes of
+/// `accept` after its checks, and all of `enqueue`.
+pub(super) fn store_report(
+    tx: &rusqlite::Transaction<'_>,
+    report: &Report,
+    doc: &str,
+    batches: &[(String, String)],
+) -> Result<(), StoreError> {
+    let partner = report.partner_id.as_str();
+    let id = report.id.to_string();
+    execute(
+        tx,
+        "INSERT INTO reports (id, partner, branch, period, doc, status) VALUES (?1, ?2, ?3, ?4, ?5, 'queued')",
+        params![
+            id,
+            partner,
+            report.branch,
+            report.period.map(|p| p.to_string()),
+            doc
+        ],
+    )?;
+    let queued_at = report.created_at.timestamp_millis();
+    for (batch_id, batch_doc) in batches {
+        execute(
+            tx,
+            "INSERT INTO batches (id, partner, report_id, doc, state, attempt, queued_at) VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5)",
+            params![batch_id, partner, id, batch_doc, queued_at],
+        )?;
+        execute(
+            tx,
+            "INSERT INTO queue (partner, batch_id) VALUES (?1, ?2)",
+            params![partner, batch_id],
+        )?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Reports for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -215,24 +252,7 @@ impl Reports for EmbeddedStore {
                     return Err(StoreError::AlreadyReported(earlier));
                 }
             }
-            execute(
-                tx,
-                "INSERT INTO reports (id, partner, branch, period, doc, status) VALUES (?1, ?2, ?3, ?4, ?5, 'queued')",
-                params![id, partner, report.branch, report.period.map(|p| p.to_string()), doc],
-            )?;
-            let queued_at = report.created_at.timestamp_millis();
-            for (batch_id, batch_doc) in &batches {
-                execute(
-                    tx,
-                    "INSERT INTO batches (id, partner, report_id, doc, state, attempt, queued_at) VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5)",
-                    params![batch_id, partner, id, batch_doc, queued_at],
-                )?;
-                execute(
-                    tx,
-                    "INSERT INTO queue (partner, batch_id) VALUES (?1, ?2)",
-                    params![partner, batch_id],
-                )?;
-            }
+            store_report(tx, &report, &doc, &batches)?;
             if let Some((key, _, record)) = &idempotency {
                 execute(
                     tx,

@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 use uuid::Uuid;
 
-use super::{MAX_SCANNED_PER_PAGE, RedisStore, STATE_INDEX, decode, encode, from_ms, parse_state};
+use super::{MAX_SCANNED_PER_PAGE, RedisStore, STATE_INDEX, encode, from_ms, parse_state};
 use crate::domain::PartnerId;
 use crate::store::{
-    Attempt, AttemptEnd, Batch, BatchDoc, BatchResult, BatchState, BatchVersion, BeginAttempt,
-    ClaimedBatch, OperatorActionKind, OperatorCommand, OperatorOutcome, Queue, QueueSummary,
-    Report, StoreError, UNRECORDED, oldest_id_at,
+    Attempt, AttemptEnd, Batch, BatchResult, BatchState, BatchVersion, BeginAttempt, ClaimedBatch,
+    NewBatch, OperatorActionKind, OperatorCommand, OperatorOutcome, Queue, QueueSummary,
+    QueuedBatch, Report, StoreError, UNRECORDED, check_enqueue, oldest_id_at,
 };
 
 /// Consumer group of the delivery streams.
@@ -112,6 +112,19 @@ fn claimed_from(partner: &PartnerId, entries: StreamEntries, reclaimed: bool) ->
 impl Queue for RedisStore {
     async fn prepare_delivery(&self, partner: &PartnerId) -> Result<(), StoreError> {
         self.ensure_group(&self.stream_key(partner)).await
+    }
+
+    async fn enqueue(&self, report: &Report, batches: &[NewBatch]) -> Result<(), StoreError> {
+        check_enqueue(report, batches)?;
+        let docs: Vec<(&str, String)> = batches
+            .iter()
+            .map(|b| (b.id.as_str(), b.doc.clone()))
+            .collect();
+        // The accept's own script: with no loans and no idempotency key, its checks pass and
+        // it writes the report, the batches and their queue entries.
+        self.run_accept(report, &docs, std::iter::empty(), None, Duration::ZERO)
+            .await
+            .map(drop)
     }
 
     async fn promote_due_retries(
@@ -242,7 +255,6 @@ impl Queue for RedisStore {
                 let number = |i: usize| reply.get(i).and_then(|a| a.parse::<u32>().ok());
                 let attempt = number(1).unwrap_or(1);
                 let budget_from = number(2).unwrap_or(0).min(attempt.saturating_sub(1));
-                let batch: BatchDoc = decode(reply.get(3).map_or("", String::as_str))?;
                 let queued_at = reply
                     .get(4)
                     .and_then(|ms| ms.parse::<i64>().ok())
@@ -250,8 +262,10 @@ impl Queue for RedisStore {
                 Ok(BeginAttempt::Send {
                     attempt,
                     attempts_in_budget: attempt - budget_from,
-                    batch,
-                    column_format: report.column_format,
+                    batch: QueuedBatch {
+                        doc: reply.get(3).cloned().unwrap_or_default(),
+                        column_format: report.column_format,
+                    },
                     queued_at: queued_at.unwrap_or(report.created_at),
                 })
             }

@@ -24,6 +24,77 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("re
 static ACCEPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("accept.lua")));
 
 impl RedisStore {
+    /// The accept script (accept.lua) for `report`, its batches (id, document) and the loan
+    /// keys the period is checked and indexed by: the one atomic step of `accept` and of
+    /// `enqueue`. Answers the script's reply.
+    pub(super) async fn run_accept(
+        &self,
+        report: &Report,
+        batches: &[(&str, String)],
+        loans: impl Iterator<Item = String>,
+        idempotency: Option<&IdempotentAccept>,
+        idempotency_ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let partner = &report.partner_id;
+        let report_key = self.report_key(partner, report.id);
+        let period = report.period.map(|p| p.to_string()).unwrap_or_default();
+        let mut invocation = ACCEPT.prepare_invoke();
+        invocation
+            .key(match idempotency {
+                Some(i) => self.idempotency_key(&i.scope),
+                // Unused, but declared in the same slot so the script stays cluster-safe.
+                None => self.key(partner, "idem:none"),
+            })
+            .key(&report_key)
+            .key(self.key(partner, "reports"))
+            .key(self.key_of(partner, &["reports:branch:", &report.branch]))
+            .key(self.stream_key(partner))
+            .key(self.key_of(partner, &["period:", &period, ":loans"]))
+            .key(self.key_of(partner, &["period:", &period, ":reports"]))
+            .key(self.key(partner, "periods"))
+            .key(self.state_index_key(partner, BatchState::Queued))
+            .key(self.indexed_marker_key(partner));
+        for (id, _) in batches {
+            invocation.key(self.batch_key(partner, id));
+        }
+        invocation.key(self.key_of(partner, &["period:", &period, ":branches"]));
+        invocation
+            .arg(if idempotency.is_some() { "1" } else { "0" })
+            .arg(idempotency.map_or("", |i| i.token.as_str()))
+            .arg(idempotency_ttl.as_secs())
+            .arg(idempotency.map_or(String::new(), |i| encode(&i.response)))
+            .arg(
+                report
+                    .id
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer()) as &str,
+            )
+            .arg(encode(report))
+            .arg(report.created_at.timestamp_millis())
+            .arg(match (report.correction, report.corrects_any_branch) {
+                (false, _) => "0",
+                (true, true) => "1",
+                (true, false) => "2",
+            })
+            .arg(self.period_index_ttl.as_secs())
+            .arg(&period);
+        for (_, doc) in batches {
+            invocation.arg(doc);
+        }
+        for (id, _) in batches {
+            invocation.arg(*id);
+        }
+        for loan in loans {
+            invocation.arg(loan);
+        }
+        self.write_repeatable(async |c| {
+            let reply = invocation.invoke_async(c).await?;
+            self.wait_for_copies(c, &report_key).await?;
+            Ok(reply)
+        })
+        .await
+    }
+
     fn idempotency_key(&self, scope: &IdempotencyScope) -> String {
         let digest = hex::encode(Sha256::digest(scope.key.as_bytes()));
         self.key(
@@ -187,64 +258,16 @@ impl Reports for RedisStore {
         idempotency: Option<&IdempotentAccept>,
         idempotency_ttl: Duration,
     ) -> Result<(), StoreError> {
-        let partner = &report.partner_id;
-        let report_key = self.report_key(partner, report.id);
-        let period = report.period.map(|p| p.to_string()).unwrap_or_default();
-        let mut invocation = ACCEPT.prepare_invoke();
-        invocation
-            .key(match idempotency {
-                Some(i) => self.idempotency_key(&i.scope),
-                // Unused, but declared in the same slot so the script stays cluster-safe.
-                None => self.key(partner, "idem:none"),
-            })
-            .key(&report_key)
-            .key(self.key(partner, "reports"))
-            .key(self.key_of(partner, &["reports:branch:", &report.branch]))
-            .key(self.stream_key(partner))
-            .key(self.key_of(partner, &["period:", &period, ":loans"]))
-            .key(self.key_of(partner, &["period:", &period, ":reports"]))
-            .key(self.key(partner, "periods"))
-            .key(self.state_index_key(partner, BatchState::Queued))
-            .key(self.indexed_marker_key(partner));
-        for batch in batches {
-            invocation.key(self.batch_key(partner, &batch.id));
-        }
-        invocation.key(self.key_of(partner, &["period:", &period, ":branches"]));
-        invocation
-            .arg(if idempotency.is_some() { "1" } else { "0" })
-            .arg(idempotency.map_or("", |i| i.token.as_str()))
-            .arg(idempotency_ttl.as_secs())
-            .arg(idempotency.map_or(String::new(), |i| encode(&i.response)))
-            .arg(
-                report
-                    .id
-                    .hyphenated()
-                    .encode_lower(&mut Uuid::encode_buffer()) as &str,
-            )
-            .arg(encode(report))
-            .arg(report.created_at.timestamp_millis())
-            .arg(match (report.correction, report.corrects_any_branch) {
-                (false, _) => "0",
-                (true, true) => "1",
-                (true, false) => "2",
-            })
-            .arg(self.period_index_ttl.as_secs())
-            .arg(&period);
-        for batch in batches {
-            invocation.arg(encode(batch));
-        }
-        for batch in batches {
-            invocation.arg(&batch.id);
-        }
-        for repayment in batches.iter().flat_map(|b| &b.repayments) {
-            invocation.arg(loan_key(report.column_format, repayment));
-        }
-        let reply: Vec<String> = self
-            .write_repeatable(async |c| {
-                let reply = invocation.invoke_async(c).await?;
-                self.wait_for_copies(c, &report_key).await?;
-                Ok(reply)
-            })
+        let docs: Vec<(&str, String)> = batches
+            .iter()
+            .map(|batch| (batch.id.as_str(), encode(batch)))
+            .collect();
+        let loans = batches
+            .iter()
+            .flat_map(|b| &b.repayments)
+            .map(|repayment| loan_key(report.column_format, repayment));
+        let reply = self
+            .run_accept(report, &docs, loans, idempotency, idempotency_ttl)
             .await?;
         match reply.split_first() {
             Some((first, earlier)) if first == "reported" => Err(StoreError::AlreadyReported(
