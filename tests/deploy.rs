@@ -265,7 +265,7 @@ fn the_optional_prometheus_service_mounts_the_shipped_rules_and_scrapes_the_gate
         job["static_configs"][0]["targets"][0].as_str(),
         Some(format!("gateway:{port}").as_str())
     );
-    for published in gateway["ports"].as_sequence().unwrap() {
+    for published in gateway["ports"].as_sequence().into_iter().flatten() {
         let published = published.as_str().unwrap();
         assert!(
             !published.ends_with(&format!(":{port}")),
@@ -409,4 +409,217 @@ fn the_systemd_template_units_start_a_subcommand_and_give_sigterm_its_time() {
             assert_ne!(format!("{with:?}"), base, "{name}: {var} changes nothing");
         }
     }
+}
+
+/// A YAML sequence of strings, as `&str`s.
+fn strings(value: &serde_norway::Value) -> Vec<&str> {
+    value
+        .as_sequence()
+        .unwrap_or_else(|| panic!("not a sequence: {value:?}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+fn compose() -> serde_norway::Value {
+    serde_norway::from_str(&read("docker-compose.yml")).unwrap()
+}
+
+/// The port of the gateway's `server.bind` in compose.
+fn gateway_api_port() -> String {
+    let gateway = gateway_service();
+    let bind = gateway["environment"]["GATEWAY_SERVER__BIND"]
+        .as_str()
+        .unwrap();
+    bind.rsplit_once(':').unwrap().1.to_owned()
+}
+
+/// The proxy in front terminates TLS and is the only way in; it is the one peer whose
+/// `X-Forwarded-For` the gateway believes, and it forwards to the gateway's API port.
+#[test]
+fn the_tls_proxy_is_the_only_way_in_and_the_gateways_only_trusted_proxy() {
+    let compose = compose();
+    let proxy = &compose["services"]["proxy"];
+    let image = proxy["image"].as_str().expect("a proxy service in front");
+    // Caddy sets X-Forwarded-For itself, dropping what the client sent, from 2.5 on.
+    let version = image.strip_prefix("caddy:2.").expect(image);
+    let minor: u32 = version.split(['.', '-']).next().unwrap().parse().unwrap();
+    assert!(minor >= 5, "{image}");
+    let published = strings(&proxy["ports"]);
+    assert!(published.contains(&"443:443"), "{published:?}");
+    let gateway = gateway_service();
+    assert!(
+        gateway.get("ports").is_none(),
+        "the gateway's port is published beside the proxy: {:?}",
+        gateway["ports"]
+    );
+
+    let mounted = proxy["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["type"].as_str() == Some("bind"))
+        .expect("the Caddyfile is mounted");
+    assert_eq!(mounted["source"].as_str(), Some("./deploy/caddy/Caddyfile"));
+    assert_eq!(mounted["target"].as_str(), Some("/etc/caddy/Caddyfile"));
+    assert_eq!(mounted["read_only"].as_bool(), Some(true));
+
+    // The proxy's fixed address on a network of its own is what the gateway trusts.
+    let address: std::net::IpAddr = proxy["networks"]["edge"]["ipv4_address"]
+        .as_str()
+        .expect("the proxy has a fixed address")
+        .parse()
+        .unwrap();
+    let ipam = &compose["networks"]["edge"]["ipam"]["config"][0];
+    let subnet: ipnet::IpNet = ipam["subnet"].as_str().unwrap().parse().unwrap();
+    let dynamic: ipnet::IpNet = ipam["ip_range"].as_str().unwrap().parse().unwrap();
+    assert!(subnet.contains(&address), "{address} outside {subnet}");
+    assert!(
+        !dynamic.contains(&address),
+        "{address} can be handed to another container first ({dynamic})"
+    );
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        let networks = format!("{:?}", service["networks"]);
+        let name = name.as_str().unwrap();
+        if networks.contains("edge") {
+            assert!(["proxy", "gateway"].contains(&name), "{name} is on edge");
+        }
+    }
+    let networks = strings(&gateway["networks"]);
+    // default: where Redis and Prometheus reach it.
+    assert_eq!(networks, ["default", "edge"]);
+
+    let trusted = gateway["environment"]["GATEWAY_SERVER__TRUSTED_PROXIES"]
+        .as_str()
+        .expect("the gateway trusts the proxy's X-Forwarded-For");
+    let secret = partner_secret_env_var(&PartnerId::parse("123").unwrap());
+    let settings =
+        example_settings(&[(&secret, "s"), ("GATEWAY_SERVER__TRUSTED_PROXIES", trusted)]).unwrap();
+    assert_eq!(settings.server.trusted_proxies, [address.to_string()]);
+    assert_eq!(
+        gateway["environment"]["GATEWAY_WEB__SECURE_COOKIES"].as_str(),
+        Some("true"),
+        "clients use HTTPS: the session cookie is Secure"
+    );
+
+    // The Caddyfile forwards to the gateway service's API port, and leaves X-Forwarded-For
+    // to Caddy, which trusts no proxy before it.
+    let caddyfile = read("deploy/caddy/Caddyfile");
+    let directives: Vec<&str> = caddyfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let upstreams: Vec<&str> = directives
+        .iter()
+        .filter_map(|l| l.strip_prefix("reverse_proxy "))
+        .map(|rest| rest.trim_end_matches(" {").trim())
+        .collect();
+    assert_eq!(upstreams, [format!("gateway:{}", gateway_api_port())]);
+    for line in &directives {
+        assert!(!line.contains("trusted_proxies"), "{line}");
+        assert!(!line.to_lowercase().contains("x-forwarded-for"), "{line}");
+    }
+    assert_eq!(
+        directives[0], "{$GATEWAY_DOMAIN:localhost} {",
+        "the site is the domain compose passes"
+    );
+    assert!(proxy["environment"]["GATEWAY_DOMAIN"].as_str().is_some());
+}
+
+/// The commands README and compose give for API keys and `check-config --online` in the
+/// container are the gateway's subcommands, on the configuration compose mounts.
+#[test]
+fn the_documented_compose_commands_parse_as_the_gateways_subcommands() {
+    use clap::Parser;
+    use repayment_gateway::cli::{Cli, Command};
+    let mounted = gateway_service()["volumes"][0]["target"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for file in ["README.md", "docker-compose.yml"] {
+        let text = read(file);
+        let mut seen = (false, false);
+        for line in text.lines() {
+            let Some((_, command)) = line.split_once("docker compose run --rm --no-deps gateway ")
+            else {
+                continue;
+            };
+            let command = command.split('`').next().unwrap().trim();
+            let args = ["repayment-gateway"]
+                .into_iter()
+                .chain(command.split_whitespace());
+            let cli =
+                Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{file}: {command}: {e}"));
+            match cli.command {
+                Command::NewApiKey => seen.0 = true,
+                Command::CheckConfig { config, online } => {
+                    assert!(online, "{file}: {command}");
+                    assert_eq!(config.unwrap().to_str(), Some(mounted.as_str()), "{file}");
+                    seen.1 = true;
+                }
+                _ => panic!("{file}: {command}"),
+            }
+        }
+        assert_eq!(
+            seen,
+            (true, true),
+            "{file}: new-api-key and check-config --online"
+        );
+    }
+}
+
+/// What compose's Redis comment says of a Redis crash is what README's durability table
+/// says for the Redis version and `appendfsync` compose runs.
+#[test]
+fn the_compose_redis_comment_agrees_with_readmes_durability_table() {
+    let compose_text = read("docker-compose.yml");
+    let redis = &compose()["services"]["redis"];
+    let image = redis["image"].as_str().unwrap();
+    let version = image
+        .strip_prefix("redis:")
+        .and_then(|v| v.split('-').next())
+        .unwrap();
+    let numbers: Vec<u32> = version.split('.').map(|n| n.parse().unwrap()).collect();
+    assert!(
+        numbers.len() >= 2,
+        "{image}: pin the minor version, which decides what a crash loses (WAITAOF from 7.2)"
+    );
+    let command = strings(&redis["command"]);
+    let option = |name: &str| {
+        let at = command.iter().position(|a| *a == name).unwrap();
+        command[at + 1]
+    };
+    assert_eq!(option("--appendonly"), "yes");
+    assert_eq!(option("--maxmemory-policy"), "noeviction");
+    let waitaof = (numbers[0], numbers[1]) >= (7, 2);
+    let readme = read("README.md");
+    let row = if waitaof {
+        "| Redis ≥ 7.2 with `appendonly yes` (any `appendfsync`) |"
+    } else {
+        assert_eq!(option("--appendfsync"), "always", "{image} has no WAITAOF");
+        "| Redis 7.0/7.1 with `appendonly yes`, `appendfsync always` |"
+    };
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with(row))
+        .unwrap_or_else(|| panic!("README's durability table has no {row}"));
+    let on_redis_crash = row.split(" | ").nth(2).unwrap();
+    assert!(on_redis_crash.starts_with("nothing lost"), "{row}");
+
+    // The redis service's own comments: indented under it, up to the next service.
+    let comment: String = compose_text
+        .split_once("\n  redis:\n")
+        .unwrap()
+        .1
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    ") || l.starts_with("  #"))
+        .filter_map(|l| {
+            l.strip_prefix("    ")
+                .and_then(|l| l.trim().strip_prefix('#'))
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(comment.contains("loses nothing acknowledged"), "{comment}");
+    assert!(!waitaof || comment.contains("WAITAOF"), "{comment}");
 }
