@@ -30,6 +30,7 @@ mod openapi;
 mod operator_actions;
 mod outage;
 mod periods;
+mod queue_summary;
 mod raw_http;
 mod redis_tls;
 mod replicas;
