@@ -94,6 +94,14 @@ pub fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// How a page names a report: the last block of its id. Ids are UUIDv7, whose first blocks are
+/// the time (every report of the same minute or so began alike); the last block is random,
+/// so it tells reports apart, and the full id, shown on the report's page, ends with it.
+pub fn report_label(id: uuid::Uuid) -> String {
+    let text = id.to_string();
+    text[text.len() - 12..].to_owned()
+}
+
 pub fn wire_name<T: serde::Serialize>(value: T) -> String {
     serde_json::to_value(value)
         .ok()
@@ -146,5 +154,22 @@ pub fn status_text(lang: Lang, name: &str) -> &'static str {
         "warning" => lang.t("state.warning"),
         "rejected_by_kiva" => lang.t("state.rejected_by_kiva"),
         _ => lang.t("state.unknown"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn reports_made_in_the_same_instant_have_different_labels() {
+        let ids: Vec<uuid::Uuid> = (0..1000).map(|_| uuid::Uuid::now_v7()).collect();
+        let labels: HashSet<String> = ids.iter().map(|id| report_label(*id)).collect();
+        assert_eq!(labels.len(), ids.len());
+        for id in &ids {
+            assert!(id.to_string().ends_with(&report_label(*id)));
+        }
     }
 }

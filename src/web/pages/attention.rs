@@ -14,8 +14,8 @@ use crate::store::{
     Batch, BatchState, BatchVersion, OperatorActionKind, Report, ReportStatus, report_of_batch,
 };
 use crate::web::i18n::Lang;
-use crate::web::layout::{batch_state, when};
-use crate::web::pages::months::{partner_for, partner_picker, short};
+use crate::web::layout::{batch_state, report_label, when};
+use crate::web::pages::months::{partner_for, partner_picker};
 use crate::web::pages::reports::{action_link, action_name, action_slug};
 use crate::web::session::{self, WebConfig};
 use crate::web::{Ctx, Failure, PageError, field, form_fields, see_other};
@@ -104,7 +104,7 @@ pub async fn list(
         @for (report, batch) in &items {
             article.card data-batch=(batch.id) {
                 h2 { a href={ "/web/reports/" (report.id) "#batch-" (batch.number) } {
-                        (lang.f("attention.item", &[("report", &short(report.id)), ("n", &batch.number)])) }
+                        (lang.f("attention.item", &[("report", &report_label(report.id)), ("n", &batch.number)])) }
                      " " (batch_state(lang, batch.state)) }
                 p { (report.branch) " · " @if let Some(p) = report.period { (p) " · " }
                     (lang.f("attention.size", &[("n", &batch.repayment_count), ("amount", &batch.total_amount)]))
@@ -191,7 +191,7 @@ pub async fn confirm(
         action_name(lang, action),
         lang.f(
             "attention.item",
-            &[("report", &short(report.id)), ("n", &batch.number)]
+            &[("report", &report_label(report.id)), ("n", &batch.number)]
         )
     );
     let body = html! {

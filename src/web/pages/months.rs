@@ -17,7 +17,7 @@ use crate::intake::PartnerScope;
 use crate::periods::view::{PeriodView, Reason, Tally};
 use crate::store::RepaymentState;
 use crate::web::i18n::Lang;
-use crate::web::layout::{encode, repayment_state, status_text, when};
+use crate::web::layout::{encode, repayment_state, report_label, status_text, when};
 use crate::web::session::WebConfig;
 use crate::web::{Ctx, Failure, PageError};
 
@@ -367,7 +367,7 @@ pub async fn month(
                         tr { td { (r.loan_id) } td { (r.client_id.as_deref().unwrap_or("")) }
                              td { (r.kiva_status.as_deref().unwrap_or(lang.t("month.not_in_list"))) }
                              td { (r.branch) }
-                             td { a href={ "/web/reports/" (r.report_id) } { (short(r.report_id)) } " #" (r.position + 1) } }
+                             td { a href={ "/web/reports/" (r.report_id) } { (report_label(r.report_id)) } " #" (r.position + 1) } }
                     } }
                 } }
             }
@@ -377,7 +377,7 @@ pub async fn month(
             @if v.repeated.is_empty() { p { (lang.t("month.none")) } } @else {
                 ul { @for r in &v.repeated {
                     li { (r.loan_id) @if let Some(c) = &r.client_id { " / " (c) } ": "
-                        @for id in &r.reports { a href={ "/web/reports/" (id) } { (short(*id)) } " " } }
+                        @for id in &r.reports { a href={ "/web/reports/" (id) } { (report_label(*id)) } " " } }
                 } }
             }
         }
@@ -394,7 +394,7 @@ pub async fn month(
                     tbody { @for r in &v.rejected_by_kiva {
                         tr { td { (r.loan_id) @if let Some(c) = &r.client_id { " / " (c) } }
                              td { (r.branch) }
-                             td { a href={ "/web/reports/" (r.report_id) } { (short(r.report_id)) } }
+                             td { a href={ "/web/reports/" (r.report_id) } { (report_label(r.report_id)) } }
                              td lang="en" { @for d in &r.details { (d) br; } } }
                     } }
                 } }
@@ -402,11 +402,6 @@ pub async fn month(
         }
     };
     Ok(ctx.page(&title, body))
-}
-
-/// The first block of a report id: enough to tell reports apart on a page; the link has all.
-pub(crate) fn short(id: uuid::Uuid) -> String {
-    id.to_string()[..8].to_owned()
 }
 
 pub async fn month_csv(

@@ -11,9 +11,9 @@ use crate::config::Role;
 use crate::store::{Batch, OperatorActionKind, ReportStatus};
 use crate::web::i18n::Lang;
 use crate::web::layout::{
-    batch_state, encode, repayment_state, report_status, status_text, when, wire_name,
+    batch_state, encode, repayment_state, report_label, report_status, status_text, when, wire_name,
 };
-use crate::web::pages::months::{partner_picker, short};
+use crate::web::pages::months::partner_picker;
 use crate::web::session::WebConfig;
 use crate::web::{Ctx, Failure, PageError};
 
@@ -124,7 +124,7 @@ pub async fn list(
                 } }
                 tbody { @for r in &page.reports {
                     tr data-report=(r.id) {
-                        th scope="row" { a href={ "/web/reports/" (r.id) } { (short(r.id)) }
+                        th scope="row" { a href={ "/web/reports/" (r.id) } { (report_label(r.id)) }
                             @if r.correction { " " span.chip.wait { (lang.t("reports.correction")) } } }
                         td { (when(r.created_at)) }
                         td { @if let Some(p) = r.period { (p) } }
@@ -156,7 +156,7 @@ pub async fn detail(
     let (report, batches) = find_report(&state, &ctx.viewer.caller, &id)
         .await
         .map_err(|e| ctx.api(e))?;
-    let title = lang.f("report.title", &[("id", &short(report.id))]);
+    let title = lang.f("report.title", &[("id", &report_label(report.id))]);
     let body = html! {
         h1 { (title) }
         @if let Some(done) = done.done.as_deref() {
