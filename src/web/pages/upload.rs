@@ -18,6 +18,7 @@ use crate::api::repayments::{
     BodyKind, accept_report, check_report, declared_length, parse_report,
 };
 use crate::intake::{FileFields, FileKind, PartnerScope, Violation};
+use crate::web::layout::total_of_text;
 use crate::web::session::{self, WebConfig};
 use crate::web::{Ctx, Failure, PageError, html as page_html, layout, see_other};
 
@@ -148,7 +149,7 @@ pub async fn upload(
         };
         let body = html! {
             h1 { (lang.t("upload.title")) }
-            @let values: [(&str, &dyn std::fmt::Display); 4] = [("n", &checked.repayment_count), ("amount", &checked.total_amount),
+            @let values: [(&str, &dyn std::fmt::Display); 4] = [("n", &checked.repayment_count), ("amount", &total_of_text(&checked.total_amount)),
                                        ("period", &checked.period.as_deref().unwrap_or("")), ("file", &sent.file_name)];
             @if checked.not_checked.is_empty() {
                 p.notice.good role="status" id="checked" { (lang.f("upload.ok", &values)) }
