@@ -170,7 +170,7 @@ pub async fn months(
                                 td data-label=(lang.t("months.reported")) { (reported_of_expected(lang, v)) }
                                 td.num data-label=(lang.t("months.amount")) data-field="amount" { (total(v.amount)) }
                                 td data-label=(lang.t("months.branches")) { @for (branch, state) in &v.chips { (branch_chip(lang, branch, state)) " " } }
-                                td data-label=(lang.t("months.ready")) { (readiness(lang, v.ready, &v.why)) }
+                                td data-label=(lang.t("months.ready")) { (readiness(lang, &partner, v.ready, &v.why)) }
                             }
                         }
                     }
@@ -229,18 +229,18 @@ fn branch_chip(lang: Lang, branch: &str, name: &str) -> Markup {
     html! { span class={ "chip " (tone) } data-state=(name) { (branch) ": " (status_text(lang, name)) } }
 }
 
-fn readiness(lang: Lang, ready: bool, why: &[Reason]) -> Markup {
+fn readiness(lang: Lang, partner: &PartnerId, ready: bool, why: &[Reason]) -> Markup {
     html! {
         @if ready {
             span.chip.good data-field="ready" data-ready="true" { (lang.t("months.ready_yes")) }
         } @else {
             span.chip.bad data-field="ready" data-ready="false" { (lang.t("months.ready_no")) }
-            ul.reasons { @for r in why { li { (reason(lang, *r)) } } }
+            ul.reasons { @for r in why { li { (reason(lang, partner, *r)) } } }
         }
     }
 }
 
-pub(crate) fn reason(lang: Lang, reason: Reason) -> String {
+pub(crate) fn reason(lang: Lang, partner: &PartnerId, reason: Reason) -> String {
     match reason {
         Reason::NoReport => lang.t("reason.no_report").to_owned(),
         Reason::NotDelivered {
@@ -254,8 +254,14 @@ pub(crate) fn reason(lang: Lang, reason: Reason) -> String {
             lang.f("reason.needs_operator", &[("batches", &batches)])
         }
         Reason::RefusedByKiva { loans } => lang.f("reason.refused_by_kiva", &[("loans", &loans)]),
-        Reason::NoSnapshot => lang.t("reason.no_snapshot").to_owned(),
-        Reason::StaleSnapshot { hours } => lang.f("reason.stale_snapshot", &[("hours", &hours)]),
+        Reason::RefusedNotPayingBack { loans } => {
+            lang.f("reason.refused_not_paying_back", &[("loans", &loans)])
+        }
+        Reason::NoSnapshot => lang.f("reason.no_snapshot", &[("partner", partner)]),
+        Reason::StaleSnapshot { hours } => lang.f(
+            "reason.stale_snapshot",
+            &[("hours", &hours), ("partner", partner)],
+        ),
         Reason::NotReported { loans } => lang.f("reason.not_reported", &[("loans", &loans)]),
         Reason::Repeated { loans } => lang.f("reason.repeated", &[("loans", &loans)]),
     }
@@ -304,7 +310,7 @@ pub async fn month(
                     dt { (lang.t("month.snapshot")) } dd { (when(e.taken_at)) @if e.stale { " " span.chip.warn { (lang.t("month.stale")) } } }
                 }
             }
-            (readiness(lang, v.ready_to_finalize, &v.why))
+            (readiness(lang, &partner, v.ready_to_finalize, &v.why))
         }
         section aria-labelledby="h-branches" {
             h2 id="h-branches" { (lang.t("month.branches")) }

@@ -5,6 +5,7 @@
 //! left, sign-out ending the session, every page also fetched without JavaScript. Screenshots
 //! of every page in both languages land in `target/screenshots/`.
 
+mod advice;
 mod browser;
 mod edge;
 mod lists;
@@ -240,6 +241,7 @@ async fn the_month_page_shows_the_numbers_of_the_api(b: &Browser, m: &Month) -> 
     assert_eq!(b.count("#not-expected tbody tr").await, 1, "L-7 is ended");
     assert!(b.text("#refused").await.contains("L-7"));
     looks::month_page(b).await;
+    advice::month_page(b).await;
     b.screenshot("month-en").await;
     b.client.set_window_size(390, 844).await.unwrap();
     b.screenshot("month-phone-en").await;
