@@ -293,6 +293,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// What an MIS does about a loan already reported in the period. Where a person reads it, the
+/// upload page, says it with its own checkbox instead (`web::pages::upload`).
+pub(crate) const SEND_AS_CORRECTION: &str =
+    "Leave it out, or send \"correction\": true if this report corrects that one";
+
 /// The refusal of loans reported earlier in the period. `detailed(earlier)` says whether the
 /// caller may learn where the earlier report has the loan: an admin always, a branch key for
 /// its own branch's reports only; to anyone else, another branch's report is not named.
@@ -310,8 +315,7 @@ pub(crate) fn already_reported(
                 .unwrap_or_default();
             format!(
                 "this loan was already reported in this period, in report {}{place}: \
-                 PA2 would count it twice. Leave it out, or send \"correction\": \
-                 true if this report corrects that one",
+                 PA2 would count it twice. {SEND_AS_CORRECTION}",
                 e.report_id
             )
         } else {

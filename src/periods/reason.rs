@@ -12,7 +12,14 @@ pub enum Reason {
     NeedsOperator {
         batches: usize,
     },
+    /// Loans Kiva refused for a reason the MIS can fix (a wrong id, a wrong client): fixed,
+    /// they go again in a correction, the only report that may repeat a loan of the period.
     RefusedByKiva {
+        loans: usize,
+    },
+    /// Loans Kiva refused because it takes no more repayments for them (a status other than
+    /// `payingBack` or `defaulted`, such as `ended`): nothing sent again would be counted.
+    RefusedNotPayingBack {
         loans: usize,
     },
     NoSnapshot,
@@ -47,7 +54,15 @@ impl std::fmt::Display for Reason {
             ),
             Reason::RefusedByKiva { loans } => write!(
                 f,
-                "{loans} loan(s) refused by Kiva: fix them in the MIS and report them again"
+                "{loans} loan(s) refused by Kiva (see `rejected_by_kiva` for what Kiva said): fix \
+                 them in the MIS, then send them again in a report with \"correction\": true"
+            ),
+            Reason::RefusedNotPayingBack { loans } => write!(
+                f,
+                "{loans} loan(s) refused by Kiva because it takes no more repayments for them \
+                 (their status is not payingBack or defaulted, e.g. ended): PA2 will not count \
+                 them, and sending them again would be refused too; check in the MIS why they \
+                 are reported and leave them out of later reports"
             ),
             Reason::NoSnapshot => write!(
                 f,

@@ -168,6 +168,10 @@ pub struct PeriodInput<'a> {
     pub stale_after: Duration,
 }
 
+/// The code of Kiva's problem for a loan it takes no more repayments for (its status is not
+/// `payingBack` or `defaulted`), as the sandbox answers it.
+const NOT_PAYING_BACK: &str = "loan_not_paying_back";
+
 /// A loan as PA2 tells loans apart: by loan id, and by client too for three-column partners.
 type LoanKey<'a> = (&'a str, Option<&'a str>);
 
@@ -181,6 +185,8 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
     // Per loan: the reports it is in (oldest first) and whether Kiva accepted it.
     let mut seen: HashMap<LoanKey<'_>, (Vec<Uuid>, bool)> = HashMap::new();
     let mut rejected_by_kiva = Vec::new();
+    // Per refused loan: whether Kiva said it takes no more repayments for it.
+    let mut not_paying_back = Vec::new();
     let (mut unsent, mut attention) = (0, 0);
     for (report, batches) in &reports {
         let branch = branches
@@ -215,6 +221,11 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
                     RepaymentState::Accepted | RepaymentState::Warning
                 );
                 if view.state == RepaymentState::RejectedByKiva {
+                    not_paying_back.push(
+                        view.problems
+                            .iter()
+                            .any(|p| p.code.as_deref() == Some(NOT_PAYING_BACK)),
+                    );
                     rejected_by_kiva.push(RefusedLoan {
                         loan_id: r.loan_id.as_str().to_owned(),
                         client_id: r.client_id.as_ref().map(|c| c.as_str().to_owned()),
@@ -256,11 +267,8 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
     if attention > 0 {
         reasons.push(Reason::NeedsOperator { batches: attention });
     }
-    if !rejected_by_kiva.is_empty() {
-        reasons.push(Reason::RefusedByKiva {
-            loans: rejected_by_kiva.len(),
-        });
-    }
+    // Said once Kiva's list, if read, has told which refused loans it takes nothing more for.
+    let refused_at = reasons.len();
     if !repeated.is_empty() {
         reasons.push(Reason::Repeated {
             loans: repeated.len(),
@@ -327,6 +335,13 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
                         }
                     }
                 }
+                for (refused, ended) in rejected_by_kiva.iter().zip(&mut not_paying_back) {
+                    let client = three_column
+                        .then_some(refused.client_id.as_deref())
+                        .flatten();
+                    *ended |=
+                        find(&refused.loan_id, client).is_some_and(|i| !loans[i].is_expected());
+                }
                 let age = input.now.signed_duration_since(snapshot.taken_at);
                 let age_seconds = age.num_seconds().max(0) as u64;
                 let stale = age_seconds > input.stale_after.as_secs();
@@ -352,6 +367,18 @@ pub fn build(input: PeriodInput<'_>) -> PeriodView {
             }
         }
     }
+
+    let ended = not_paying_back.iter().filter(|e| **e).count();
+    let mut refused = Vec::new();
+    if rejected_by_kiva.len() > ended {
+        refused.push(Reason::RefusedByKiva {
+            loans: rejected_by_kiva.len() - ended,
+        });
+    }
+    if ended > 0 {
+        refused.push(Reason::RefusedNotPayingBack { loans: ended });
+    }
+    reasons.splice(refused_at..refused_at, refused);
 
     PeriodView {
         period: input.period,
@@ -473,6 +500,66 @@ mod tests {
             pages: 1,
             loans,
         }
+    }
+
+    /// Kiva's refusals get the advice that fits them: a loan Kiva takes no more repayments for
+    /// (its answer says so, or its list shows the loan ended) is never to be "reported again".
+    #[test]
+    fn refusals_are_told_apart_by_whether_kiva_takes_the_loan_at_all() {
+        let problem = |loan: &str, code: &str| KivaProblem {
+            loan_id: Some(loan.into()),
+            code: Some(code.into()),
+            details: Some(format!("{code} for {loan}")),
+            severity: "error".into(),
+        };
+        let reports = [report(
+            "Nairobi",
+            false,
+            BatchState::Delivered,
+            vec![
+                problem("L1", NOT_PAYING_BACK),
+                problem("L2", "loan_not_found"),
+                problem("L3", "loan_not_found"),
+            ],
+            vec![
+                repayment(0, "L1", "C1", "1"),
+                repayment(1, "L2", "C2", "2"),
+                repayment(2, "L3", "C3", "3"),
+            ],
+        )];
+        let without_list = view(&reports, None);
+        let refused = |v: &PeriodView| {
+            v.why
+                .iter()
+                .copied()
+                .filter(|r| {
+                    matches!(
+                        r,
+                        Reason::RefusedByKiva { .. } | Reason::RefusedNotPayingBack { .. }
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            refused(&without_list),
+            [
+                Reason::RefusedByKiva { loans: 2 },
+                Reason::RefusedNotPayingBack { loans: 1 }
+            ]
+        );
+        let with_list = view(&reports, Some(&snapshot(vec![loan("L3", "C3", "ended")])));
+        assert_eq!(
+            refused(&with_list),
+            [
+                Reason::RefusedByKiva { loans: 1 },
+                Reason::RefusedNotPayingBack { loans: 2 }
+            ]
+        );
+        let said = |reason: Reason| reason.to_string();
+        assert!(said(Reason::RefusedByKiva { loans: 1 }).contains("\"correction\": true"));
+        let ended = said(Reason::RefusedNotPayingBack { loans: 2 });
+        assert!(!ended.contains("send them again in"), "{ended}");
+        assert!(ended.contains("leave them out"), "{ended}");
     }
 
     #[test]

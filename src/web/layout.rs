@@ -6,6 +6,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::i18n::Lang;
 use super::{Ctx, HOME};
 use crate::config::Role;
+use crate::domain::Amount;
 use crate::store::{BatchState, RepaymentState, ReportStatus};
 
 pub fn page(lang: Lang, ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup {
@@ -33,6 +34,7 @@ pub fn page(lang: Lang, ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup 
                                 li { a href="/swagger-ui/" { (lang.t("nav.api")) } }
                             }
                         }
+                        (language_switch(lang, here))
                         div.who {
                             span { (lang.t("nav.signed_in_as")) " " strong { (ctx.viewer.caller.key_name) }
                                 " (" (ctx.viewer.caller.branch) ", "
@@ -47,23 +49,31 @@ pub fn page(lang: Lang, ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup 
                         nav aria-label=(lang.t("nav.label")) {
                             ul { li { a href="/swagger-ui/" { (lang.t("nav.api")) } } }
                         }
-                    }
-                    div.lang {
-                        @for other in Lang::ALL {
-                            @if other == lang {
-                                span aria-current="true" lang=(other.code()) { (other.code().to_uppercase()) }
-                            } @else {
-                                a href={ "/web/language?lang=" (other.code()) "&back=" (encode(here)) }
-                                    lang=(other.code()) hreflang=(other.code()) {
-                                    (other.code().to_uppercase())
-                                    span.visually-hidden { " " (other_name(other)) }
-                                }
-                            }
-                        }
+                        (language_switch(lang, here))
                     }
                 }
                 main id="main" tabindex="-1" { (body) }
                 footer { p { (lang.t("footer.text")) " " a href="/swagger-ui/" { "Swagger UI" } } }
+            }
+        }
+    }
+}
+
+/// The other languages, on the header's first line: a reader who can't read this one finds it
+/// before anything else that may wrap.
+fn language_switch(lang: Lang, here: &str) -> Markup {
+    html! {
+        div.lang {
+            @for other in Lang::ALL {
+                @if other == lang {
+                    span aria-current="true" lang=(other.code()) { (other.code().to_uppercase()) }
+                } @else {
+                    a href={ "/web/language?lang=" (other.code()) "&back=" (encode(here)) }
+                        lang=(other.code()) hreflang=(other.code()) {
+                        (other.code().to_uppercase())
+                        span.visually-hidden { " " (other_name(other)) }
+                    }
+                }
             }
         }
     }
@@ -92,6 +102,37 @@ pub fn encode(text: &str) -> String {
 
 pub fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// A total as a page shows it: the usual two decimals, more only when the sum has them
+/// (`1283.75`, not `1283.750`; `450.00`; `75.625`). A sum keeps the most decimals of the amounts
+/// it adds, so one `12.340` made every total it was in end in a zero. Pages only: what is
+/// stored, sent to Kiva and answered by the API keeps the digits received.
+pub fn total(amount: Amount) -> String {
+    two_decimals_at_least(amount.as_decimal())
+}
+
+/// `total` of a sum the API gave as text (`NormalizedReport::total_amount`); text that is not
+/// a number is shown as it is.
+pub fn total_of_text(text: &str) -> String {
+    text.parse()
+        .map_or_else(|_| text.to_owned(), two_decimals_at_least)
+}
+
+fn two_decimals_at_least(decimal: rust_decimal::Decimal) -> String {
+    let mut decimal = decimal.normalize();
+    if decimal.scale() < 2 {
+        decimal.rescale(2);
+    }
+    decimal.to_string()
+}
+
+/// How a page names a report: the last block of its id. Ids are UUIDv7, whose first blocks are
+/// the time (every report of the same minute or so began alike); the last block is random,
+/// so it tells reports apart, and the full id, shown on the report's page, ends with it.
+pub fn report_label(id: uuid::Uuid) -> String {
+    let text = id.to_string();
+    text[text.len() - 12..].to_owned()
 }
 
 pub fn wire_name<T: serde::Serialize>(value: T) -> String {
@@ -146,5 +187,37 @@ pub fn status_text(lang: Lang, name: &str) -> &'static str {
         "warning" => lang.t("state.warning"),
         "rejected_by_kiva" => lang.t("state.rejected_by_kiva"),
         _ => lang.t("state.unknown"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn totals_show_two_decimals_or_the_ones_the_sum_needs() {
+        for (sum, shown) in [
+            ("1283.750", "1283.75"),
+            ("450", "450.00"),
+            ("12.5", "12.50"),
+            ("75.625", "75.625"),
+            ("0", "0.00"),
+            ("100.000", "100.00"),
+        ] {
+            assert_eq!(total(Amount::parse(sum).unwrap()), shown, "{sum}");
+            assert_eq!(total_of_text(sum), shown, "{sum}");
+        }
+    }
+
+    #[test]
+    fn reports_made_in_the_same_instant_have_different_labels() {
+        let ids: Vec<uuid::Uuid> = (0..1000).map(|_| uuid::Uuid::now_v7()).collect();
+        let labels: HashSet<String> = ids.iter().map(|id| report_label(*id)).collect();
+        assert_eq!(labels.len(), ids.len());
+        for id in &ids {
+            assert!(id.to_string().ends_with(&report_label(*id)));
+        }
     }
 }

@@ -14,8 +14,8 @@ use crate::store::{
     Batch, BatchState, BatchVersion, OperatorActionKind, Report, ReportStatus, report_of_batch,
 };
 use crate::web::i18n::Lang;
-use crate::web::layout::{batch_state, when};
-use crate::web::pages::months::{partner_for, partner_picker, short};
+use crate::web::layout::{batch_state, report_label, total, when};
+use crate::web::pages::months::{partner_for, partner_picker};
 use crate::web::pages::reports::{action_link, action_name, action_slug};
 use crate::web::session::{self, WebConfig};
 use crate::web::{Ctx, Failure, PageError, field, form_fields, see_other};
@@ -104,10 +104,10 @@ pub async fn list(
         @for (report, batch) in &items {
             article.card data-batch=(batch.id) {
                 h2 { a href={ "/web/reports/" (report.id) "#batch-" (batch.number) } {
-                        (lang.f("attention.item", &[("report", &short(report.id)), ("n", &batch.number)])) }
+                        (lang.f("attention.item", &[("report", &report_label(report.id)), ("n", &batch.number)])) }
                      " " (batch_state(lang, batch.state)) }
                 p { (report.branch) " · " @if let Some(p) = report.period { (p) " · " }
-                    (lang.f("attention.size", &[("n", &batch.repayment_count), ("amount", &batch.total_amount)]))
+                    (lang.f("attention.size", &[("n", &batch.repayment_count), ("amount", &total(batch.total_amount))]))
                     " · " (when(report.created_at)) }
                 p.check { (check_in_pa2(lang, batch, report)) }
                 @if admin {
@@ -138,7 +138,7 @@ fn check_in_pa2(lang: Lang, batch: &Batch, report: &Report) -> String {
             "attention.check_held",
             &[
                 ("n", &batch.repayment_count),
-                ("amount", &batch.total_amount),
+                ("amount", &total(batch.total_amount)),
                 ("at", &sent),
             ],
         ),
@@ -191,7 +191,7 @@ pub async fn confirm(
         action_name(lang, action),
         lang.f(
             "attention.item",
-            &[("report", &short(report.id)), ("n", &batch.number)]
+            &[("report", &report_label(report.id)), ("n", &batch.number)]
         )
     );
     let body = html! {
@@ -202,14 +202,14 @@ pub async fn confirm(
             OperatorActionKind::MarkDelivered => lang.t("confirm.mark_delivered_warning"),
         }) }
         div.table-wrap { table id="confirm-loans" {
-            caption { (lang.f("attention.size", &[("n", &batch.repayment_count), ("amount", &batch.total_amount)])) }
+            caption { (lang.f("attention.size", &[("n", &batch.repayment_count), ("amount", &total(batch.total_amount))])) }
             thead { tr {
                 th scope="col" { (lang.t("month.loan")) }
                 th scope="col" { (lang.t("month.client")) }
                 th scope="col" { (lang.t("reports.amount")) }
             } }
             tbody { @for r in &batch.repayments {
-                tr { td { (r.repayment.loan_id.as_str()) } td { @if let Some(c) = &r.repayment.client_id { (c.as_str()) } } td.num { (r.repayment.amount) } }
+                tr { td.id { (r.repayment.loan_id.as_str()) } td.id { @if let Some(c) = &r.repayment.client_id { (c.as_str()) } } td.num { (r.repayment.amount) } }
             } }
         } }
         form.card method="post" action={ "/web/batches/" (batch.id) "/" (slug) } {

@@ -17,7 +17,7 @@ use crate::intake::PartnerScope;
 use crate::periods::view::{PeriodView, Reason, Tally};
 use crate::store::RepaymentState;
 use crate::web::i18n::Lang;
-use crate::web::layout::{encode, repayment_state, status_text, when};
+use crate::web::layout::{encode, repayment_state, report_label, status_text, total, when};
 use crate::web::session::WebConfig;
 use crate::web::{Ctx, Failure, PageError};
 
@@ -154,7 +154,7 @@ pub async fn months(
             p.notice { (lang.t("months.none")) }
         } @else {
             div.table-wrap {
-                table {
+                table.stack id="months" {
                     caption.visually-hidden { (lang.t("months.title")) }
                     thead { tr {
                         th scope="col" { (lang.t("months.month")) }
@@ -166,11 +166,11 @@ pub async fn months(
                     tbody {
                         @for v in &views {
                             tr data-period=(v.period) {
-                                th scope="row" { a href={ "/web/months/" (v.period) "?partner=" (pq) } { (v.period) } }
-                                td { (reported_of_expected(lang, v)) }
-                                td.num data-field="amount" { (v.amount) }
-                                td { @for (branch, state) in &v.chips { (branch_chip(lang, branch, state)) " " } }
-                                td { (readiness(lang, v.ready, &v.why)) }
+                                th.id scope="row" { a href={ "/web/months/" (v.period) "?partner=" (pq) } { (v.period) } }
+                                td data-label=(lang.t("months.reported")) { (reported_of_expected(lang, v)) }
+                                td.num data-label=(lang.t("months.amount")) data-field="amount" { (total(v.amount)) }
+                                td data-label=(lang.t("months.branches")) { @for (branch, state) in &v.chips { (branch_chip(lang, branch, state)) " " } }
+                                td data-label=(lang.t("months.ready")) { (readiness(lang, &partner, v.ready, &v.why)) }
                             }
                         }
                     }
@@ -229,18 +229,18 @@ fn branch_chip(lang: Lang, branch: &str, name: &str) -> Markup {
     html! { span class={ "chip " (tone) } data-state=(name) { (branch) ": " (status_text(lang, name)) } }
 }
 
-fn readiness(lang: Lang, ready: bool, why: &[Reason]) -> Markup {
+fn readiness(lang: Lang, partner: &PartnerId, ready: bool, why: &[Reason]) -> Markup {
     html! {
         @if ready {
             span.chip.good data-field="ready" data-ready="true" { (lang.t("months.ready_yes")) }
         } @else {
             span.chip.bad data-field="ready" data-ready="false" { (lang.t("months.ready_no")) }
-            ul.reasons { @for r in why { li { (reason(lang, *r)) } } }
+            ul.reasons { @for r in why { li { (reason(lang, partner, *r)) } } }
         }
     }
 }
 
-pub(crate) fn reason(lang: Lang, reason: Reason) -> String {
+pub(crate) fn reason(lang: Lang, partner: &PartnerId, reason: Reason) -> String {
     match reason {
         Reason::NoReport => lang.t("reason.no_report").to_owned(),
         Reason::NotDelivered {
@@ -254,8 +254,14 @@ pub(crate) fn reason(lang: Lang, reason: Reason) -> String {
             lang.f("reason.needs_operator", &[("batches", &batches)])
         }
         Reason::RefusedByKiva { loans } => lang.f("reason.refused_by_kiva", &[("loans", &loans)]),
-        Reason::NoSnapshot => lang.t("reason.no_snapshot").to_owned(),
-        Reason::StaleSnapshot { hours } => lang.f("reason.stale_snapshot", &[("hours", &hours)]),
+        Reason::RefusedNotPayingBack { loans } => {
+            lang.f("reason.refused_not_paying_back", &[("loans", &loans)])
+        }
+        Reason::NoSnapshot => lang.f("reason.no_snapshot", &[("partner", partner)]),
+        Reason::StaleSnapshot { hours } => lang.f(
+            "reason.stale_snapshot",
+            &[("hours", &hours), ("partner", partner)],
+        ),
         Reason::NotReported { loans } => lang.f("reason.not_reported", &[("loans", &loans)]),
         Reason::Repeated { loans } => lang.f("reason.repeated", &[("loans", &loans)]),
     }
@@ -295,7 +301,7 @@ pub async fn month(
                 dt { (lang.t("month.reports")) } dd data-field="reports" { (t.reports) }
                 dt { (lang.t("month.corrections")) } dd data-field="corrections" { (t.corrections) }
                 dt { (lang.t("month.repayments")) } dd data-field="repayments" { (t.repayments) }
-                dt { (lang.t("month.amount")) } dd data-field="amount" { (t.amount) }
+                dt { (lang.t("month.amount")) } dd data-field="amount" { (total(t.amount)) }
                 @if let Some(e) = &v.expected_loans {
                     dt { (lang.t("month.expected")) } dd data-field="expected" { (e.expected) }
                     dt { (lang.t("month.reported")) } dd data-field="reported" { (e.reported) }
@@ -304,11 +310,11 @@ pub async fn month(
                     dt { (lang.t("month.snapshot")) } dd { (when(e.taken_at)) @if e.stale { " " span.chip.warn { (lang.t("month.stale")) } } }
                 }
             }
-            (readiness(lang, v.ready_to_finalize, &v.why))
+            (readiness(lang, &partner, v.ready_to_finalize, &v.why))
         }
         section aria-labelledby="h-branches" {
             h2 id="h-branches" { (lang.t("month.branches")) }
-            div.table-wrap { table {
+            div.table-wrap { table.stack id="branches" {
                 thead { tr {
                     th scope="col" { (lang.t("month.branch")) }
                     th scope="col" { (lang.t("month.reports")) }
@@ -319,10 +325,10 @@ pub async fn month(
                 tbody { @for b in &v.branches {
                     tr data-branch=(b.branch) {
                         th scope="row" { a href={ "/web/reports?period=" (v.period) "&branch=" (encode(&b.branch)) "&partner=" (pq) } { (b.branch) } }
-                        td.num { (b.tally.reports) }
-                        td.num { (b.tally.repayments) }
-                        td.num { (b.tally.amount) }
-                        td { @for (s, n) in &b.tally.by_state { (repayment_state(lang, *s)) " " (n) " " } }
+                        td.num data-label=(lang.t("month.reports")) { (b.tally.reports) }
+                        td.num data-label=(lang.t("month.repayments")) { (b.tally.repayments) }
+                        td.num data-label=(lang.t("month.amount")) data-field="amount" { (total(b.tally.amount)) }
+                        td data-label=(lang.t("month.states")) { @for (s, n) in &b.tally.by_state { (repayment_state(lang, *s)) " " (n) " " } }
                     }
                 } }
             } }
@@ -346,8 +352,8 @@ pub async fn month(
                         th scope="col" { (lang.t("month.kiva_status")) }
                     } }
                     tbody { @for l in v.not_reported.iter().filter(|l| matches(&[Some(l.internal_loan_id.as_str()), l.internal_client_id.as_deref()])).take(LIST_ROWS) {
-                        tr { td { (l.internal_loan_id) } td { (l.internal_client_id.as_deref().unwrap_or("")) }
-                             td { @if let Some(k) = l.kiva_id { (k) } } td { (l.status) } }
+                        tr { td.id { (l.internal_loan_id) } td.id { (l.internal_client_id.as_deref().unwrap_or("")) }
+                             td.id { @if let Some(k) = l.kiva_id { (k) } } td { (l.status) } }
                     } }
                 } }
             }
@@ -364,10 +370,10 @@ pub async fn month(
                         th scope="col" { (lang.t("month.report")) }
                     } }
                     tbody { @for r in v.not_expected.iter().filter(|r| matches(&[Some(r.loan_id.as_str()), r.client_id.as_deref()])).take(LIST_ROWS) {
-                        tr { td { (r.loan_id) } td { (r.client_id.as_deref().unwrap_or("")) }
+                        tr { td.id { (r.loan_id) } td.id { (r.client_id.as_deref().unwrap_or("")) }
                              td { (r.kiva_status.as_deref().unwrap_or(lang.t("month.not_in_list"))) }
                              td { (r.branch) }
-                             td { a href={ "/web/reports/" (r.report_id) } { (short(r.report_id)) } " #" (r.position + 1) } }
+                             td { a href={ "/web/reports/" (r.report_id) } { (report_label(r.report_id)) } " #" (r.position + 1) } }
                     } }
                 } }
             }
@@ -376,8 +382,8 @@ pub async fn month(
             h2 id="h-repeated" { (lang.t("month.repeated_title")) " (" (v.repeated.len()) ")" }
             @if v.repeated.is_empty() { p { (lang.t("month.none")) } } @else {
                 ul { @for r in &v.repeated {
-                    li { (r.loan_id) @if let Some(c) = &r.client_id { " / " (c) } ": "
-                        @for id in &r.reports { a href={ "/web/reports/" (id) } { (short(*id)) } " " } }
+                    li { span.id { (r.loan_id) } @if let Some(c) = &r.client_id { " / " span.id { (c) } } ": "
+                        @for id in &r.reports { a href={ "/web/reports/" (id) } { (report_label(*id)) } " " } }
                 } }
             }
         }
@@ -392,9 +398,9 @@ pub async fn month(
                         th scope="col" { (lang.t("month.kiva_words")) }
                     } }
                     tbody { @for r in &v.rejected_by_kiva {
-                        tr { td { (r.loan_id) @if let Some(c) = &r.client_id { " / " (c) } }
+                        tr { td { span.id { (r.loan_id) } @if let Some(c) = &r.client_id { " / " span.id { (c) } } }
                              td { (r.branch) }
-                             td { a href={ "/web/reports/" (r.report_id) } { (short(r.report_id)) } }
+                             td { a href={ "/web/reports/" (r.report_id) } { (report_label(r.report_id)) } }
                              td lang="en" { @for d in &r.details { (d) br; } } }
                     } }
                 } }
@@ -402,11 +408,6 @@ pub async fn month(
         }
     };
     Ok(ctx.page(&title, body))
-}
-
-/// The first block of a report id: enough to tell reports apart on a page; the link has all.
-pub(crate) fn short(id: uuid::Uuid) -> String {
-    id.to_string()[..8].to_owned()
 }
 
 pub async fn month_csv(

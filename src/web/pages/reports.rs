@@ -11,9 +11,10 @@ use crate::config::Role;
 use crate::store::{Batch, OperatorActionKind, ReportStatus};
 use crate::web::i18n::Lang;
 use crate::web::layout::{
-    batch_state, encode, repayment_state, report_status, status_text, when, wire_name,
+    batch_state, encode, repayment_state, report_label, report_status, status_text, total, when,
+    wire_name,
 };
-use crate::web::pages::months::{partner_picker, short};
+use crate::web::pages::months::partner_picker;
 use crate::web::session::WebConfig;
 use crate::web::{Ctx, Failure, PageError};
 
@@ -124,14 +125,14 @@ pub async fn list(
                 } }
                 tbody { @for r in &page.reports {
                     tr data-report=(r.id) {
-                        th scope="row" { a href={ "/web/reports/" (r.id) } { (short(r.id)) }
+                        th scope="row" { a href={ "/web/reports/" (r.id) } { (report_label(r.id)) }
                             @if r.correction { " " span.chip.wait { (lang.t("reports.correction")) } } }
                         td { (when(r.created_at)) }
-                        td { @if let Some(p) = r.period { (p) } }
+                        td.id { @if let Some(p) = r.period { (p) } }
                         td { (r.branch) }
                         td { (report_status(lang, r.status)) }
                         td.num { (r.repayment_count) }
-                        td.num { (r.total_amount) }
+                        td.num { (total(r.total_amount)) }
                         td.num { (r.refused_by_kiva) }
                     }
                 } }
@@ -156,7 +157,7 @@ pub async fn detail(
     let (report, batches) = find_report(&state, &ctx.viewer.caller, &id)
         .await
         .map_err(|e| ctx.api(e))?;
-    let title = lang.f("report.title", &[("id", &short(report.id))]);
+    let title = lang.f("report.title", &[("id", &report_label(report.id))]);
     let body = html! {
         h1 { (title) }
         @if let Some(done) = done.done.as_deref() {
@@ -176,7 +177,7 @@ pub async fn detail(
             dt { (lang.t("report.submitted_by")) } dd { (report.submitted_by) }
             dt { (lang.t("reports.created")) } dd { (when(report.created_at)) }
             dt { (lang.t("reports.repayments")) } dd { (report.repayment_count) }
-            dt { (lang.t("reports.amount")) } dd { (report.total_amount) }
+            dt { (lang.t("reports.amount")) } dd { (total(report.total_amount)) }
             dt { (lang.t("reports.refused")) } dd { (report.refused_by_kiva) }
             @if report.correction { dt { (lang.t("reports.correction")) } dd { (lang.t("common.yes")) } }
         }
@@ -199,7 +200,7 @@ fn batch_section(ctx: &Ctx, b: &Batch) -> Markup {
             h2 id={ "h-" (id) } { (lang.f("report.batch", &[("n", &b.number)])) " " (batch_state(lang, b.state)) }
             dl.facts {
                 dt { (lang.t("reports.repayments")) } dd { (b.repayment_count) }
-                dt { (lang.t("reports.amount")) } dd { (b.total_amount) }
+                dt { (lang.t("reports.amount")) } dd { (total(b.total_amount)) }
                 @if let Some(r) = &b.result {
                     @if let Some(u) = &r.upload_id { dt { (lang.t("report.upload_id")) } dd { (u) } }
                     dt { (lang.t("report.reason")) } dd lang="en" { (r.reason) }
@@ -260,8 +261,8 @@ fn batch_section(ctx: &Ctx, b: &Batch) -> Markup {
                 tbody { @for r in &b.repayments {
                     tr {
                         th scope="row" { (r.repayment.position + 1) }
-                        td { (r.repayment.loan_id.as_str()) }
-                        td { @if let Some(c) = &r.repayment.client_id { (c.as_str()) } }
+                        td.id { (r.repayment.loan_id.as_str()) }
+                        td.id { @if let Some(c) = &r.repayment.client_id { (c.as_str()) } }
                         td.num { (r.repayment.amount) }
                         td { (repayment_state(lang, r.state)) }
                         td lang="en" { @for p in &r.problems {

@@ -13,11 +13,13 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api::AppState;
 use crate::api::body::{BodyError, ReadDeadline, read_limited};
-use crate::api::problem::ApiError;
+use crate::api::problem::{ApiError, SEND_AS_CORRECTION};
 use crate::api::repayments::{
     BodyKind, accept_report, check_report, declared_length, parse_report,
 };
 use crate::intake::{FileFields, FileKind, PartnerScope, Violation};
+use crate::web::i18n::Lang;
+use crate::web::layout::total_of_text;
 use crate::web::session::{self, WebConfig};
 use crate::web::{Ctx, Failure, PageError, html as page_html, layout, see_other};
 
@@ -148,7 +150,7 @@ pub async fn upload(
         };
         let body = html! {
             h1 { (lang.t("upload.title")) }
-            @let values: [(&str, &dyn std::fmt::Display); 4] = [("n", &checked.repayment_count), ("amount", &checked.total_amount),
+            @let values: [(&str, &dyn std::fmt::Display); 4] = [("n", &checked.repayment_count), ("amount", &total_of_text(&checked.total_amount)),
                                        ("period", &checked.period.as_deref().unwrap_or("")), ("file", &sent.file_name)];
             @if checked.not_checked.is_empty() {
                 p.notice.good role="status" id="checked" { (lang.f("upload.ok", &values)) }
@@ -280,10 +282,22 @@ fn problems(ctx: &Ctx, violations: &[Violation]) -> Markup {
                          @else if let Some(cell) = &v.cell { (lang.f("upload.cell", &[("cell", cell)])) }
                          @else { code { (v.pointer) } } }
                     td { @if let Some(c) = column(v) { (c) } }
-                    td lang="en" { (v.detail) }
+                    td { (detail(lang, &v.detail)) }
                 }
             } }
         } }
+    }
+}
+
+/// A problem as the page says it: the API's words, with the advice to send `"correction": true`
+/// replaced by the form's own way, its checkbox.
+fn detail(lang: Lang, detail: &str) -> Markup {
+    match detail.strip_suffix(SEND_AS_CORRECTION) {
+        Some(problem) => html! {
+            span lang="en" { (problem.trim_end()) } " "
+            span { (lang.f("upload.as_correction", &[("correction", &lang.t("upload.correction"))])) }
+        },
+        None => html! { span lang="en" { (detail) } },
     }
 }
 

@@ -131,7 +131,7 @@ async fn the_months_and_attention_pages_list_a_page_at_a_time_with_the_apis_numb
         assert!(
             row.contains(&format!(
                 "data-field=\"amount\">{}<",
-                p["amount"].as_str().unwrap()
+                super::shown_total(p["amount"].as_str().unwrap())
             )),
             "{row}"
         );

@@ -5,9 +5,11 @@
 //! left, sign-out ending the session, every page also fetched without JavaScript. Screenshots
 //! of every page in both languages land in `target/screenshots/`.
 
+mod advice;
 mod browser;
 mod edge;
 mod lists;
+mod looks;
 pub(crate) mod plain;
 mod upload;
 
@@ -193,6 +195,7 @@ async fn the_month_page_shows_the_numbers_of_the_api(b: &Browser, m: &Month) -> 
         )
     );
     b.screenshot("months-en").await;
+    looks::months_page(b).await;
 
     b.goto(&format!("{address}/web/months/{PERIOD}")).await;
     let num = |v: &Value| match v {
@@ -212,7 +215,10 @@ async fn the_month_page_shows_the_numbers_of_the_api(b: &Browser, m: &Month) -> 
         assert_eq!(
             b.text(&format!("#h-summary ~ dl [data-field={field}]"))
                 .await,
-            num(value),
+            match field {
+                "amount" => shown_total(&num(value)),
+                _ => num(value),
+            },
             "{field}"
         );
     }
@@ -234,6 +240,8 @@ async fn the_month_page_shows_the_numbers_of_the_api(b: &Browser, m: &Month) -> 
     );
     assert_eq!(b.count("#not-expected tbody tr").await, 1, "L-7 is ended");
     assert!(b.text("#refused").await.contains("L-7"));
+    looks::month_page(b).await;
+    advice::month_page(b).await;
     b.screenshot("month-en").await;
     b.client.set_window_size(390, 844).await.unwrap();
     b.screenshot("month-phone-en").await;
@@ -251,6 +259,7 @@ async fn the_month_page_shows_the_numbers_of_the_api(b: &Browser, m: &Month) -> 
 
     b.goto(&format!("{address}/web/reports")).await;
     assert_eq!(b.count("#reports tbody tr").await, 3);
+    looks::reports_page(b, m).await;
     b.screenshot("reports-en").await;
     b.goto(&format!("{address}/web/reports/{}", m.nairobi))
         .await;
@@ -404,6 +413,9 @@ async fn the_spanish_pages_have_no_english_left(b: &Browser, m: &Month) {
             "English on the Spanish {name} page: {left:?}\n{text}"
         );
         b.screenshot(&format!("{name}-es")).await;
+        if name == "months" {
+            looks::months_page(b).await;
+        }
         if name == "not-found" {
             assert_eq!(b.text("h1").await, "No encontrado");
         }
@@ -462,7 +474,7 @@ async fn every_page_works_without_javascript(m: &Month, cookie: &str) {
                 ),
                 format!(
                     "data-field=\"amount\">{}<",
-                    api["total"]["amount"].as_str().unwrap()
+                    shown_total(api["total"]["amount"].as_str().unwrap())
                 ),
                 "id=\"not-reported\"".to_owned(),
             ],
@@ -521,6 +533,17 @@ async fn every_page_works_without_javascript(m: &Month, cookie: &str) {
         text.lines().count() - 1,
         api["not_reported"].as_array().unwrap().len()
     );
+}
+
+/// A total of the API (its exact digits) as the pages show it: two decimals, more only when
+/// the sum has them.
+pub(crate) fn shown_total(api: &str) -> String {
+    let mut total: rust_decimal::Decimal = api.parse().unwrap();
+    total = total.normalize();
+    if total.scale() < 2 {
+        total.rescale(2);
+    }
+    total.to_string()
 }
 
 /// The status of the months page for a request with this session cookie (no redirects

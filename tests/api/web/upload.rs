@@ -108,4 +108,10 @@ pub(super) async fn a_clerk_uploads_a_file_fixes_its_problems_and_sends_it_once(
     );
     assert_eq!(reports().await, reports_before + 1);
     assert_eq!(m.rig.drain(&m.worker).await, 1);
+    super::advice::the_same_file_again_names_the_checkbox(b, address, path).await;
+    assert_eq!(
+        reports().await,
+        reports_before + 1,
+        "a check stores nothing"
+    );
 }
