@@ -183,6 +183,8 @@ pub struct Invocation<'a> {
     pub poll_timeout_secs: u32,
     /// `PATH` for the example, when not the test's own.
     pub path: Option<&'a Path>,
+    /// `REPORT_CORRECTION=true`.
+    pub correction: bool,
 }
 
 pub const PERIOD: &str = "2026-10";
@@ -233,6 +235,12 @@ pub async fn run(lang: Lang, how: &Invocation<'_>) -> Run {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Unset unless a correction: the examples' default is no correction.
+    if how.correction {
+        command.env("REPORT_CORRECTION", "true");
+    } else {
+        command.env_remove("REPORT_CORRECTION");
+    }
     let child = command.spawn().expect("the example starts");
     let output = tokio::time::timeout(RUN_DEADLINE, child.wait_with_output())
         .await
