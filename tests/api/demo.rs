@@ -72,6 +72,12 @@ impl Demo {
             .cloned()
             .collect()
     }
+
+    /// The key printed on the line that names `branch`.
+    fn key(&self, branch: &str) -> String {
+        let line = self.banner.iter().find(|l| l.contains(branch)).unwrap();
+        line.split_whitespace().last().unwrap().to_owned()
+    }
 }
 
 /// Its standard output, run exactly as printed (sh -c), as a newcomer pastes it.
@@ -220,4 +226,79 @@ async fn the_demo_serves_swagger_and_its_printed_curl_delivers_a_report_run_afte
 
     let demo = start_demo(cwd.path()).await;
     follow_the_banner(&demo).await;
+}
+
+/// The outputs examples/README.md shows: each block that starts with an Idempotency-Key, with
+/// the sample file and the exit code its introducing line names, and the report id as `<id>`.
+fn readme_outputs() -> Vec<(String, i32, String)> {
+    let readme = std::fs::read_to_string("examples/README.md").unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut outputs = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        if *line != "```" || !lines[at + 1].starts_with("idempotency-key: mis-") {
+            continue;
+        }
+        let intro = lines[at - 1];
+        let sample = ["repayments-three-column.csv", "repayments-two-column.csv"]
+            .into_iter()
+            .find(|sample| intro.contains(sample))
+            .unwrap_or_else(|| panic!("which sample? {intro}"));
+        let code = intro
+            .rsplit_once("exit code ")
+            .and_then(|(_, code)| code.trim_end_matches(':').parse().ok())
+            .unwrap_or_else(|| panic!("which exit code? {intro}"));
+        let block: Vec<&str> = lines[at + 1..]
+            .iter()
+            .take_while(|l| **l != "```")
+            .copied()
+            .collect();
+        outputs.push((sample.to_owned(), code, without_id(&block.join("\n"))));
+    }
+    outputs
+}
+
+fn without_id(output: &str) -> String {
+    output
+        .lines()
+        .map(|line| match line.strip_prefix("accepted ") {
+            Some(rest) => format!("accepted <id>:{}", rest.split_once(':').unwrap().1),
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// After the demo's own reports, each shipped sample sent by examples/submit.sh with the key
+/// the demo prints for its partner is accepted (the three-column sample's loans were the
+/// banner's, so it was refused as already reported) and prints what examples/README.md shows.
+#[tokio::test]
+async fn the_shipped_samples_after_the_demos_reports_print_what_the_examples_readme_shows() {
+    let cwd = tempfile::tempdir().unwrap();
+    let demo = start_demo(cwd.path()).await;
+    follow_the_banner(&demo).await;
+    let outputs = readme_outputs();
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    for (sample, code, expected) in outputs {
+        let branch = if sample.contains("three-column") {
+            "branch Nairobi:"
+        } else {
+            "branch Kisumu:"
+        };
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let out = tokio::process::Command::new(examples.join("submit.sh"))
+            .arg(examples.join(&sample))
+            .env("GATEWAY_URL", format!("http://127.0.0.1:{}", demo.port))
+            .env("GATEWAY_API_KEY", demo.key(branch))
+            .env("REPORT_PERIOD", "2026-10")
+            .env_remove("GATEWAY_BRANCH")
+            .env_remove("REPORT_CORRECTION")
+            .env("POLL_TIMEOUT_SECS", "30")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{sample}\n{stdout}{stderr}");
+        assert_eq!(without_id(&stdout), expected, "{sample}\n{stderr}");
+    }
 }
