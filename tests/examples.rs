@@ -499,14 +499,8 @@ async fn correct_a_report(lang: Lang) -> (DeliveryRig, Run, Run, Run) {
     ] {
         let (_dir, csv) = csv_file(content);
         let how = Invocation {
-            gateway_url: &rig.app.address,
-            api_key: &key,
-            branch: "nairobi",
-            csv: &csv,
-            java: JavaLaunch::Compiled,
-            poll_timeout_secs: 30,
-            path: None,
             correction,
+            ..Invocation::new(&rig.app.address, &key, &csv)
         };
         runs.push(run(lang, &how).await);
     }

@@ -5,6 +5,7 @@ use std::process::Stdio;
 
 use tokio::io::AsyncBufReadExt;
 
+use crate::crash::free_port;
 use crate::helpers::*;
 
 /// A demo started in a directory of its own, and the banner it printed.
@@ -13,14 +14,6 @@ struct Demo {
     banner: Vec<String>,
     port: u16,
     metrics_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_demo(cwd: &Path) -> Demo {

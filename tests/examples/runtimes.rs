@@ -187,6 +187,23 @@ pub struct Invocation<'a> {
     pub correction: bool,
 }
 
+impl<'a> Invocation<'a> {
+    /// Branch `nairobi`, Java compiled, 30 s to follow the report, the test's `PATH`, no
+    /// correction.
+    pub fn new(gateway_url: &'a str, api_key: &'a str, csv: &'a Path) -> Self {
+        Invocation {
+            gateway_url,
+            api_key,
+            branch: "nairobi",
+            csv,
+            java: JavaLaunch::Compiled,
+            poll_timeout_secs: 30,
+            path: None,
+            correction: false,
+        }
+    }
+}
+
 pub const PERIOD: &str = "2026-10";
 
 pub async fn run(lang: Lang, how: &Invocation<'_>) -> Run {
