@@ -72,11 +72,15 @@ public static class Submit
         var period = Env("REPORT_PERIOD", "");
         var branch = Env("GATEWAY_BRANCH", "default");
         var timeout = Env("POLL_TIMEOUT_SECS", "120");
+        var correctionText = Env("REPORT_CORRECTION", "false");
         if (!Regex.IsMatch(period, "^[0-9]{4}-[0-9]{2}$")) throw new Failure(2, "REPORT_PERIOD must be YYYY-MM");
         if (!Regex.IsMatch(branch, "^[A-Za-z0-9._-]{1,64}$"))
             throw new Failure(2, "GATEWAY_BRANCH must be 1 to 64 of A-Z a-z 0-9 . _ -");
         if (!Regex.IsMatch(timeout, "^[0-9]{1,6}$"))
             throw new Failure(2, "POLL_TIMEOUT_SECS must be a whole number of seconds");
+        if (correctionText != "true" && correctionText != "false")
+            throw new Failure(2, "REPORT_CORRECTION must be true or false");
+        var correction = correctionText == "true";
 
         byte[] content;
         try
@@ -88,10 +92,13 @@ public static class Submit
             throw new Failure(2, "cannot read " + args[0] + ": " + e.Message);
         }
         var repayments = ParseCsv(args[0], content);
-        var key = "mis-" + branch + "-" + period + "-" + Sha256Hex(content).Substring(0, 32);
+        // A correction gets a key of its own: the same file sent again as a correction is
+        // another report.
+        var kind = correction ? "correction-" : "";
+        var key = "mis-" + branch + "-" + period + "-" + kind + Sha256Hex(content).Substring(0, 32);
         Console.WriteLine("idempotency-key: " + key);
 
-        var response = Post(baseUrl, apiKey, key, ReportBody(period, repayments));
+        var response = Post(baseUrl, apiKey, key, ReportBody(period, correction, repayments));
         var answer = AsObject(Json.ParseOrNull(response.Body));
         if (response.Status != 202)
         {
@@ -242,9 +249,10 @@ public static class Submit
 
     // Built by hand so that every example sends the very same bytes for the same file: the
     // gateway compares a retry's body with the first one's. Amounts stay the CSV's text.
-    static string ReportBody(string period, List<string[]> repayments)
+    static string ReportBody(string period, bool correction, List<string[]> repayments)
     {
-        var body = new StringBuilder("{\"period\":").Append(JsonString(period)).Append(",\"repayments\":[");
+        var body = new StringBuilder("{\"period\":").Append(JsonString(period)).Append(",")
+            .Append(correction ? "\"correction\":true," : "").Append("\"repayments\":[");
         for (var i = 0; i < repayments.Count; i++)
         {
             var r = repayments[i];

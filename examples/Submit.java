@@ -73,6 +73,7 @@ public class Submit {
         String period = env("REPORT_PERIOD", "");
         String branch = env("GATEWAY_BRANCH", "default");
         String timeout = env("POLL_TIMEOUT_SECS", "120");
+        String correctionText = env("REPORT_CORRECTION", "false");
         if (!period.matches("[0-9]{4}-[0-9]{2}")) {
             throw new Failure(2, "REPORT_PERIOD must be YYYY-MM");
         }
@@ -82,13 +83,20 @@ public class Submit {
         if (!timeout.matches("[0-9]{1,6}")) {
             throw new Failure(2, "POLL_TIMEOUT_SECS must be a whole number of seconds");
         }
+        if (!correctionText.matches("true|false")) {
+            throw new Failure(2, "REPORT_CORRECTION must be true or false");
+        }
+        boolean correction = correctionText.equals("true");
 
         byte[] content = readFile(args[0]);
         List<String[]> repayments = parseCsv(args[0], content);
-        String key = "mis-" + branch + "-" + period + "-" + sha256Hex(content).substring(0, 32);
+        // A correction gets a key of its own: the same file sent again as a correction is
+        // another report.
+        String kind = correction ? "correction-" : "";
+        String key = "mis-" + branch + "-" + period + "-" + kind + sha256Hex(content).substring(0, 32);
         System.out.println("idempotency-key: " + key);
 
-        HttpResponse<String> response = submit(base, apiKey, key, reportBody(period, repayments));
+        HttpResponse<String> response = submit(base, apiKey, key, reportBody(period, correction, repayments));
         Map<String, Object> answer = asObject(Json.parseOrNull(response.body()));
         if (response.statusCode() != 202) {
             Object message = answer.get("detail") != null ? answer.get("detail") : answer.get("title");
@@ -252,8 +260,9 @@ public class Submit {
 
     // Built by hand so that every example sends the very same bytes for the same file: the
     // gateway compares a retry's body with the first one's. Amounts stay the CSV's text.
-    static String reportBody(String period, List<String[]> repayments) {
-        StringBuilder body = new StringBuilder("{\"period\":").append(jsonString(period)).append(",\"repayments\":[");
+    static String reportBody(String period, boolean correction, List<String[]> repayments) {
+        StringBuilder body = new StringBuilder("{\"period\":").append(jsonString(period)).append(",")
+            .append(correction ? "\"correction\":true," : "").append("\"repayments\":[");
         for (int i = 0; i < repayments.size(); i++) {
             String[] r = repayments.get(i);
             body.append(i == 0 ? "" : ",").append("{\"loan_id\":").append(jsonString(r[0]));

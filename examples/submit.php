@@ -77,7 +77,7 @@ function json_string(string $value): string
 
 // Built by hand so that every example sends the very same bytes for the same file: the gateway
 // compares a retry's body with the first one's. Amounts stay the CSV's text, never a float.
-function report_body(string $period, array $repayments): string
+function report_body(string $period, bool $correction, array $repayments): string
 {
     $items = [];
     foreach ($repayments as [$loan_id, $client_id, $amount]) {
@@ -87,7 +87,8 @@ function report_body(string $period, array $repayments): string
         }
         $items[] = $item . ',"amount":' . json_string($amount) . '}';
     }
-    return '{"period":' . json_string($period) . ',"repayments":[' . implode(',', $items) . ']}';
+    $head = '{"period":' . json_string($period) . ',' . ($correction ? '"correction":true,' : '');
+    return $head . '"repayments":[' . implode(',', $items) . ']}';
 }
 
 /** [status, lower-cased headers, body]; or a string: the network error. */
@@ -210,6 +211,7 @@ $api_key = (string) getenv('GATEWAY_API_KEY');
 $period = (string) getenv('REPORT_PERIOD');
 $branch = (string) getenv('GATEWAY_BRANCH') ?: 'default';
 $timeout = (string) getenv('POLL_TIMEOUT_SECS') ?: '120';
+$correction_text = (string) getenv('REPORT_CORRECTION') ?: 'false';
 if (!preg_match('/^[0-9]{4}-[0-9]{2}$/D', $period)) {
     fail(2, 'REPORT_PERIOD must be YYYY-MM');
 }
@@ -219,12 +221,18 @@ if (!preg_match('/^[A-Za-z0-9._-]{1,64}$/D', $branch)) {
 if (!preg_match('/^[0-9]{1,6}$/D', $timeout)) {
     fail(2, 'POLL_TIMEOUT_SECS must be a whole number of seconds');
 }
+if ($correction_text !== 'true' && $correction_text !== 'false') {
+    fail(2, 'REPORT_CORRECTION must be true or false');
+}
+$correction = $correction_text === 'true';
 
 [$content, $repayments] = read_csv($argv[1]);
-$key = "mis-$branch-$period-" . substr(hash('sha256', $content), 0, 32);
+// A correction gets a key of its own: the same file sent again as a correction is another report.
+$kind = $correction ? 'correction-' : '';
+$key = "mis-$branch-$period-$kind" . substr(hash('sha256', $content), 0, 32);
 echo "idempotency-key: $key\n";
 
-[$status, $text] = submit($base, $api_key, $key, report_body($period, $repayments));
+[$status, $text] = submit($base, $api_key, $key, report_body($period, $correction, $repayments));
 $answer = parse_json($text);
 if ($status !== 202) {
     echo "refused: HTTP $status: " . text_of($answer['detail'] ?? $answer['title'] ?? '') . "\n";

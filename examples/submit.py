@@ -73,7 +73,7 @@ def json_string(value):
     return '"' + value.replace("\\", "\\\\") + '"'
 
 
-def report_body(period, repayments):
+def report_body(period, correction, repayments):
     # Built by hand so that every example sends the very same bytes for the same file: the
     # gateway compares a retry's body with the first one's.
     items = []
@@ -83,7 +83,10 @@ def report_body(period, repayments):
             item += ',"client_id":' + json_string(client_id)
         item += ',"amount":' + json_string(amount) + "}"
         items.append(item)
-    return '{"period":' + json_string(period) + ',"repayments":[' + ",".join(items) + "]}"
+    head = '{"period":' + json_string(period) + ","
+    if correction:
+        head += '"correction":true,'
+    return head + '"repayments":[' + ",".join(items) + "]}"
 
 
 def request(method, url, api_key, body=None, idempotency_key=None):
@@ -184,17 +187,24 @@ def main():
     period = env["REPORT_PERIOD"]
     branch = os.environ.get("GATEWAY_BRANCH", "") or "default"
     timeout_text = os.environ.get("POLL_TIMEOUT_SECS", "") or "120"
+    correction_text = os.environ.get("REPORT_CORRECTION", "") or "false"
     if not re.fullmatch(r"[0-9]{4}-[0-9]{2}", period):
         fail(2, "REPORT_PERIOD must be YYYY-MM")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", branch):
         fail(2, "GATEWAY_BRANCH must be 1 to 64 of A-Z a-z 0-9 . _ -")
     if not re.fullmatch(r"[0-9]{1,6}", timeout_text):
         fail(2, "POLL_TIMEOUT_SECS must be a whole number of seconds")
+    if correction_text not in ("true", "false"):
+        fail(2, "REPORT_CORRECTION must be true or false")
+    correction = correction_text == "true"
 
     content, repayments = read_csv(sys.argv[1])
-    key = f"mis-{branch}-{period}-{hashlib.sha256(content).hexdigest()[:32]}"
+    # A correction gets a key of its own: the same file sent again as a correction is another
+    # report.
+    kind = "correction-" if correction else ""
+    key = f"mis-{branch}-{period}-{kind}{hashlib.sha256(content).hexdigest()[:32]}"
     print(f"idempotency-key: {key}")
-    body = report_body(period, repayments).encode("utf-8")
+    body = report_body(period, correction, repayments).encode("utf-8")
 
     status, text = submit(base, env["GATEWAY_API_KEY"], key, body)
     answer = parse_json(text)

@@ -22,9 +22,11 @@ while [[ $base == */ ]]; do base=${base%/}; done
 period=$REPORT_PERIOD
 branch=${GATEWAY_BRANCH:-default}
 timeout=${POLL_TIMEOUT_SECS:-120}
+correction=${REPORT_CORRECTION:-false}
 [[ $period =~ ^[0-9]{4}-[0-9]{2}$ ]] || fail 2 "REPORT_PERIOD must be YYYY-MM"
 [[ $branch =~ ^[A-Za-z0-9._-]{1,64}$ ]] || fail 2 "GATEWAY_BRANCH must be 1 to 64 of A-Z a-z 0-9 . _ -"
 [[ $timeout =~ ^[0-9]{1,6}$ ]] || fail 2 "POLL_TIMEOUT_SECS must be a whole number of seconds"
+[[ $correction =~ ^(true|false)$ ]] || fail 2 "REPORT_CORRECTION must be true or false"
 command -v curl >/dev/null || fail 2 "curl is not installed"
 have_jq=false
 command -v jq >/dev/null && have_jq=true
@@ -84,7 +86,15 @@ while IFS= read -r line || [ -n "$line" ]; do
 done <"$file"
 $header_seen || fail 2 "$file: empty file"
 
-body="{\"period\":$(json_string "$period"),\"repayments\":["
+body="{\"period\":$(json_string "$period"),"
+# A correction says so, and gets a key of its own: the same file sent again as a correction
+# is another report.
+kind=""
+if [ "$correction" = true ]; then
+  body+="\"correction\":true,"
+  kind="correction-"
+fi
+body+="\"repayments\":["
 for i in "${!items[@]}"; do
   [ "$i" -gt 0 ] && body+=","
   body+=${items[$i]}
@@ -93,7 +103,7 @@ body+="]}"
 printf '%s' "$body" >"$work/request.json"
 
 hash=$(sha256sum "$file") || exit 1
-key="mis-$branch-$period-${hash:0:32}"
+key="mis-$branch-$period-$kind${hash:0:32}"
 echo "idempotency-key: $key"
 
 # One request; sets $status ("000" when no answer arrived), $error, $work/answer and $work/headers.

@@ -3,13 +3,15 @@
 //! (101 two-column, 102 three-column) and freshly made API keys, printed with ready-to-paste
 //! curl commands.
 
+use std::fs::File;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use crate::api::auth::new_key;
-use crate::config::Settings;
+use crate::config::{EMBEDDED_PREFIX, Settings};
 use crate::kiva::KivaClient;
 use crate::periods::refresh::{RefreshOutcome, refresh_expected_loans};
-use crate::sandbox::{DEMO_HOLD_LOAN, Sandbox, SandboxConfig};
+use crate::sandbox::{DEMO_HOLD_LOAN, Sandbox, SandboxConfig, SandboxLoan};
 use crate::startup::Application;
 
 /// Where the demo keeps its data, relative to the working directory.
@@ -90,6 +92,11 @@ pub async fn run() -> anyhow::Result<()> {
         Sandbox::start(SandboxConfig::demo(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let (settings, keys) = settings(&sandbox)?;
     crate::telemetry::init(&settings.log);
+    // A store named by `GATEWAY_STORE__URL` is the operator's, and kept.
+    let fresh = settings.store.url == format!("{EMBEDDED_PREFIX}{DEMO_STORE}");
+    if fresh {
+        empty_store(Path::new(DEMO_STORE))?;
+    }
     let store = crate::startup::build_store(&settings)?;
     let app = Application::build_with_store(&settings, store.clone())?;
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -116,13 +123,76 @@ pub async fn run() -> anyhow::Result<()> {
     let metrics = app
         .metrics_port()
         .map(|port| format!("http://127.0.0.1:{port}/metrics"));
-    println!("{}", banner(&base, &keys, &expected, metrics.as_deref()));
+    let data = if fresh {
+        format!("data in ./{DEMO_STORE}, emptied at each start")
+    } else {
+        "data in the store GATEWAY_STORE__URL names, kept from earlier runs".to_owned()
+    };
+    let loans = SandboxConfig::demo().loans;
+    println!(
+        "{}",
+        banner(&base, &keys, &data, &loans, &expected, metrics.as_deref())
+    );
     app.run_until_stopped().await?;
     sandbox.shutdown();
     Ok(())
 }
 
-fn banner(base: &str, keys: &DemoKeys, expected: &[String], metrics: Option<&str>) -> String {
+/// Each demo starts from an empty store: its keys are new at each start and its "Kiva"
+/// forgets what it was sent, and an earlier run's reports would make the printed commands
+/// replay that run's answers (their Idempotency-Keys) or be refused (loans already reported
+/// for 2026-10). Only the store's own files go, and not while another process has it open
+/// (opening it then says so).
+fn empty_store(dir: &Path) -> anyhow::Result<()> {
+    let Ok(lock) = File::options().write(true).open(dir.join("lock")) else {
+        return Ok(());
+    };
+    if lock.try_lock().is_err() {
+        return Ok(());
+    }
+    for name in ["gateway.db", "gateway.db-wal", "gateway.db-shm"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                anyhow::bail!("cannot empty the demo's store {}: {error}", dir.display())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// How many loans the sandbox has for `partner`, by status: its loans list pages them.
+fn loan_count(loans: &[SandboxLoan], partner: &str) -> String {
+    let mine: Vec<&SandboxLoan> = loans.iter().filter(|l| l.partner_id == partner).collect();
+    let mut statuses: Vec<(&str, usize)> = Vec::new();
+    for loan in &mine {
+        match statuses.iter_mut().find(|(s, _)| *s == loan.status) {
+            Some((_, count)) => *count += 1,
+            None => statuses.push((&loan.status, 1)),
+        }
+    }
+    let by_status: Vec<String> = statuses
+        .iter()
+        .map(|(status, count)| {
+            let status = if *status == "payingBack" {
+                "paying back"
+            } else {
+                status
+            };
+            format!("{count} {status}")
+        })
+        .collect();
+    format!("{} loans ({})", mine.len(), by_status.join(", "))
+}
+
+fn banner(
+    base: &str,
+    keys: &DemoKeys,
+    data: &str,
+    loans: &[SandboxLoan],
+    expected: &[String],
+    metrics: Option<&str>,
+) -> String {
     // Apart from the API, on this host only (`metrics.bind`); none when turned off.
     let metrics = metrics.map_or_else(
         || "Metrics are turned off (metrics.enabled = false).".to_owned(),
@@ -147,7 +217,7 @@ fn banner(base: &str, keys: &DemoKeys, expected: &[String], metrics: Option<&str
     let admin = &keys.admin;
     format!(
         r#"
-repayment-gateway demo: data in ./{DEMO_STORE}, "Kiva" is the sandbox inside this process.
+repayment-gateway demo: {data}; "Kiva" is the sandbox inside this process.
 
   The page for the Kiva Coordinator and the operator (English or Spanish):
                {base}/   sign in with the admin key below (sees every branch, can act);
@@ -159,10 +229,13 @@ repayment-gateway demo: data in ./{DEMO_STORE}, "Kiva" is the sandbox inside thi
     admin, every partner:                        {admin}
 
 Loans the sandbox knows (loan_id / client_id):
-  partner 102: L-2001/C-2001 .. L-2004/C-2004, L-1042970/C-184729, L-1043223/C-481395 (paying
+  partner 102: {loans102}, among them
+               L-2001/C-2001 .. L-2004/C-2004, L-1042970/C-184729, L-1043223/C-481395 (paying
                back: accepted), L-2005/C-2005 (defaulted: accepted), L-2006/C-2006 (ended: Kiva
-               refuses that loan)
-  partner 101: L-1001 .. L-1006 likewise (two-column: client_id is optional)
+               refuses that loan), then from L-2007/C-2007 on, of each 20: 14 paying back,
+               2 defaulted, 3 ended, 1 refunded (Kiva refuses the ended and refunded loans)
+  partner 101: {loans101}, L-1001 ..
+               likewise (two-column: client_id is optional)
   both:        {hold}/C-HOLD: the first batch with it gets a 500 from "Kiva", so the gateway
                holds the batch for an operator
   Any other loan id: Kiva refuses that loan (loan_not_found).
@@ -198,6 +271,8 @@ curl -s -i -X POST {base}/v1/partners/102/expected-loans/refresh -H 'X-Api-Key: 
 
 Ctrl-C stops the demo."#,
         k101 = keys.two_column_branch,
+        loans102 = loan_count(loans, "102"),
+        loans101 = loan_count(loans, "101"),
         expected = expected.join("; "),
         hold = DEMO_HOLD_LOAN,
         submit_ok = submit(

@@ -140,6 +140,7 @@ async fn run_alone(
             java: JavaLaunch::Compiled,
             poll_timeout_secs: 30,
             path: None,
+            correction: false,
         },
     )
     .await;
@@ -283,6 +284,7 @@ async fn the_same_file_gets_the_same_key_and_one_report_whichever_example_sends_
                     java: JavaLaunch::Source,
                     poll_timeout_secs: 30,
                     path: None,
+                    correction: false,
                 },
             )
             .await,
@@ -350,6 +352,7 @@ async fn the_bash_example_works_without_jq() {
                 java: JavaLaunch::Compiled,
                 poll_timeout_secs: 30,
                 path: Some(bin.path()),
+                correction: false,
             },
         )
         .await;
@@ -432,6 +435,7 @@ async fn run_against_the_same_key_in_flight(lang: Lang) -> (Vec<String>, String,
             java: JavaLaunch::Compiled,
             poll_timeout_secs: 1,
             path: None,
+            correction: false,
         };
         tokio::join!(run(lang, &how), release).0
     };
@@ -472,5 +476,74 @@ async fn a_409_is_retried_after_retry_after_and_a_report_not_final_in_time_exits
             idempotency_key("nairobi", THREE_COLUMN_CSV)
         );
         assert_output(run, 7, &expected);
+    }
+}
+
+/// `THREE_COLUMN_CSV` with L-2's amount corrected.
+const CORRECTED_CSV: &str = "loan_id,client_id,amount\n\
+    L-0,C-0,25.00\n\
+    L-1,C-1,40.5\n\
+    L-2,C-2,0.25\n\
+    L-3,C-3,1000000\n";
+
+/// A corrected file after the first: refused as loans already reported, then sent with
+/// `REPORT_CORRECTION=true` as a correction, under a key of its own, and delivered.
+async fn correct_a_report(lang: Lang) -> (DeliveryRig, Run, Run, Run) {
+    let rig = gateway().await;
+    let key = plain_key(NAIROBI);
+    let mut runs = Vec::new();
+    for (content, correction) in [
+        (THREE_COLUMN_CSV, false),
+        (CORRECTED_CSV, false),
+        (CORRECTED_CSV, true),
+    ] {
+        let (_dir, csv) = csv_file(content);
+        let how = Invocation {
+            correction,
+            ..Invocation::new(&rig.app.address, &key, &csv)
+        };
+        runs.push(run(lang, &how).await);
+    }
+    let corrected = runs.pop().unwrap();
+    let refused = runs.pop().unwrap();
+    let first = runs.pop().unwrap();
+    (rig, first, refused, corrected)
+}
+
+#[tokio::test]
+async fn each_example_sends_a_correction_when_told() {
+    let runs = join_all(languages().into_iter().map(correct_a_report)).await;
+    for (rig, first, refused, corrected) in &runs {
+        assert_eq!(first.code, 0, "{first}");
+        assert_eq!(refused.code, 3, "{refused}");
+        assert!(
+            refused
+                .stdout
+                .contains("/repayments/0/loan_id: this loan was already reported"),
+            "{refused}"
+        );
+        let mut stored = reports(rig).await;
+        assert_eq!(stored.len(), 2, "{corrected}");
+        // Ids are UUIDv7: the correction's is the later.
+        stored.sort();
+        let hash = hex::encode(Sha256::digest(CORRECTED_CSV.as_bytes()));
+        let expected = format!(
+            "idempotency-key: mis-nairobi-{PERIOD}-correction-{}\n\
+             accepted {}: 4 repayments, total 1000065.75\n\
+             status: delivered\n\
+             L-0: accepted\n\
+             L-1: accepted\n\
+             L-2: accepted\n\
+             L-3: accepted\n",
+            &hash[..32],
+            stored[1]
+        );
+        assert_output(corrected, 0, &expected);
+        let report = rig.app.report(NAIROBI, &stored[1]).await;
+        assert_eq!(report.body["correction"], true, "{}", report.text);
+        assert!(
+            uploaded(rig).contains(&"L-2 C-2 0.25".to_owned()),
+            "{corrected}"
+        );
     }
 }

@@ -88,7 +88,35 @@ pub fn document() -> serde_json::Value {
     }
     doc["components"]["schemas"]["RepaymentReport"] = schema;
     add_problem_examples(&mut doc);
+    file_parameter_examples_in_schemas(&mut doc);
     doc
+}
+
+/// Moves the example of each query parameter of an operation that takes a body (`period`,
+/// `partner_id`, `sheet`, `delimiter`: files only) into its schema's `examples`. Swagger UI's
+/// "Try it out" fills a parameter's `example` (or its schema's `example` or `default`) in and
+/// sends it, and a JSON report with any of them is refused (400); the schema's `examples`
+/// (JSON Schema 2020-12) it leaves out.
+fn file_parameter_examples_in_schemas(doc: &mut serde_json::Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    let operations = paths
+        .values_mut()
+        .filter_map(|operations| operations.as_object_mut())
+        .flat_map(|operations| operations.values_mut())
+        .filter(|operation| operation.get("requestBody").is_some());
+    for operation in operations {
+        let Some(parameters) = operation["parameters"].as_array_mut() else {
+            continue;
+        };
+        for parameter in parameters.iter_mut().filter(|p| p["in"] == "query") {
+            let Some(example) = parameter.as_object_mut().and_then(|p| p.remove("example")) else {
+                continue;
+            };
+            parameter["schema"]["examples"] = serde_json::json!([example]);
+        }
+    }
 }
 
 /// Gives each error answer of each operation its own examples, made by the code that makes

@@ -76,7 +76,7 @@ fn status_location(partner: &PartnerId) -> String {
     path = "/v1/partners/{id}/expected-loans/refresh",
     tag = "reconcile",
     security(("api_key" = [])),
-    params(("id" = String, Path, description = "Kiva partner id")),
+    params(("id" = String, Path, description = "Kiva partner id", example = "102")),
     responses(
         (status = 202, description = "Started; the status is at `Location`.", body = RefreshStatus,
          headers(("Location" = String, description = "`/v1/partners/{id}/expected-loans`"))),
@@ -123,7 +123,7 @@ pub async fn refresh_expected_loans(
     path = "/v1/partners/{id}/expected-loans",
     tag = "reconcile",
     security(("api_key" = [])),
-    params(("id" = String, Path, description = "Kiva partner id"), ExpectedLoansQuery),
+    params(("id" = String, Path, description = "Kiva partner id", example = "102"), ExpectedLoansQuery),
     responses(
         (status = 200, description = "The snapshot and its refreshes", body = ExpectedLoansView),
         (status = 400, description = "Unknown `include`.", body = Problem, content_type = "application/problem+json"),

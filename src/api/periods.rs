@@ -21,7 +21,7 @@ const MAX_PERIODS: usize = 24;
 #[into_params(parameter_in = Query)]
 pub struct PartnerParam {
     /// The partner; required for an admin key that serves several partners.
-    #[param(pattern = "^[A-Za-z0-9_-]{0,64}$", example = "123")]
+    #[param(pattern = "^[A-Za-z0-9_-]{0,64}$", example = "102")]
     partner_id: Option<String>,
 }
 

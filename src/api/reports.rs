@@ -97,7 +97,7 @@ pub struct ListParams {
     pub(crate) period: Option<String>,
     /// Only this partner's reports. An admin key that serves every partner lists them all
     /// without it.
-    #[param(pattern = "^[A-Za-z0-9_-]{0,64}$", example = "123")]
+    #[param(pattern = "^[A-Za-z0-9_-]{0,64}$", example = "102")]
     pub(crate) partner_id: Option<String>,
     /// `next_cursor` of the previous page. Empty: the first page.
     #[param(

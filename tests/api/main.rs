@@ -12,6 +12,7 @@ mod binary;
 mod cluster;
 mod crash;
 mod delivery;
+mod demo;
 mod durability;
 mod expected_loans;
 mod expected_store;

@@ -183,6 +183,25 @@ pub struct Invocation<'a> {
     pub poll_timeout_secs: u32,
     /// `PATH` for the example, when not the test's own.
     pub path: Option<&'a Path>,
+    /// `REPORT_CORRECTION=true`.
+    pub correction: bool,
+}
+
+impl<'a> Invocation<'a> {
+    /// Branch `nairobi`, Java compiled, 30 s to follow the report, the test's `PATH`, no
+    /// correction.
+    pub fn new(gateway_url: &'a str, api_key: &'a str, csv: &'a Path) -> Self {
+        Invocation {
+            gateway_url,
+            api_key,
+            branch: "nairobi",
+            csv,
+            java: JavaLaunch::Compiled,
+            poll_timeout_secs: 30,
+            path: None,
+            correction: false,
+        }
+    }
 }
 
 pub const PERIOD: &str = "2026-10";
@@ -233,6 +252,12 @@ pub async fn run(lang: Lang, how: &Invocation<'_>) -> Run {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Unset unless a correction: the examples' default is no correction.
+    if how.correction {
+        command.env("REPORT_CORRECTION", "true");
+    } else {
+        command.env_remove("REPORT_CORRECTION");
+    }
     let child = command.spawn().expect("the example starts");
     let output = tokio::time::timeout(RUN_DEADLINE, child.wait_with_output())
         .await
