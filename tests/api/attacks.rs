@@ -4,23 +4,10 @@
 use std::process::Stdio;
 
 use crate::helpers::*;
+use crate::hostile_files::validate;
 use crate::workbooks::{with_shared_strings, workbook, zipped};
 
 const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
-
-async fn validate(app: &TestApp, body: Vec<u8>) -> Answer {
-    app.send(
-        app.client
-            .post(format!(
-                "{}/v1/repayments/validate?period=2026-10",
-                app.address
-            ))
-            .header("X-Api-Key", plain_key(NAIROBI))
-            .header("Content-Type", XLSX)
-            .body(body),
-    )
-    .await
-}
 
 fn assert_malformed(answer: &Answer, says: &str) {
     assert_eq!(answer.status, 400, "{}", answer.text);
@@ -104,7 +91,7 @@ async fn a_prefixed_twin_attribute_does_not_hide_a_shared_string_cell() {
     let strings = ["loan_id", "client_id", "amount", "L-1", "C-1"];
     let rows = r#"<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c></row><row r="2"><c r="A2" xmlns:x="urn:x" x:t="n" t="s"><v>-1</v></c><c r="B2" t="s"><v>4</v></c><c r="C2"><v>25</v></c></row>"#;
     assert_malformed(
-        &validate(&app, with_shared_strings(rows, &strings)).await,
+        &validate(&app, XLSX, with_shared_strings(rows, &strings)).await,
         "cell A2",
     );
 }
@@ -133,7 +120,7 @@ async fn a_prefixed_twin_attribute_does_not_hide_a_sheet_the_scan_skipped() {
         ),
         ("xl/worksheets/sheet1.bin", sheet.into_bytes()),
     ];
-    assert_malformed(&validate(&app, zipped(&entries)).await, "not XML");
+    assert_malformed(&validate(&app, XLSX, zipped(&entries)).await, "not XML");
 }
 
 /// `unpacked` zero bytes, gzipped (the deflate stream taken from a zip entry; the trailer is
@@ -234,5 +221,5 @@ async fn a_sheet_with_a_long_name_is_scanned_as_xml() {
         .iter()
         .map(|(name, bytes)| (name.as_str(), bytes.clone()))
         .collect();
-    assert_malformed(&validate(&app, zipped(&entries)).await, "cell A2");
+    assert_malformed(&validate(&app, XLSX, zipped(&entries)).await, "cell A2");
 }

@@ -10,7 +10,7 @@ use crate::workbooks::{quadrillion_strings, with_formats, with_shared_strings, w
 const CSV: &str = "text/csv";
 const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 
-async fn validate(app: &TestApp, content_type: &str, body: Vec<u8>) -> Answer {
+pub(crate) async fn validate(app: &TestApp, content_type: &str, body: Vec<u8>) -> Answer {
     app.send(
         app.client
             .post(format!(
